@@ -1,0 +1,1 @@
+"""Rewards behind one interface: ``score(images, prompts, metadata) -> tensor``."""

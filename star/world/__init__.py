@@ -1,0 +1,1 @@
+"""The shapes world: the embedded default's procedural images, prompts and detector."""
