@@ -1,0 +1,88 @@
+"""Stage ``base``: pretrain the embedded miniature SD3 and score it on the world GenEval test set."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
+from pipelines.cli import run_stage
+from pipelines.tracking import log_metrics, stage_run
+from rewards.geneval import GenEvalReward, world_detector
+from star.config import Config, fingerprint, load_config
+from star.evaluation import GenEvalReport, balanced_subset, evaluate_geneval
+from star.pretrain import pretrain_base
+from star.prompt_sets import load_geneval_metadata
+from star.visualize import sample_grid
+
+SECTIONS = ["model", "world", "base", "eval"]
+
+
+def _log_progress(phase: str, metrics: dict[str, float], step: int) -> None:
+    log_metrics(metrics, step=step, prefix=f"{phase}/")
+
+
+# A retry resumes from the last checkpoint in the work directory, so it loses at most
+# `base.checkpoint_every` steps.
+@task(retries=1, cache_policy=NO_CACHE)
+def pretrain(cfg: Config, work_dir: Path) -> Any:
+    return pretrain_base(cfg, work_dir, on_metrics=_log_progress)
+
+
+@task(cache_policy=NO_CACHE)
+def save_model(pipe: Any, out_dir: Path) -> None:
+    """Write beside the target, then swap, so a crash never leaves half a model."""
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate(pipe: Any, records: list[dict[str, Any]], cfg: Config) -> GenEvalReport:
+    return evaluate_geneval(pipe, records, cfg.eval, GenEvalReward(world_detector(), partial_credit=False))
+
+
+@flow(name="base")
+def base(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    cfg = load_config(params, overrides)
+    logger = get_run_logger()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    work_dir = cfg.paths.work / "base" / fingerprint(cfg, SECTIONS)
+    start = time.perf_counter()
+    with stage_run(cfg, "base", SECTIONS, tags={"variant": "base"}):
+        pipe = pretrain(cfg, work_dir)
+        train_seconds = time.perf_counter() - start
+        save_model(pipe, cfg.paths.base_model)
+        records = load_geneval_metadata(cfg.paths.prompts / "geneval" / "test_metadata.jsonl")
+        records = balanced_subset(records, cfg.base.eval_prompts_per_task)
+        report = evaluate(pipe, records, cfg)
+        metrics = {f"geneval_{k}": v for k, v in report.summary.items()}
+        metrics |= {"train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - start, 1)}
+        log_metrics(metrics)
+        cfg.paths.metrics.mkdir(parents=True, exist_ok=True)
+        (cfg.paths.metrics / "base.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        shown = torch.linspace(0, len(records) - 1, min(len(records), cfg.base.sample_grid**2)).long().tolist()
+        grid = sample_grid(
+            report.images[shown], [records[i]["prompt"] for i in shown], cfg.paths.metrics / "base_samples.png",
+            columns=cfg.base.sample_grid, marks=[report.correct[i] for i in shown],
+            title=f"base model, world GenEval {report.summary['overall']:.3f}",
+        )
+        mlflow.log_artifact(str(grid), "samples")
+    shutil.rmtree(work_dir, ignore_errors=True)  # the model is saved: checkpoints are spent
+    logger.info("base: %s", metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(base, __doc__)

@@ -1,0 +1,49 @@
+"""MLflow tracking shared by every stage: one run per stage invocation, tagged for comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from star.config import Config
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def experiment_id(cfg: Config) -> str:
+    """The configured experiment, created with a local artifact root on first use."""
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = Path(cfg.tracking.artifacts)
+    location = artifacts.resolve().as_uri() if "://" not in cfg.tracking.artifacts else cfg.tracking.artifacts
+    return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+
+
+@contextmanager
+def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """An MLflow run for ``stage`` logging the config ``sections`` it depends on as params."""
+    dump = cfg.model_dump(mode="json")
+    params = _flatten({name: dump[name] for name in sections})
+    params["seed"] = cfg.seed
+    with mlflow.start_run(experiment_id=experiment_id(cfg), run_name=stage, tags={"stage": stage, **(tags or {})}) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        yield run
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)

@@ -1,0 +1,46 @@
+"""GenEval reward: a detector backend plus the official rules (strict or partial credit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from rewards.base import check_batch, to_uint8_arrays
+from rewards.detection import Detection
+from rewards.geneval_rules import GenEvalResult, evaluate_image
+
+Detector = Callable[[np.ndarray], list[Detection]]
+"""Maps one (H, W, 3) uint8 image to its detections."""
+
+
+def world_detector() -> Detector:
+    """The shapes world's deterministic detector (the embedded default's backend)."""
+    from star.world.detector import detect
+
+    return detect
+
+
+class GenEvalReward:
+    """``score`` returns 1/0 correctness (strict) or Flow-GRPO's partial credit per image."""
+
+    name = "geneval"
+
+    def __init__(self, detector: Detector, partial_credit: bool = True) -> None:
+        self.detector = detector
+        self.partial_credit = partial_credit
+
+    def evaluate(self, images: torch.Tensor, metadata: list[dict[str, Any]]) -> list[GenEvalResult]:
+        """Per-image results; images (B, 3, H, W) in [0, 1]."""
+        for index, record in enumerate(metadata):
+            if "include" not in record or "tag" not in record:
+                raise ValueError(f"metadata[{index}] is not GenEval metadata (needs 'tag' and 'include'): {record}")
+        return [evaluate_image(self.detector(image), record) for image, record in zip(to_uint8_arrays(images), metadata)]
+
+    def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
+        check_batch(images, prompts, metadata)
+        results = self.evaluate(images, metadata)
+        values = [r.partial if self.partial_credit else float(r.correct) for r in results]
+        return torch.tensor(values, dtype=torch.float32)

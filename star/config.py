@@ -1,0 +1,236 @@
+"""The one typed configuration, loaded from ``params.yaml``.
+
+Every knob has a type, a default and a one-line description. Unknown keys, wrong types and
+out-of-range values fail at load time with a message naming the key and the value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not validate; the message names each key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _knob(default: Any, description: str, **constraints: Any) -> Any:
+    return Field(default=default, description=description, **constraints)
+
+
+class MiniModelConfig(_Section):
+    """Sizes of the embedded miniature SD3 (same diffusers/transformers classes as SD3.5)."""
+
+    vae_channels: list[int] = _knob(
+        [16, 32, 32], "VAE block widths; the latent is downsampled 2**(len-1) times", min_length=2
+    )
+    vae_layers_per_block: int = _knob(1, "ResNet layers per VAE block", ge=1, le=4)
+    latent_channels: int = _knob(4, "channels of the VAE latent", ge=1, le=16)
+    layers: int = _knob(4, "joint-attention (MMDiT) blocks of the transformer", ge=1, le=48)
+    heads: int = _knob(4, "attention heads per block", ge=1, le=64)
+    head_dim: int = _knob(32, "width of one attention head", ge=8, le=256)
+    patch_size: int = _knob(2, "latent patch size of the transformer", ge=1, le=4)
+    qk_norm: Literal["rms_norm"] | None = _knob("rms_norm", "query/key norm, as SD3.5")
+    text_width: int = _knob(64, "hidden width of each of the two CLIP text encoders", ge=8)
+    text_layers: int = _knob(2, "layers of each text encoder (CLIP and T5)", ge=1, le=24)
+    text_heads: int = _knob(2, "attention heads of each text encoder", ge=1, le=32)
+    t5_width: int = _knob(128, "T5 width = joint_attention_dim; >= 2 * text_width", ge=16)
+    clip_tokens: int = _knob(20, "CLIP token length (SD3.5: 77)", ge=8, le=77)
+    t5_tokens: int = _knob(20, "T5 token length (SD3.5: 256)", ge=8, le=512)
+    scheduler_shift: float = _knob(1.0, "flow-match timestep shift (SD3.5 uses 3.0)", gt=0)
+
+    @model_validator(mode="after")
+    def _t5_holds_both_clips(self) -> MiniModelConfig:
+        if self.t5_width < 2 * self.text_width:
+            raise ValueError(
+                f"t5_width={self.t5_width} must be >= 2 * text_width={2 * self.text_width}: SD3 "
+                "pads the two concatenated CLIP embeddings to the T5 width"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    """Which text-to-image model is post-trained."""
+
+    source: Literal["embedded", "pretrained"] = _knob(
+        "embedded", "'embedded': the miniature SD3 built and pretrained here; 'pretrained': `pretrained`"
+    )
+    pretrained: str = _knob(
+        "stabilityai/stable-diffusion-3.5-medium", "hub id or local path of a real SD3 pipeline"
+    )
+    revision: str | None = _knob(None, "hub revision of `pretrained` (None: the default branch)")
+    dtype: Literal["float32", "bfloat16", "float16"] = _knob("float32", "weights dtype for inference")
+    mini: MiniModelConfig = _knob(MiniModelConfig(), "sizes of the embedded miniature SD3")
+
+
+class WorldConfig(_Section):
+    """The procedural shapes world: image size and prompt-set sizes."""
+
+    image_size: int = _knob(64, "side of rendered and generated images, pixels", ge=32, le=512)
+    train_prompts: int = _knob(600, "prompts per task family in each train split", ge=6)
+    test_prompts: int = _knob(120, "prompts per task family in each test split", ge=6)
+
+
+class PromptSetsConfig(_Section):
+    """Where the public benchmark prompt sets live (data only, never copied into the project)."""
+
+    benchmarks_dir: Path | None = _knob(
+        None, "a copy of the public GenEval/OCR/PickScore sets to validate and use; None: skip"
+    )
+
+
+class BaseConfig(_Section):
+    """Base pretraining of the miniature SD3 on world images (VAE, then transformer)."""
+
+    vae_steps: int = _knob(400, "VAE optimisation steps", ge=0)
+    vae_batch_size: int = _knob(32, "images per VAE step", ge=1)
+    vae_lr: float = _knob(1e-3, "VAE AdamW learning rate", gt=0)
+    vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
+    steps: int = _knob(2000, "transformer flow-matching steps", ge=0)
+    batch_size: int = _knob(64, "images per transformer step", ge=1)
+    lr: float = _knob(5e-4, "transformer AdamW learning rate (cosine decay after warm-up)", gt=0)
+    warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)
+    weight_decay: float = _knob(0.0, "AdamW weight decay", ge=0)
+    grad_clip: float = _knob(1.0, "gradient-norm clip", gt=0)
+    caption_dropout: float = _knob(0.1, "probability of the empty caption (for CFG)", ge=0, le=1)
+    ema_decay: float = _knob(0.998, "EMA decay of transformer weights; the EMA is what is saved", ge=0, lt=1)
+    dataset_size: int = _knob(20000, "world images rendered once and reused across steps", ge=64)
+    checkpoint_every: int = _knob(500, "steps between resumable checkpoints", ge=1)
+    eval_prompts_per_task: int = _knob(16, "GenEval test prompts per task scored after training", ge=1)
+    sample_grid: int = _knob(4, "side of the sample-image grid logged after training", ge=1, le=16)
+
+
+class TrainConfig(_Section):
+    """RL post-training (STAR_METHOD §1–§5, §7); scaled down for the embedded default."""
+
+    allocation: Literal["none", "uniform_region", "temporal", "spatial", "star"] = _knob(
+        "star", "advantage allocation mode (method §5); 'none' is Flow-GRPO"
+    )
+    steps: int = _knob(10, "denoising steps of training rollouts", ge=2)
+    noise_level: float = _knob(0.7, "SDE noise level a (method §1)", ge=0)
+    group_size: int = _knob(8, "rollouts per prompt (GRPO group)", ge=2)
+    guidance_scale: float = _knob(4.5, "classifier-free guidance scale of rollouts", ge=1)
+    clip_range: float = _knob(1e-4, "PPO clip range epsilon (method §4)", gt=0)
+    kl_beta: float = _knob(0.04, "KL-to-reference weight beta (method §4)", ge=0)
+    lr: float = _knob(3e-4, "AdamW learning rate", gt=0)
+
+
+class RewardsConfig(_Section):
+    """Which reward scores images, and its backend."""
+
+    task: Literal["geneval", "ocr", "pickscore"] = _knob("geneval", "training task and reward")
+    geneval_detector: Literal["world"] = _knob("world", "GenEval detector backend")
+
+
+class EvalConfig(_Section):
+    """Evaluation sampling (ODE, classifier-free guidance, fixed seeds)."""
+
+    steps: int = _knob(20, "ODE denoising steps", ge=1)
+    guidance_scale: float = _knob(4.5, "classifier-free guidance scale (1 = off)", ge=1)
+    batch_size: int = _knob(32, "images sampled per forward batch", ge=1)
+    seed: int = _knob(2024, "seed of evaluation noise (fixed across checkpoints)")
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking."""
+
+    uri: str = _knob("sqlite:///mlruns.db", "MLflow tracking URI (local store inside the repo)")
+    artifacts: str = _knob("mlartifacts", "artifact root for a new experiment (local folder)")
+    experiment: str = _knob("star", "MLflow experiment name")
+
+
+class PathsConfig(_Section):
+    """Where stages write their outputs (relative to the repo root)."""
+
+    prompts: Path = _knob(Path("data/prompts"), "the prepared prompt sets")
+    base_model: Path = _knob(Path("models/base"), "the pretrained embedded SD3 pipeline")
+    work: Path = _knob(Path("outputs"), "checkpoints and scratch of running stages")
+    metrics: Path = _knob(Path("metrics"), "metrics JSON files read by `dvc metrics`")
+
+
+class Config(_Section):
+    """Everything a run needs; ``params.yaml`` is a (partial) instance of it."""
+
+    seed: int = _knob(0, "global seed: a run is repeatable bit for bit on CPU")
+    threads: int = _knob(0, "torch CPU threads (0: torch's default)", ge=0)
+    model: ModelConfig = _knob(ModelConfig(), "the text-to-image model")
+    world: WorldConfig = _knob(WorldConfig(), "the shapes world")
+    prompt_sets: PromptSetsConfig = _knob(PromptSetsConfig(), "public prompt sets")
+    base: BaseConfig = _knob(BaseConfig(), "base pretraining")
+    train: TrainConfig = _knob(TrainConfig(), "RL post-training")
+    rewards: RewardsConfig = _knob(RewardsConfig(), "rewards")
+    eval: EvalConfig = _knob(EvalConfig(), "evaluation sampling")
+    tracking: TrackingConfig = _knob(TrackingConfig(), "MLflow tracking")
+    paths: PathsConfig = _knob(PathsConfig(), "output locations")
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  {key} = {item.get('input')!r}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a nested dict; raises ConfigError naming every bad key and value."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Load ``params.yaml`` (a missing key takes its default) with optional nested overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return config_from_dict(_merge(data, overrides or {}), source=str(path))
+
+
+def describe_knobs(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Every knob as (key, type, default, description), for docs and `--help` style listings."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_knobs(annotation, prefix=f"{key}."))
+        else:
+            type_name = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+            rows.append((key, type_name, repr(field.default), field.description or ""))
+    return rows
+
+
+def fingerprint(cfg: Config, sections: list[str]) -> str:
+    """A short hash of the seed and the given sections: checkpoints resume only into the same
+    configuration."""
+    import hashlib
+    import json
+
+    dump = cfg.model_dump(mode="json")
+    payload = json.dumps({"seed": cfg.seed, **{s: dump[s] for s in sections}}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]

@@ -1,0 +1,231 @@
+"""Base pretraining of the embedded miniature SD3 on rendered world images.
+
+Two phases, each resumable from an atomic checkpoint: the VAE (reconstruction + small KL),
+then the MMDiT transformer with rectified-flow matching (docs/method.md §0) and caption dropout
+so that classifier-free guidance works. Text encoders stay frozen, as in SD3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusion3Pipeline
+from tqdm.auto import tqdm
+
+from star import checkpoint
+from star.config import BaseConfig, Config
+from star.ema import EMA
+from star.models import build_mini_sd3, encode_prompts, latents_from_images
+from star.world.prompts import sample_training_example, vocabulary
+from star.world.vocab import TEXT_CHARSET
+
+MetricsCallback = Callable[[str, dict[str, float], int], None]
+"""Called as (phase, metrics, step); pipelines use it to log to MLflow."""
+
+
+@dataclass
+class WorldDataset:
+    """Rendered training examples. images: (N, 3, H, W) uint8; captions: N strings."""
+
+    images: torch.Tensor
+    captions: list[str]
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """(B, 3, H, W) float images in [0, 1] and their captions."""
+        return self.images[index].float() / 255, [self.captions[i] for i in index.tolist()]
+
+
+def render_world_dataset(n: int, image_size: int, seed: int, progress: bool = True) -> WorldDataset:
+    """Render ``n`` random training scenes (train combinations only) with their captions."""
+    rng = np.random.default_rng(seed)
+    images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
+    captions = []
+    for i in tqdm(range(n), desc="rendering world", disable=not progress, leave=False):
+        image, caption, _ = sample_training_example(rng, image_size=image_size)
+        images[i] = torch.from_numpy(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1)
+        captions.append(caption)
+    return WorldDataset(images, captions)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, float]:
+    """MSE reconstruction of (B, 3, H, W) images in [0, 1] plus a small KL; returns (loss, mse)."""
+    posterior = vae.encode(images * 2 - 1).latent_dist
+    recon = vae.decode(posterior.sample()).sample
+    mse = F.mse_loss(recon, images * 2 - 1)
+    return mse + kl_weight * posterior.kl().mean(), mse.item()
+
+
+def train_vae(
+    vae: AutoencoderKL,
+    data: WorldDataset,
+    cfg: BaseConfig,
+    generator: torch.Generator,
+    ckpt_path: Path,
+    on_metrics: MetricsCallback | None = None,
+) -> None:
+    """Phase 1: fit the VAE, checkpointing every ``cfg.checkpoint_every`` steps."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    start = 0
+    state = checkpoint.load(ckpt_path)
+    if state is not None:
+        vae.load_state_dict(state["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore_rng_state(state["rng"], generator)
+        start = state["step"]
+    vae.train()
+    bar = tqdm(range(start, cfg.vae_steps), desc="base: VAE", initial=start, total=cfg.vae_steps)
+    for step in bar:
+        index = torch.randint(len(data.captions), (cfg.vae_batch_size,), generator=generator)
+        images, _ = data.batch(index)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.vae_lr * lr_factor(step, cfg.vae_steps, cfg.warmup_steps)
+        loss, mse = vae_loss(vae, images, cfg.vae_kl_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(mse=f"{mse:.4f}")
+        if on_metrics and (step % 50 == 0 or step == cfg.vae_steps - 1):
+            on_metrics("vae", {"vae_mse": mse}, step)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            checkpoint.atomic_save(
+                {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
+                 "rng": checkpoint.rng_state(generator)},
+                ckpt_path,
+            )
+    vae.eval()
+
+
+@torch.no_grad()
+def calibrate_latents(vae: AutoencoderKL, data: WorldDataset, batch_size: int = 256) -> torch.Tensor:
+    """Set SD3's shift_factor/scaling_factor so latents have mean 0, std 1; returns all
+    normalised latent means, (N, C, h, w)."""
+    vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+    raw = torch.cat([
+        latents_from_images(vae, data.images[i : i + batch_size].float() / 255)
+        for i in range(0, len(data.captions), batch_size)
+    ])
+    shift, std = raw.mean().item(), raw.std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
+    return (raw - shift) / std
+
+
+def flow_matching_loss(
+    transformer: torch.nn.Module,
+    latents: torch.Tensor,
+    embeds: torch.Tensor,
+    pooled: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Rectified flow (method §0): x_s = (1 − s) x_0 + s ε, target v = ε − x_0, s ~ logit-normal.
+
+    latents: (B, C, h, w) clean normalised latents; embeds: (B, L, D); pooled: (B, P).
+    """
+    batch = latents.shape[0]
+    sigma = torch.sigmoid(torch.randn(batch, generator=generator))
+    noise = torch.randn(latents.shape, generator=generator)
+    s = sigma.view(-1, 1, 1, 1)
+    noisy = (1 - s) * latents + s * noise
+    pred = transformer(
+        hidden_states=noisy,
+        encoder_hidden_states=embeds,
+        pooled_projections=pooled,
+        timestep=sigma * 1000,
+        return_dict=False,
+    )[0]
+    return F.mse_loss(pred, noise - latents)
+
+
+def _drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
+    keep = torch.rand(len(captions), generator=generator) >= p
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+def train_transformer(
+    pipe: StableDiffusion3Pipeline,
+    latents: torch.Tensor,
+    captions: list[str],
+    cfg: BaseConfig,
+    generator: torch.Generator,
+    ckpt_path: Path,
+    on_metrics: MetricsCallback | None = None,
+) -> None:
+    """Phase 2: flow matching on precomputed (N, C, h, w) latents; leaves the EMA weights in
+    ``pipe.transformer``."""
+    transformer = pipe.transformer
+    transformer.train()
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMA(transformer, cfg.ema_decay)
+    start = 0
+    state = checkpoint.load(ckpt_path)
+    if state is not None:
+        transformer.load_state_dict(state["transformer"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        checkpoint.restore_rng_state(state["rng"], generator)
+        start = state["step"]
+    bar = tqdm(range(start, cfg.steps), desc="base: transformer", initial=start, total=cfg.steps)
+    for step in bar:
+        index = torch.randint(len(captions), (cfg.batch_size,), generator=generator)
+        batch_captions = _drop_captions([captions[i] for i in index.tolist()], cfg.caption_dropout, generator)
+        embeds, pooled = encode_prompts(pipe, batch_captions)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps)
+        loss = flow_matching_loss(transformer, latents[index], embeds, pooled, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema.update(transformer)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if on_metrics and (step % 50 == 0 or step == cfg.steps - 1):
+            on_metrics("transformer", {"fm_loss": loss.item(), "grad_norm": grad_norm.item()}, step)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            checkpoint.atomic_save(
+                {"transformer": transformer.state_dict(), "optimizer": optimizer.state_dict(),
+                 "ema": ema.state_dict(), "step": step + 1, "rng": checkpoint.rng_state(generator)},
+                ckpt_path,
+            )
+    ema.copy_to(transformer)
+    transformer.eval()
+
+
+def pretrain_base(
+    cfg: Config, work_dir: Path, on_metrics: MetricsCallback | None = None
+) -> StableDiffusion3Pipeline:
+    """Build the miniature SD3, pretrain VAE then transformer on world images, and return it.
+
+    Resumes from the checkpoints in ``work_dir`` when a previous run was interrupted.
+    """
+    if cfg.model.source != "embedded":
+        raise ValueError(
+            f"base pretraining builds the embedded miniature SD3; model.source is {cfg.model.source!r} "
+            "(a pretrained model needs no base stage: point model.pretrained at it)"
+        )
+    generator = checkpoint.seed_everything(cfg.seed)
+    pipe = build_mini_sd3(
+        cfg.model.mini, vocabulary(), TEXT_CHARSET, cfg.world.image_size, seed=cfg.seed
+    )
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+        encoder.requires_grad_(False)
+    data = render_world_dataset(cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed)
+    train_vae(pipe.vae, data, cfg.base, generator, work_dir / "vae.ckpt", on_metrics)
+    pipe.vae.requires_grad_(False)
+    latents = calibrate_latents(pipe.vae, data)
+    train_transformer(
+        pipe, latents, data.captions, cfg.base, generator, work_dir / "transformer.ckpt", on_metrics
+    )
+    return pipe

@@ -1,0 +1,79 @@
+"""Config validation: unknown keys, wrong types and out-of-range values fail naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import parse_overrides
+from star.config import Config, ConfigError, describe_knobs, fingerprint, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repo_params_load_and_missing_keys_take_defaults(tmp_path: Path) -> None:
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.world.image_size == 64
+    partial = load_config(write(tmp_path, "seed: 3\nbase: {steps: 7}\n"))
+    assert partial.seed == 3 and partial.base.steps == 7
+    assert partial.base.lr == Config().base.lr
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"base\.stepz = 5: Extra inputs are not permitted"):
+        load_config(write(tmp_path, "base: {stepz: 5}\n"))
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"world\.image_size = 'big'"):
+        load_config(write(tmp_path, "world: {image_size: big}\n"))
+
+
+def test_out_of_range_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"base\.caption_dropout = 1\.5: Input should be less than or equal to 1"):
+        load_config(write(tmp_path, "base: {caption_dropout: 1.5}\n"))
+    with pytest.raises(ConfigError, match=r"train\.allocation = 'stars'"):
+        load_config(write(tmp_path, "train: {allocation: stars}\n"))
+
+
+def test_cross_field_rule_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="t5_width=64 must be >= 2 \\* text_width=128"):
+        load_config(write(tmp_path, "model: {mini: {text_width: 64, t5_width: 64}}\n"))
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "a: [1,\n"))
+
+
+def test_overrides_merge_and_validate(tmp_path: Path) -> None:
+    path = write(tmp_path, "base: {steps: 7, lr: 0.1}\n")
+    cfg = load_config(path, parse_overrides(["base.steps=9", "seed=4"]))
+    assert (cfg.base.steps, cfg.base.lr, cfg.seed) == (9, 0.1, 4)
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_overrides(["base.steps"])
+    with pytest.raises(ConfigError, match=r"base\.steps = -1"):
+        load_config(path, parse_overrides(["base.steps=-1"]))
+
+
+def test_every_knob_has_a_description() -> None:
+    rows = describe_knobs()
+    assert len(rows) > 40
+    assert all(description for _, _, _, description in rows), [r for r in rows if not r[3]]
+
+
+def test_fingerprint_tracks_only_named_sections() -> None:
+    a = Config()
+    b = Config(train={"lr": 1.0})
+    c = Config(base={"steps": 1})
+    assert fingerprint(a, ["base"]) == fingerprint(b, ["base"])
+    assert fingerprint(a, ["base"]) != fingerprint(c, ["base"])

@@ -1,0 +1,102 @@
+"""The miniature SD3: built from configs, saved, and loaded back through the real loading path."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+from star.config import MiniModelConfig
+from star.models import (
+    ModelLoadError,
+    build_mini_sd3,
+    build_world_tokenizer,
+    encode_prompts,
+    images_from_latents,
+    latents_from_images,
+    load_pipeline,
+)
+from star.sampling import sample_ode
+
+WORDS = ["a", "photo", "of", "red", "blue", "circle", "square", "left", "and", "sign", "says"]
+CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+TINY = MiniModelConfig(
+    vae_channels=[8, 8], latent_channels=4, layers=2, heads=2, head_dim=8, text_width=16,
+    text_layers=1, text_heads=2, t5_width=32, clip_tokens=12, t5_tokens=12,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return build_mini_sd3(TINY, WORDS, CHARSET, image_size=32, seed=0)
+
+
+def test_tokenizer_words_characters_and_specials() -> None:
+    clip = build_world_tokenizer(WORDS, CHARSET, 12, kind="clip")
+    t5 = build_world_tokenizer(WORDS, CHARSET, 12, kind="t5")
+    assert clip.tokenize('a sign says "K7Q"') == ["a", "sign", "says", '"', "K", "##7", "##Q", '"']
+    ids = clip("a red circle").input_ids
+    assert ids[0] == clip.bos_token_id and ids[-1] == clip.eos_token_id and len(ids) == 5
+    ids5 = t5("a red circle").input_ids
+    assert ids5[-1] == t5.eos_token_id and len(ids5) == 4
+    assert clip.tokenize("zebra") == ["<unk>"]
+    padded = clip("a", padding="max_length", max_length=12).input_ids
+    assert len(padded) == 12 and padded[-1] == clip.pad_token_id
+
+
+def test_same_classes_as_sd3(tiny_pipe) -> None:
+    assert isinstance(tiny_pipe.transformer, SD3Transformer2DModel)
+    assert isinstance(tiny_pipe.vae, AutoencoderKL)
+    assert isinstance(tiny_pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    embeds, pooled = encode_prompts(tiny_pipe, ["a red circle", ""])
+    # CLIP tokens then T5 tokens, at the T5 width; pooled = both CLIP projections
+    assert embeds.shape == (2, TINY.clip_tokens + TINY.t5_tokens, TINY.t5_width)
+    assert pooled.shape == (2, 2 * TINY.text_width)
+
+
+def test_save_load_round_trip_is_exact(tiny_pipe, tmp_path: Path) -> None:
+    tiny_pipe.save_pretrained(tmp_path / "mini")
+    loaded = load_pipeline(tmp_path / "mini")
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        a, b = getattr(tiny_pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    prompts = ['a blue square', 'a sign says "AB"']
+    assert torch.equal(encode_prompts(tiny_pipe, prompts)[0], encode_prompts(loaded, prompts)[0])
+    kwargs = dict(seeds=[1, 2], steps=3, guidance_scale=2.0)
+    assert torch.equal(sample_ode(tiny_pipe, prompts, **kwargs), sample_ode(loaded, prompts, **kwargs))
+
+
+def test_sampling_shapes_and_seed_per_image(tiny_pipe) -> None:
+    images = sample_ode(tiny_pipe, ["a red circle"] * 3, seeds=[5, 6, 5], steps=2, guidance_scale=3.0, batch_size=2)
+    assert images.shape == (3, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    # image 2 shares image 0's seed but lands in another batch: same image up to float rounding
+    assert torch.allclose(images[0], images[2], atol=1e-5)
+    assert (images[0] - images[1]).abs().max() > 0.01
+
+
+def test_vae_latent_normalisation_inverts(tiny_pipe) -> None:
+    tiny_pipe.vae.register_to_config(shift_factor=0.3, scaling_factor=2.0)
+    images = torch.rand(2, 3, 32, 32)
+    latents = latents_from_images(tiny_pipe.vae, images)
+    raw = tiny_pipe.vae.encode(images * 2 - 1).latent_dist.mean
+    assert torch.allclose(latents, (raw - 0.3) * 2.0)
+    decoded = images_from_latents(tiny_pipe.vae, latents)
+    expected = (tiny_pipe.vae.decode(raw).sample / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(decoded, expected, atol=1e-6)
+    tiny_pipe.vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+
+
+def test_unavailable_hub_model_names_model_and_offline_flag(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelLoadError) as info:
+        load_pipeline("stabilityai/stable-diffusion-3.5-medium")
+    message = str(info.value)
+    assert "stabilityai/stable-diffusion-3.5-medium" in message and "HF_HUB_OFFLINE=1" in message
+    with pytest.raises(ModelLoadError, match="no_such_dir"):
+        load_pipeline(tmp_path / "no_such_dir")
+
+
+def test_latent_grid_must_fit_patches() -> None:
+    with pytest.raises(ValueError, match="patch_size"):
+        build_mini_sd3(TINY.model_copy(update={"patch_size": 3}), WORDS, CHARSET, image_size=32, seed=0)
