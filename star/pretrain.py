@@ -48,7 +48,7 @@ def render_world_dataset(n: int, image_size: int, seed: int, progress: bool = Tr
     captions = []
     for i in tqdm(range(n), desc="rendering world", disable=not progress, leave=False):
         image, caption, _ = sample_training_example(rng, image_size=image_size)
-        images[i] = torch.from_numpy(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1)
+        images[i] = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
         captions.append(caption)
     return WorldDataset(images, captions)
 
