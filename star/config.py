@@ -29,7 +29,7 @@ class MiniModelConfig(_Section):
     """Sizes of the embedded miniature SD3 (same diffusers/transformers classes as SD3.5)."""
 
     vae_channels: list[int] = _knob(
-        [16, 32, 32], "VAE block widths; the latent is downsampled 2**(len-1) times", min_length=2
+        [32], "VAE block widths; the latent is downsampled 2**(len-1) times ([32]: full resolution)", min_length=1
     )
     vae_layers_per_block: int = _knob(1, "ResNet layers per VAE block", ge=1, le=4)
     latent_channels: int = _knob(4, "channels of the VAE latent", ge=1, le=16)
@@ -44,7 +44,7 @@ class MiniModelConfig(_Section):
     t5_width: int = _knob(128, "T5 width = joint_attention_dim; >= 2 * text_width", ge=16)
     clip_tokens: int = _knob(20, "CLIP token length (SD3.5: 77)", ge=8, le=77)
     t5_tokens: int = _knob(20, "T5 token length (SD3.5: 256)", ge=8, le=512)
-    scheduler_shift: float = _knob(1.0, "flow-match timestep shift (SD3.5 uses 3.0)", gt=0)
+    scheduler_shift: float = _knob(3.0, "flow-match timestep shift of training and sampling (SD3.5: 3.0)", gt=0)
 
     @model_validator(mode="after")
     def _t5_holds_both_clips(self) -> MiniModelConfig:
@@ -73,7 +73,7 @@ class ModelConfig(_Section):
 class WorldConfig(_Section):
     """The procedural shapes world: image size and prompt-set sizes."""
 
-    image_size: int = _knob(64, "side of rendered and generated images, pixels", ge=32, le=512)
+    image_size: int = _knob(32, "side of rendered and generated images, pixels", ge=32, le=512)
     train_prompts: int = _knob(600, "prompts per task family in each train split", ge=6)
     test_prompts: int = _knob(120, "prompts per task family in each test split", ge=6)
 
@@ -89,12 +89,12 @@ class PromptSetsConfig(_Section):
 class BaseConfig(_Section):
     """Base pretraining of the miniature SD3 on world images (VAE, then transformer)."""
 
-    vae_steps: int = _knob(400, "VAE optimisation steps", ge=0)
-    vae_batch_size: int = _knob(32, "images per VAE step", ge=1)
-    vae_lr: float = _knob(1e-3, "VAE AdamW learning rate", gt=0)
+    vae_steps: int = _knob(300, "VAE optimisation steps", ge=0)
+    vae_batch_size: int = _knob(16, "images per VAE step", ge=1)
+    vae_lr: float = _knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
-    steps: int = _knob(2000, "transformer flow-matching steps", ge=0)
-    batch_size: int = _knob(64, "images per transformer step", ge=1)
+    steps: int = _knob(1100, "transformer flow-matching steps", ge=0)
+    batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(5e-4, "transformer AdamW learning rate (cosine decay after warm-up)", gt=0)
     warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)
     weight_decay: float = _knob(0.0, "AdamW weight decay", ge=0)
@@ -103,30 +103,95 @@ class BaseConfig(_Section):
     ema_decay: float = _knob(0.998, "EMA decay of transformer weights; the EMA is what is saved", ge=0, lt=1)
     dataset_size: int = _knob(20000, "world images rendered once and reused across steps", ge=64)
     checkpoint_every: int = _knob(500, "steps between resumable checkpoints", ge=1)
-    eval_prompts_per_task: int = _knob(16, "GenEval test prompts per task scored after training", ge=1)
-    sample_grid: int = _knob(4, "side of the sample-image grid logged after training", ge=1, le=16)
 
 
 class TrainConfig(_Section):
-    """RL post-training (STAR_METHOD §1–§5, §7); scaled down for the embedded default."""
+    """RL post-training (docs/method.md §1–§6); the reference values of STAR_METHOD §7 are
+    scaled down for the embedded default."""
 
+    algorithm: Literal["grpo", "fdfo"] = _knob("grpo", "'grpo': Flow-GRPO/STAR objective; 'fdfo': finite differences")
     allocation: Literal["none", "uniform_region", "temporal", "spatial", "star"] = _knob(
         "star", "advantage allocation mode (method §5); 'none' is Flow-GRPO"
     )
+    iterations: int = _knob(30, "RL iterations: sample -> score -> advantages -> update", ge=1)
+    prompts_per_iteration: int = _knob(2, "prompts (groups) sampled per iteration", ge=1)
+    group_size: int = _knob(8, "rollouts per prompt (GRPO group; SD3.5 reference 24)", ge=2)
     steps: int = _knob(10, "denoising steps of training rollouts", ge=2)
-    noise_level: float = _knob(0.7, "SDE noise level a (method §1)", ge=0)
-    group_size: int = _knob(8, "rollouts per prompt (GRPO group)", ge=2)
+    train_fraction: float = _knob(0.6, "fraction of the denoising steps trained each iteration", gt=0, le=1)
+    noise_level: float = _knob(0.7, "SDE noise level a (method §1)", gt=0)
     guidance_scale: float = _knob(4.5, "classifier-free guidance scale of rollouts", ge=1)
-    clip_range: float = _knob(1e-4, "PPO clip range epsilon (method §4)", gt=0)
+    same_noise_per_group: bool = _knob(False, "every rollout of a group starts from the same noise")
+    inner_epochs: int = _knob(1, "passes over each iteration's rollouts", ge=1)
+    minibatch_size: int = _knob(8, "rollouts per optimizer step", ge=1)
+    lr: float = _knob(1e-3, "AdamW learning rate", gt=0)
+    weight_decay: float = _knob(1e-4, "AdamW weight decay", ge=0)
+    grad_clip: float = _knob(1.0, "gradient-norm clip", gt=0)
+    clip_range: float = _knob(1e-4, "PPO clip range epsilon of image-level ratios (method §4)", gt=0)
+    region_clip_range: float = _knob(1e-3, "PPO clip range epsilon of per-region ratios", gt=0)
     kl_beta: float = _knob(0.04, "KL-to-reference weight beta (method §4)", ge=0)
-    lr: float = _knob(3e-4, "AdamW learning rate", gt=0)
+    global_std: bool = _knob(False, "normalise advantages by the batch std instead of the group's")
+    advantage_clip: float = _knob(5.0, "advantages are clipped to +-this", gt=0)
+    gamma: float = _knob(1.0, "sharpening exponent of allocation maps (method §3)", gt=0)
+    mix: float = _knob(1.0, "strength lambda of the map vs uniform (method §3)", ge=0, le=1)
+    w_min: float = _knob(0.25, "lower clamp of allocation weights", ge=0, le=1)
+    w_max: float = _knob(4.0, "upper clamp of allocation weights", ge=1)
+    capture_blocks: list[int] | None = _knob(None, "joint blocks read by the capture (None: the middle half)")
+    lora_rank: int = _knob(8, "LoRA rank (0: full fine-tuning; SD3.5 reference 32)", ge=0)
+    lora_alpha: int = _knob(16, "LoRA alpha (SD3.5 reference 64)", ge=1)
+    lora_targets: list[str] = _knob(
+        ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"],
+        "modules that get LoRA adapters (method §7)",
+    )
+    ema_decay: float = _knob(0.9, "EMA decay of the trained weights (0: off); evaluation uses the EMA", ge=0, lt=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = _knob("no", "accelerate mixed precision")
+    gradient_checkpointing: bool = _knob(False, "recompute activations in the backward pass")
+    fdfo_clip: float = _knob(0.03, "FDFO clip (method §6)", gt=0)
+    fdfo_base_weight: float = _knob(0.0, "FDFO weight of ||v - v_base||^2", ge=0)
+    checkpoint_every: int = _knob(10, "iterations between resumable checkpoints", ge=1)
+    log_images_every: int = _knob(10, "iterations between sample grids and map overlays", ge=1)
+
+
+class WorldClipConfig(_Section):
+    """The embedded PickScore stand-in: a small CLIPModel trained contrastively on world images."""
+
+    width: int = _knob(64, "hidden width of the text and vision towers", ge=8)
+    layers: int = _knob(2, "transformer layers of each tower", ge=1, le=12)
+    heads: int = _knob(2, "attention heads of each tower", ge=1, le=16)
+    patch_size: int = _knob(4, "vision patch size in pixels", ge=1)
+    projection_dim: int = _knob(64, "shared embedding width", ge=8)
+    steps: int = _knob(1500, "contrastive training steps", ge=0)
+    batch_size: int = _knob(64, "image-caption pairs per step", ge=2)
+    lr: float = _knob(1e-3, "AdamW learning rate", gt=0)
+    dataset_size: int = _knob(8000, "world images rendered for training", ge=64)
+    eval_size: int = _knob(512, "held-out images (unseen combinations) for the accuracy report", ge=32)
 
 
 class RewardsConfig(_Section):
-    """Which reward scores images, and its backend."""
+    """Which rewards score images (a weighted mix), and their backends."""
 
-    task: Literal["geneval", "ocr", "pickscore"] = _knob("geneval", "training task and reward")
-    geneval_detector: Literal["world"] = _knob("world", "GenEval detector backend")
+    task: Literal["geneval", "ocr", "pickscore"] = _knob("geneval", "training task: its prompt set and default reward")
+    weights: dict[Literal["geneval", "ocr", "pickscore"], float] | None = _knob(
+        None, "reward mix as name -> weight (None: the task's own reward with weight 1)"
+    )
+    device: str = _knob("cpu", "torch device of reward models")
+    geneval_detector: Literal["world", "mask2former"] = _knob(
+        "world", "GenEval detector: the shapes-world detector or Mask2Former + CLIP colours"
+    )
+    geneval_partial_credit: bool = _knob(True, "train on Flow-GRPO's partial credit (else strict 0/1)")
+    detector_model: str = _knob(
+        "facebook/mask2former-swin-small-coco-instance", "Mask2Former hub id or local path"
+    )
+    color_model: str = _knob("openai/clip-vit-large-patch14", "CLIP for zero-shot colour, hub id or path")
+    ocr_backend: Literal["rapidocr", "easyocr"] = _knob("rapidocr", "OCR engine (easyocr: optional extra)")
+    easyocr_model_dir: Path | None = _knob(None, "easyocr weights directory (None: easyocr's default)")
+    pickscore_source: Literal["embedded", "pretrained"] = _knob(
+        "embedded", "'embedded': the world CLIP stand-in; 'pretrained': `pickscore_model`"
+    )
+    pickscore_model: str = _knob("yuvalkirstain/PickScore_v1", "PickScore CLIPModel hub id or local path")
+    pickscore_processor: str = _knob(
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "PickScore processor hub id or local path"
+    )
+    world_clip: WorldClipConfig = _knob(WorldClipConfig(), "the embedded PickScore stand-in")
 
 
 class EvalConfig(_Section):
@@ -136,6 +201,10 @@ class EvalConfig(_Section):
     guidance_scale: float = _knob(4.5, "classifier-free guidance scale (1 = off)", ge=1)
     batch_size: int = _knob(32, "images sampled per forward batch", ge=1)
     seed: int = _knob(2024, "seed of evaluation noise (fixed across checkpoints)")
+    geneval_per_tag: int = _knob(16, "GenEval test prompts per task (balanced subset, file order)", ge=1)
+    ocr_prompts: int = _knob(16, "OCR test prompts (file order)", ge=1)
+    pickscore_prompts: int = _knob(16, "preference-task test prompts (file order)", ge=1)
+    grid: int = _knob(4, "side of the sample grid kept per task", ge=1, le=16)
 
 
 class TrackingConfig(_Section):
@@ -153,6 +222,45 @@ class PathsConfig(_Section):
     base_model: Path = _knob(Path("models/base"), "the pretrained embedded SD3 pipeline")
     work: Path = _knob(Path("outputs"), "checkpoints and scratch of running stages")
     metrics: Path = _knob(Path("metrics"), "metrics JSON files read by `dvc metrics`")
+    reward_models: Path = _knob(Path("models/rewards"), "embedded reward models (the world CLIP)")
+    checkpoints: Path = _knob(Path("models/checkpoints"), "trained variants, one folder per variant")
+    reports: Path = _knob(Path("reports"), "study report: tables, curves, map figures")
+    eval_samples: Path = _knob(Path("eval"), "sample grids of every evaluated checkpoint")
+
+
+class StudyConfig(_Section):
+    """The comparison `dvc repro` runs: variants (train-section overrides) x seeds, evaluated on tasks."""
+
+    variants: dict[str, dict[str, Any]] = _knob(
+        {
+            "none": {"allocation": "none"},
+            "temporal": {"allocation": "temporal"},
+            "spatial": {"allocation": "spatial"},
+            "star": {"allocation": "star"},
+        },
+        "variant name -> overrides of the `train` section (one trained checkpoint each)",
+        min_length=1,
+    )
+    seeds: list[int] = _knob([0], "training seeds of every variant (mean +- spread in the report)", min_length=1)
+    eval_tasks: list[Literal["geneval", "ocr", "pickscore"]] = _knob(
+        ["geneval", "ocr", "pickscore"], "tasks every checkpoint is evaluated on", min_length=1
+    )
+    sweep_tasks: list[Literal["geneval", "ocr", "pickscore"]] = _knob(
+        ["geneval"], "training tasks of the Prefect sweep (one `dvc exp run` per task)", min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _variants_are_train_knobs(self) -> StudyConfig:
+        for name, overrides in self.variants.items():
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"variant name {name!r} must be letters, digits, '-' or '_'")
+            try:
+                TrainConfig.model_validate(overrides)
+            except ValidationError as error:
+                item = error.errors()[0]
+                key = ".".join(str(part) for part in item["loc"])
+                raise ValueError(f"variants.{name}.{key} = {item.get('input')!r}: {item['msg']}") from None
+        return self
 
 
 class Config(_Section):
@@ -169,6 +277,17 @@ class Config(_Section):
     eval: EvalConfig = _knob(EvalConfig(), "evaluation sampling")
     tracking: TrackingConfig = _knob(TrackingConfig(), "MLflow tracking")
     paths: PathsConfig = _knob(PathsConfig(), "output locations")
+    study: StudyConfig = _knob(StudyConfig(), "the variants x seeds comparison")
+
+    def for_variant(self, variant: str, seed: int | None = None) -> Config:
+        """This config with ``study.variants[variant]`` applied to ``train`` (and ``seed`` set)."""
+        if variant not in self.study.variants:
+            raise ConfigError(f"unknown variant {variant!r}; study.variants has {sorted(self.study.variants)}")
+        data = self.model_dump()
+        data["train"] = _merge(data["train"], self.study.variants[variant])
+        if seed is not None:
+            data["seed"] = seed
+        return config_from_dict(data, f"variant {variant!r}")
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -234,3 +353,10 @@ def fingerprint(cfg: Config, sections: list[str]) -> str:
     dump = cfg.model_dump(mode="json")
     payload = json.dumps({"seed": cfg.seed, **{s: dump[s] for s in sections}}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def write_params(cfg: Config, path: str | Path) -> Path:
+    """Write every knob of ``cfg`` as a complete ``params.yaml`` (DVC needs every key it tracks)."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path

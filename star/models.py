@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -46,6 +49,21 @@ class ModelLoadError(RuntimeError):
     """The requested model could not be loaded; the message names it and what to do."""
 
 
+def load_pretrained(loader: Callable[..., Any], name: str, what: str, hint: str = "pass a local copy", **kwargs: Any) -> Any:
+    """``loader(name, **kwargs)`` (a ``from_pretrained``), turning a missing model into a
+    ``ModelLoadError`` that names the model, ``HF_HUB_OFFLINE`` and what to do."""
+    try:
+        return loader(name, **kwargs)
+    except (OSError, ValueError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0")
+        raise ModelLoadError(
+            f"could not load the {what} {name!r}: {error}\n"
+            f"Its weights are neither a local directory nor in the Hugging Face cache, and the hub "
+            f"was not reachable (HF_HUB_OFFLINE={offline}). Download it on a connected machine "
+            f"(`hf download {name}`), or {hint}."
+        ) from error
+
+
 def load_pipeline(
     name_or_path: str | Path, dtype: str = "float32", revision: str | None = None
 ) -> StableDiffusion3Pipeline:
@@ -54,18 +72,10 @@ def load_pipeline(
     Works the same for a hub id (``stabilityai/stable-diffusion-3.5-medium``) and a local
     directory written by ``save_pretrained`` (the embedded miniature model).
     """
-    try:
-        pipe = StableDiffusion3Pipeline.from_pretrained(
-            str(name_or_path), dtype=DTYPES[dtype], revision=revision
-        )
-    except (OSError, ValueError) as error:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0")
-        raise ModelLoadError(
-            f"could not load the SD3 pipeline {str(name_or_path)!r}: {error}\n"
-            f"Its weights are neither a local directory nor in the Hugging Face cache, and the hub "
-            f"was not reachable (HF_HUB_OFFLINE={offline}). Download it on a connected machine "
-            f"(`hf download {name_or_path}`), or set model.pretrained to a local copy."
-        ) from error
+    pipe = load_pretrained(
+        StableDiffusion3Pipeline.from_pretrained, str(name_or_path), "SD3 pipeline", "set model.pretrained to a local copy",
+        dtype=DTYPES[dtype], revision=revision,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -6,6 +6,7 @@ guidance; docs/method.md §1 gives the update.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -76,19 +77,22 @@ def guided_velocity(
     sigma: torch.Tensor,
     cond: Conditioning,
     guidance_scale: float,
+    recording: AbstractContextManager[object] | None = None,
 ) -> torch.Tensor:
-    """v = v_u + g (v_c − v_u); the unconditional branch carries no gradient (method §1).
+    """v = v_u + g (v_c − v_u); the unconditional branch carries no gradient (docs/method.md §1).
 
-    latents: (B, C, h, w); sigma: scalar or (B,). Returns (B, C, h, w).
+    latents: (B, C, h, w); sigma: scalar or (B,). ``recording`` wraps the conditional call only
+    (attention capture reads the prompt's own attention). Returns (B, C, h, w).
     """
     timestep = (sigma * 1000).expand(latents.shape[0]).to(latents.dtype)
-    v_cond = transformer(
-        hidden_states=latents,
-        encoder_hidden_states=cond.embeds,
-        pooled_projections=cond.pooled,
-        timestep=timestep,
-        return_dict=False,
-    )[0]
+    with recording or nullcontext():
+        v_cond = transformer(
+            hidden_states=latents,
+            encoder_hidden_states=cond.embeds,
+            pooled_projections=cond.pooled,
+            timestep=timestep,
+            return_dict=False,
+        )[0]
     if guidance_scale <= 1 or cond.uncond_embeds is None:
         return v_cond
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -41,3 +42,42 @@ def sample_grid(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def allocation_overlay(
+    images: torch.Tensor, maps: torch.Tensor, steps: list[int], prompts: list[str], path: Path
+) -> Path:
+    """Save each (N, 3, H, W) image beside its allocation maps at ``steps`` drawn over it.
+
+    maps: (N, T, P) with P a square patch grid; each map is upsampled to the image with nearest
+    neighbours and shown with a shared colour scale (1 = the uniform allocation).
+    """
+    count, side = len(images), int(round(maps.shape[-1] ** 0.5))
+    vmax = float(maps[:, steps].max())
+    fig, axes = plt.subplots(count, len(steps) + 1, figsize=(1.9 * (len(steps) + 1), 2.0 * count), squeeze=False)
+    for row in range(count):
+        picture = images[row].permute(1, 2, 0).float().clamp(0, 1).numpy()
+        extent = (0, picture.shape[1], picture.shape[0], 0)
+        axes[row, 0].imshow(picture, interpolation="nearest")
+        axes[row, 0].set_title("\n".join(textwrap.wrap(prompts[row], 24)), fontsize=6)
+        for column, step in enumerate(steps, start=1):
+            ax = axes[row, column]
+            ax.imshow(picture, interpolation="nearest")
+            grid = maps[row, step].reshape(side, side).float().numpy()
+            shown = ax.imshow(grid, cmap="magma", alpha=0.6, vmin=0, vmax=vmax, extent=extent, interpolation="nearest")
+            ax.set_title(f"step {step}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="allocation weight")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report_grid(report: Any, side: int, path: Path, title: str) -> Path:
+    """A ``side`` x ``side`` grid of evenly spaced samples of an evaluation ``TaskReport``."""
+    count = len(report.prompts)
+    shown = torch.linspace(0, count - 1, min(count, side * side)).long().tolist()
+    marks = [report.marks[i] for i in shown] if report.marks is not None else None
+    return sample_grid(report.images[shown], [report.prompts[i] for i in shown], path, columns=side, marks=marks, title=title)

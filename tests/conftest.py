@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,16 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect is imported)
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "configs" / "micro.yaml"
+DEFAULT_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def bench() -> Path:
+    """The public benchmark prompt sets (``STAR_BENCHMARKS_DIR`` overrides ../shared/benchmarks)."""
+    root = Path(os.environ.get("STAR_BENCHMARKS_DIR", DEFAULT_BENCHMARKS))
+    if not root.is_dir():
+        pytest.skip(f"public benchmark prompt sets not found: {root}")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +41,37 @@ def micro_overrides(root: Path) -> dict[str, Any]:
             "base_model": str(root / "models" / "base"),
             "work": str(root / "outputs"),
             "metrics": str(root / "metrics"),
+            "reward_models": str(root / "models" / "rewards"),
+            "checkpoints": str(root / "models" / "checkpoints"),
+            "reports": str(root / "reports"),
+            "eval_samples": str(root / "eval"),
         },
         "tracking": {"uri": f"sqlite:///{root / 'mlruns.db'}", "artifacts": str(root / "mlartifacts")},
     }
+
+
+def micro_pipeline(seed: int = 0) -> Any:
+    """A fresh, untrained miniature SD3 of the micro config (trainers mutate it: build one per use)."""
+    from star.config import load_config
+    from star.models import build_mini_sd3
+    from star.world.prompts import vocabulary
+    from star.world.vocab import TEXT_CHARSET
+
+    cfg = load_config(MICRO)
+    return build_mini_sd3(cfg.model.mini, vocabulary(), TEXT_CHARSET, cfg.world.image_size, seed=seed)
+
+
+class BrightnessReward:
+    """A cheap reward with spread on untrained models (mean pixel value), for trainer mechanics;
+    the real rewards have their own tests."""
+
+    name = "brightness"
+
+    def score(self, images: Any, prompts: list[str], metadata: list[dict[str, Any]]) -> Any:
+        return images.mean(dim=(1, 2, 3))
+
+
+GENEVAL_RECORDS = [
+    {"prompt": "a photo of a red star", "tag": "colors", "include": [{"class": "star", "count": 1, "color": "red"}]},
+    {"prompt": "a photo of two circles", "tag": "counting", "include": [{"class": "circle", "count": 2}]},
+]

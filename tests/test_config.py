@@ -18,7 +18,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_repo_params_load_and_missing_keys_take_defaults(tmp_path: Path) -> None:
     cfg = load_config(REPO / "params.yaml")
-    assert cfg.world.image_size == 64
+    assert cfg == Config(), "params.yaml and the defaults in star/config.py drifted apart"
     partial = load_config(write(tmp_path, "seed: 3\nbase: {steps: 7}\n"))
     assert partial.seed == 3 and partial.base.steps == 7
     assert partial.base.lr == Config().base.lr
@@ -77,3 +77,18 @@ def test_fingerprint_tracks_only_named_sections() -> None:
     c = Config(base={"steps": 1})
     assert fingerprint(a, ["base"]) == fingerprint(b, ["base"])
     assert fingerprint(a, ["base"]) != fingerprint(c, ["base"])
+
+
+def test_variants_override_train_and_are_validated(tmp_path: Path) -> None:
+    from star.config import ConfigError, write_params
+
+    cfg = load_config(REPO / "params.yaml")
+    star = cfg.for_variant("star", seed=7)
+    assert star.train.allocation == "star" and star.seed == 7
+    assert cfg.for_variant("none").train.allocation == "none"
+    with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+        cfg.for_variant("nope")
+    with pytest.raises(ConfigError, match=r"variants\.bad\.gamma = -1"):
+        load_config(REPO / "params.yaml", {"study": {"variants": {"bad": {"gamma": -1}}}})
+    written = write_params(star, tmp_path / "params.yaml")
+    assert load_config(written) == star

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from star import checkpoint
@@ -75,3 +76,20 @@ def test_flow_matching_loss_decreases_when_fitting_one_batch() -> None:
 def test_lr_schedule_warms_up_then_decays_to_a_tenth() -> None:
     assert lr_factor(0, 100, 10) == 0.1 and lr_factor(9, 100, 10) == 1.0
     assert lr_factor(10, 100, 10) == 1.0 and abs(lr_factor(100, 100, 10) - 0.1) < 1e-9
+
+
+def test_training_sigmas_use_the_samplers_shift() -> None:
+    from star.pretrain import shifted_sigmas
+
+    u = torch.linspace(0, 1, 11)
+    assert torch.allclose(shifted_sigmas(u, 1.0), u)
+    shifted = shifted_sigmas(u, 3.0)
+    assert shifted[5].item() == pytest.approx(0.75) and shifted[0] == 0 and shifted[-1] == 1
+    assert (shifted[1:] > shifted[:-1]).all()
+    # the map is FlowMatchEulerDiscreteScheduler's own: its schedule is the shifted linspace
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(10)
+    linear = torch.linspace(1.0, scheduler.sigma_min, 10)
+    assert torch.allclose(shifted_sigmas(linear, 3.0), scheduler.sigmas[:-1], atol=1e-5)

@@ -23,7 +23,6 @@ from star.prompt_sets import (
     validate_benchmarks,
 )
 
-DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 EXPECTED_COUNTS = {
     "geneval_evaluation_metadata": 553,
     "geneval_test_metadata_x4": 2212,
@@ -33,14 +32,6 @@ EXPECTED_COUNTS = {
 }
 GOOD = {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"}
 
-
-@pytest.fixture(scope="module")
-def bench() -> Path:
-    """The public benchmark folder (``STAR_BENCHMARKS_DIR`` overrides the default)."""
-    root = Path(os.environ.get("STAR_BENCHMARKS_DIR", DEFAULT_BENCHMARKS))
-    if not root.is_dir():
-        pytest.skip(f"public benchmark prompt sets not found: {root}")
-    return root
 
 
 def bad_lines(error: pytest.ExceptionInfo[PromptSetError]) -> list[int]:

@@ -1,0 +1,210 @@
+"""Training objectives behind one interface (docs/method.md §2–§6).
+
+An ``Objective`` turns scored rollouts into per-rollout training targets (``prepare``: the
+advantage step of the loop) and gives the loss of one denoising step of a minibatch
+(``step_loss``). ``PolicyGradientObjective`` is Flow-GRPO (allocation ``none``), STAR and its
+ablations; ``FdfoObjective`` is the finite-difference paired-trajectory method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from star.advantages import group_advantages, informative_groups
+from star.allocation import AllocationMode, AllocationParams, allocate
+from star.rollout import Rollouts
+from star.sampling import Conditioning, guided_velocity
+from star.sde import StepDistribution, step_distribution
+
+
+@dataclass
+class Policy:
+    """The trained velocity model and its frozen reference, both with CFG (method §1).
+
+    ``model`` is what gradients flow through (possibly wrapped for data parallelism);
+    ``reference`` is a context in which ``reference_model`` computes the base weights' velocity
+    (LoRA: adapters disabled; full fine-tuning: a frozen copy and a null context).
+    """
+
+    model: torch.nn.Module
+    reference_model: torch.nn.Module
+    reference: Callable[[], AbstractContextManager[object]]
+    guidance_scale: float
+    noise_level: float
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return guided_velocity(self.model, x, sigma, cond, self.guidance_scale)
+
+    @torch.no_grad()
+    def reference_velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        with self.reference():
+            return guided_velocity(self.reference_model, x, sigma, cond, self.guidance_scale)
+
+    def transition(self, velocity: torch.Tensor, x: torch.Tensor, sigmas: torch.Tensor, t: int) -> StepDistribution:
+        return step_distribution(x, velocity, sigmas[t], sigmas[t + 1], sigmas[1], self.noise_level)
+
+
+@dataclass
+class Targets:
+    """Per-rollout training targets. advantages: (B,) Â or FDFO's dR; keep: (B,) bool;
+    weights: (B, T, P) allocation or None; directions: (B, C, h, w) FDFO's dx or None."""
+
+    advantages: torch.Tensor
+    keep: torch.Tensor
+    weights: torch.Tensor | None = None
+    directions: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> Targets:
+        def pick(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[index]
+
+        return Targets(self.advantages[index], self.keep[index], pick(self.weights), pick(self.directions))
+
+
+class Objective(Protocol):
+    needs_capture: bool
+    needs_velocities: bool
+    noise_share: str  # 'none' | 'group' | 'pair': how rollouts share their initial noise
+
+    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor) -> Targets: ...
+
+    def step_loss(
+        self, policy: Policy, rollouts: Rollouts, targets: Targets, t: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def region_sum(values: torch.Tensor, patch: int) -> torch.Tensor:
+    """Sum (B, C, h, w) over channels and each patch's pixels: (B, P), P = (h/patch)·(w/patch)
+    in the transformer's token order (row-major over the patch grid)."""
+    b, c, h, w = values.shape
+    grid = values.reshape(b, c, h // patch, patch, w // patch, patch)
+    return grid.sum(dim=(1, 3, 5)).reshape(b, -1)
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.Tensor:
+    """Elementwise −min(ρ·A, clip(ρ, 1 − ε, 1 + ε)·A) (method §4)."""
+    return torch.maximum(-advantage * ratio, -advantage * ratio.clamp(1 - clip, 1 + clip))
+
+
+def kl_to_reference(mean: torch.Tensor, reference_mean: torch.Tensor, sigma_t: torch.Tensor) -> torch.Tensor:
+    """KL_t = mean ‖μ_θ − μ_ref‖² / (2 σ_t²) per rollout (method §4): (B,)."""
+    return ((mean - reference_mean) ** 2).mean(dim=(1, 2, 3)) / (2 * sigma_t.flatten() ** 2)
+
+
+class PolicyGradientObjective:
+    """Flow-GRPO and STAR: group-relative advantages, allocated by ``mode`` (method §3, §5),
+    with the clipped objective at image level (``none``) or per region (method §4)."""
+
+    needs_velocities = False
+
+    def __init__(
+        self,
+        mode: AllocationMode,
+        allocation: AllocationParams,
+        patch_size: int,
+        clip_range: float,
+        region_clip_range: float,
+        kl_beta: float,
+        global_std: bool = False,
+        advantage_clip: float = 5.0,
+        same_noise_per_group: bool = False,
+    ) -> None:
+        self.mode, self.allocation, self.patch = mode, allocation, patch_size
+        self.clip_range, self.region_clip_range, self.kl_beta = clip_range, region_clip_range, kl_beta
+        self.global_std, self.advantage_clip = global_std, advantage_clip
+        self.needs_capture = mode in ("temporal", "spatial", "star")
+        self.noise_share = "group" if same_noise_per_group else "none"
+
+    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor) -> Targets:
+        advantages = group_advantages(rewards, rollouts.group_ids, self.global_std, self.advantage_clip)
+        b, t_steps = rollouts.log_probs.shape[:2]
+        _, _, h, w = rollouts.log_probs.shape[1:]
+        shape = (b, t_steps, (h // self.patch) * (w // self.patch))
+        weights = allocate(self.mode, rollouts.attention, self.allocation, shape)
+        return Targets(advantages, informative_groups(advantages, rollouts.group_ids), weights)
+
+    def step_loss(
+        self, policy: Policy, rollouts: Rollouts, targets: Targets, t: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of step t for the minibatch ``rollouts`` (method §4); stats are detached."""
+        x, x_next = rollouts.latents[:, t], rollouts.latents[:, t + 1]
+        sigma = rollouts.sigmas[t]
+        dist = policy.transition(policy.velocity(x, sigma, rollouts.cond), x, rollouts.sigmas, t)
+        log_prob, old = dist.log_prob(x_next), rollouts.log_probs[:, t]
+        advantage = targets.advantages.to(x)
+        if self.mode == "none":
+            log_ratio = (log_prob - old).mean(dim=(1, 2, 3))
+            ratio, clip = torch.exp(log_ratio), self.clip_range
+            policy_loss = clipped_surrogate(ratio, advantage, clip).mean()
+        else:
+            assert targets.weights is not None
+            log_ratio = region_sum(log_prob, self.patch) - region_sum(old, self.patch)
+            ratio, clip = torch.exp(log_ratio), self.region_clip_range
+            allocated = advantage[:, None] * targets.weights[:, t].to(x)
+            policy_loss = clipped_surrogate(ratio, allocated, clip).mean()
+        loss, kl = policy_loss, torch.zeros(())
+        if self.kl_beta > 0:
+            ref = policy.transition(policy.reference_velocity(x, sigma, rollouts.cond), x, rollouts.sigmas, t)
+            kl = kl_to_reference(dist.mean, ref.mean, dist.sigma_t).mean()
+            loss = loss + self.kl_beta * kl
+        stats = {
+            "policy_loss": policy_loss.detach(),
+            "kl": kl.detach(),
+            "clip_fraction": ((ratio - 1).abs() > clip).float().mean().detach(),
+            "approx_kl": (0.5 * log_ratio.detach() ** 2).mean(),
+        }
+        return loss, stats
+
+
+class FdfoObjective:
+    """Finite Difference Flow Optimization (method §6): rollouts 2k and 2k + 1 share their
+    initial noise; each pair gives a reward difference dR and a sample direction dx, and the
+    velocity of every step moves toward the better sample of the pair."""
+
+    needs_capture = False
+    needs_velocities = True
+    noise_share = "pair"
+
+    def __init__(self, clip: float, base_weight: float = 0.0) -> None:
+        self.clip, self.base_weight = clip, base_weight
+
+    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor) -> Targets:
+        if len(rollouts) % 2:
+            raise ValueError(f"FDFO needs rollouts in pairs; got {len(rollouts)} (make group_size even)")
+        final = rollouts.latents[:, -1]
+        r1, r2, x1, x2 = rewards[0::2], rewards[1::2], final[0::2], final[1::2]
+        d_reward = (r1 - r2).float() / 2
+        dx = (x1 - x2) / 2
+        dx = dx / dx.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-8)
+        # branch 2 sees the mirrored pair: −dR and −dx
+        advantages = torch.stack([d_reward, -d_reward], dim=1).flatten()
+        directions = torch.stack([dx, -dx], dim=1).flatten(0, 1)
+        return Targets(advantages, advantages != 0, directions=directions)
+
+    def step_loss(
+        self, policy: Policy, rollouts: Rollouts, targets: Targets, t: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """loss = −dR·ρ + |dR| / (2·clip)·(ρ − 1)², ρ = exp(ps − ps_ref) (method §6)."""
+        assert rollouts.velocities is not None and targets.directions is not None
+        x, sigma = rollouts.latents[:, t], rollouts.sigmas[t]
+        v = policy.velocity(x, sigma, rollouts.cond)
+        dx = targets.directions.to(x)
+        target = (rollouts.velocities[:, t] - dx).detach()
+        ps = -((v - target) ** 2).mean(dim=(1, 2, 3))
+        ps_ref = -(dx**2).mean(dim=(1, 2, 3))
+        ratio = torch.exp(ps - ps_ref)
+        d_reward = targets.advantages.to(x)
+        loss = (-d_reward * ratio + d_reward.abs() / (2 * self.clip) * (ratio - 1) ** 2).mean()
+        if self.base_weight > 0:
+            loss = loss + self.base_weight * ((v - policy.reference_velocity(x, sigma, rollouts.cond)) ** 2).mean()
+        stats = {
+            "policy_loss": loss.detach(),
+            "clip_fraction": ((ratio - 1).abs() > self.clip).float().mean().detach(),
+            "approx_kl": (0.5 * (ps - ps_ref).detach() ** 2).mean(),
+        }
+        return loss, stats

@@ -1,0 +1,272 @@
+"""One trainer for every algorithm: sample → score → advantages → update → log.
+
+The algorithm is the ``Objective`` (docs/method.md §4–§6): Flow-GRPO, STAR and its ablations
+share ``PolicyGradientObjective`` (the ``allocation`` knob), FDFO has its own. ``accelerate``
+handles devices, processes (gradients all-reduced across ranks) and mixed precision; LoRA comes
+from peft. Checkpoints are atomic and a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from rewards.base import Reward
+from star import checkpoint
+from star.allocation import AllocationParams
+from star.attention import AttentionCapture
+from star.config import Config, TrainConfig
+from star.core_content import core_token_mask, text_segments
+from star.ema import EMA
+from star.lora import add_lora, has_lora, load_trainable_state, reference_policy, trainable_state
+from star.objectives import FdfoObjective, Objective, PolicyGradientObjective, Policy, Targets
+from star.prompt_source import PromptSource, Record
+from star.rollout import Rollouts, initial_latents, sample_rollouts
+from star.sampling import condition, latent_shape, sigma_schedule
+from star.visualize import allocation_overlay, sample_grid
+
+MetricsCallback = Callable[[dict[str, float], int], None]
+ArtifactCallback = Callable[[Path, int], None]
+
+
+def build_objective(cfg: TrainConfig, patch_size: int) -> Objective:
+    """The objective named by ``train.algorithm`` and ``train.allocation``."""
+    if cfg.algorithm == "fdfo":
+        return FdfoObjective(cfg.fdfo_clip, cfg.fdfo_base_weight)
+    allocation = AllocationParams(cfg.gamma, cfg.mix, cfg.w_min, cfg.w_max)
+    return PolicyGradientObjective(
+        cfg.allocation, allocation, patch_size, cfg.clip_range, cfg.region_clip_range, cfg.kl_beta,
+        cfg.global_std, cfg.advantage_clip, cfg.same_noise_per_group,
+    )
+
+
+class Trainer:
+    """RL post-training of ``pipe.transformer`` on ``records`` scored by ``reward``.
+
+    ``work_dir`` holds the resumable checkpoint (one file per process). Callbacks receive
+    per-iteration metrics and the paths of figures written under ``work_dir / "figures"``.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        pipe: Any,
+        reward: Reward,
+        records: list[Record],
+        work_dir: Path,
+        accelerator: Accelerator | None = None,
+        on_metrics: MetricsCallback | None = None,
+        on_artifact: ArtifactCallback | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.train_cfg, self.pipe, self.reward = cfg, cfg.train, pipe, reward
+        self.work_dir, self.on_metrics, self.on_artifact, self.progress = work_dir, on_metrics, on_artifact, progress
+        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available())
+        rank = self.accelerator.process_index
+        checkpoint.seed_everything(cfg.seed)  # identical LoRA init on every rank
+        self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+        self.prompts = PromptSource(records, seed=cfg.seed * 1000 + rank)
+        self.objective = build_objective(cfg.train, pipe.transformer.config.patch_size)
+        self._setup_model()
+        self.capture = AttentionCapture(self.transformer, cfg.train.capture_blocks) if self.objective.needs_capture else None
+        self.sigmas = sigma_schedule(pipe, cfg.train.steps, self.device)
+        self.iteration = 0
+        self.history: list[dict[str, float]] = []
+        self._resume()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _setup_model(self) -> None:
+        cfg, pipe = self.train_cfg, self.pipe
+        self.device = self.accelerator.device
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+            if module is not None:
+                module.requires_grad_(False).to(self.device)
+        self.transformer = pipe.transformer
+        if cfg.lora_rank > 0:
+            add_lora(self.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, self.cfg.seed)
+            reference_model, reference = self.transformer, lambda: reference_policy(self.transformer)
+        else:
+            reference_model, reference = copy.deepcopy(self.transformer).eval(), nullcontext
+            self.transformer.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self.params = [p for p in self.transformer.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(self.transformer, optimizer)
+        self.ema = EMA(self.transformer, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.policy = Policy(self.model, reference_model, reference, cfg.guidance_scale, cfg.noise_level)
+
+    @property
+    def _checkpoint_path(self) -> Path:
+        return self.work_dir / f"state-rank{self.accelerator.process_index}.ckpt"
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "trainable": trainable_state(self.transformer),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": checkpoint.rng_state(self.generator),
+            "prompts": self.prompts.state_dict(),
+            "history": self.history,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def _resume(self) -> None:
+        state = checkpoint.load(self._checkpoint_path)
+        if state is None:
+            return
+        if state["config"] != self.cfg.model_dump(mode="json"):
+            raise RuntimeError(f"checkpoint {self._checkpoint_path} was written with another config; use a fresh work dir")
+        load_trainable_state(self.transformer, state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        checkpoint.restore_rng_state(state["rng"], self.generator)
+        self.prompts.load_state_dict(state["prompts"])
+        self.iteration, self.history = state["iteration"], state["history"]
+
+    def save_checkpoint(self) -> None:
+        checkpoint.atomic_save(self._state(), self._checkpoint_path)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self) -> list[dict[str, float]]:
+        """Run the remaining iterations; returns the per-iteration metrics history."""
+        bar = tqdm(
+            range(self.iteration, self.train_cfg.iterations), desc=f"train {self.train_cfg.allocation}",
+            initial=self.iteration, total=self.train_cfg.iterations, disable=not self.progress,
+        )
+        for _ in bar:
+            metrics = self.step()
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0):.2e}")
+        return self.history
+
+    def step(self) -> dict[str, float]:
+        """One iteration: sample → score → advantages → update → log."""
+        start = time.perf_counter()
+        rollouts = self.sample(self.prompts.next(self.train_cfg.prompts_per_iteration))
+        rewards = self.reward.score(rollouts.images, rollouts.prompts, rollouts.records)
+        targets = self.objective.prepare(rollouts, rewards)
+        update_stats = self.update(rollouts, targets)
+        self.iteration += 1
+        metrics = self._summarise(rewards, targets, update_stats, time.perf_counter() - start)
+        self.history.append(metrics)
+        if self.iteration % self.train_cfg.checkpoint_every == 0 or self.iteration == self.train_cfg.iterations:
+            self.save_checkpoint()  # before logging: a failing logger loses no progress
+        self._log(metrics, rollouts, rewards)
+        return metrics
+
+    def sample(self, records: list[Record]) -> Rollouts:
+        """G rollouts per record, grouped consecutively (method §1–§3)."""
+        cfg, group = self.train_cfg, self.train_cfg.group_size
+        prompts = [r["prompt"] for r in records for _ in range(group)]
+        expanded = [r for r in records for _ in range(group)]
+        group_ids = torch.arange(len(records)).repeat_interleave(group)
+        cond = condition(self.pipe, prompts, cfg.guidance_scale, self.device)
+        share = {"none": None, "group": group, "pair": 2}[self.objective.noise_share]
+        noise = initial_latents(latent_shape(self.pipe), group_ids, self.generator, share).to(self.device)
+        core_mask = core_token_mask(text_segments(self.pipe), prompts, expanded).to(self.device) if self.capture else None
+        self.transformer.eval()
+        fields = sample_rollouts(
+            self.transformer, self.pipe.vae, cond, noise, self.sigmas, cfg.noise_level, cfg.guidance_scale,
+            self.generator, self.capture, core_mask, keep_velocities=self.objective.needs_velocities,
+        )
+        return Rollouts(prompts, expanded, group_ids, cond, self.sigmas, core_mask=core_mask, **fields)
+
+    def update(self, rollouts: Rollouts, targets: Targets) -> dict[str, float]:
+        """Inner epochs of minibatch updates over a random fraction of the steps (method §4).
+
+        Groups without signal are dropped in a single process; with several processes they stay
+        (with zero advantage) so that every rank takes the same number of optimizer steps.
+        """
+        cfg = self.train_cfg
+        keep = targets.keep if self.accelerator.num_processes == 1 else torch.ones_like(targets.keep)
+        index = keep.nonzero().flatten()
+        totals: dict[str, float] = {}
+        count = 0
+        n_steps = max(1, round(cfg.train_fraction * cfg.steps))
+        self.transformer.train()
+        for _ in range(cfg.inner_epochs if len(index) else 0):  # split() of nothing yields one empty chunk
+            order = index[torch.randperm(len(index), generator=self.generator)]
+            for chunk in order.split(cfg.minibatch_size):
+                steps = torch.randperm(cfg.steps, generator=self.generator)[:n_steps].sort().values.tolist()
+                stats = self._minibatch(rollouts.select(chunk), targets.select(chunk), steps)
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                count += 1
+        self.transformer.eval()
+        return {key: value / count for key, value in totals.items()} if count else {}
+
+    def _minibatch(self, rollouts: Rollouts, targets: Targets, steps: list[int]) -> dict[str, float]:
+        """Accumulate the gradient over ``steps`` (all-reduced once, at the last), then one
+        optimizer step and one EMA update."""
+        sums: dict[str, float] = {}
+        for position, t in enumerate(steps):
+            sync = position == len(steps) - 1
+            with (nullcontext() if sync else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
+                loss, stats = self.objective.step_loss(self.policy, rollouts, targets, t)
+                self.accelerator.backward(loss / len(steps))
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / len(steps)
+            sums["loss"] = sums.get("loss", 0.0) + loss.item() / len(steps)
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.train_cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update(self.transformer)
+        return sums | {"grad_norm": float(grad_norm)}
+
+    # -- logging and output -----------------------------------------------------------------
+    def _summarise(self, rewards: torch.Tensor, targets: Targets, stats: dict[str, float], seconds: float) -> dict[str, float]:
+        all_rewards = self.accelerator.gather(rewards.to(self.device)).float()
+        adv = targets.advantages.float()
+        return {
+            "iteration": float(self.iteration),
+            "reward_mean": all_rewards.mean().item(),
+            "reward_std": all_rewards.std(unbiased=False).item(),
+            "advantage_mean": adv.mean().item(),
+            "advantage_std": adv.std(unbiased=False).item(),
+            "advantage_abs_max": adv.abs().max().item(),
+            "kept_fraction": targets.keep.float().mean().item(),
+            "seconds": seconds,
+            **stats,
+        }
+
+    def _log(self, metrics: dict[str, float], rollouts: Rollouts, rewards: torch.Tensor) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        if self.on_metrics:
+            self.on_metrics(metrics, self.iteration)
+        every = self.train_cfg.log_images_every
+        if self.on_artifact and (self.iteration % every == 0 or self.iteration == 1):
+            for path in self.figures(rollouts, rewards):
+                self.on_artifact(path, self.iteration)
+
+    def figures(self, rollouts: Rollouts, rewards: torch.Tensor) -> list[Path]:
+        """A sample grid (one rollout per group) and, with capture, the allocation overlays."""
+        out = self.work_dir / "figures"
+        firsts = torch.arange(0, len(rollouts), self.train_cfg.group_size)
+        captions = [f"{rollouts.prompts[i]} ({rewards[i]:.2f})" for i in firsts.tolist()]
+        paths = [sample_grid(rollouts.images[firsts], captions, out / f"samples_{self.iteration:04d}.png",
+                             title=f"iteration {self.iteration}")]
+        if rollouts.attention is not None:
+            targets = self.objective.prepare(rollouts.select(firsts), rewards[firsts])
+            steps = sorted({0, self.train_cfg.steps // 2, self.train_cfg.steps - 1})
+            paths.append(allocation_overlay(
+                rollouts.images[firsts], targets.weights, steps, [rollouts.prompts[i] for i in firsts.tolist()],
+                out / f"allocation_{self.iteration:04d}.png",
+            ))
+        return paths
+
+    def final_weights(self) -> None:
+        """Leave the EMA weights (what evaluation uses) in the transformer."""
+        if self.ema:
+            self.ema.copy_to(self.transformer)
