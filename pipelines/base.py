@@ -18,10 +18,10 @@ from pipelines.cli import run_stage
 from pipelines.tracking import log_metrics, stage_run
 from rewards.geneval import GenEvalReward, world_detector
 from star.config import Config, fingerprint, load_config
-from star.evaluation import GenEvalReport, balanced_subset, evaluate_geneval
+from star.evaluation import TaskReport, balanced_subset, evaluate_geneval
 from star.pretrain import pretrain_base
 from star.prompt_sets import load_geneval_metadata
-from star.visualize import sample_grid
+from star.visualize import report_grid
 
 SECTIONS = ["model", "world", "base", "eval"]
 
@@ -48,7 +48,7 @@ def save_model(pipe: Any, out_dir: Path) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate(pipe: Any, records: list[dict[str, Any]], cfg: Config) -> GenEvalReport:
+def evaluate(pipe: Any, records: list[dict[str, Any]], cfg: Config) -> TaskReport:
     return evaluate_geneval(pipe, records, cfg.eval, GenEvalReward(world_detector(), partial_credit=False))
 
 
@@ -65,19 +65,15 @@ def base(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -
         train_seconds = time.perf_counter() - start
         save_model(pipe, cfg.paths.base_model)
         records = load_geneval_metadata(cfg.paths.prompts / "geneval" / "test_metadata.jsonl")
-        records = balanced_subset(records, cfg.base.eval_prompts_per_task)
+        records = balanced_subset(records, cfg.eval.geneval_per_tag)
         report = evaluate(pipe, records, cfg)
-        metrics = {f"geneval_{k}": v for k, v in report.summary.items()}
+        metrics = dict(report.metrics)
         metrics |= {"train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - start, 1)}
         log_metrics(metrics)
         cfg.paths.metrics.mkdir(parents=True, exist_ok=True)
         (cfg.paths.metrics / "base.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        shown = torch.linspace(0, len(records) - 1, min(len(records), cfg.base.sample_grid**2)).long().tolist()
-        grid = sample_grid(
-            report.images[shown], [records[i]["prompt"] for i in shown], cfg.paths.metrics / "base_samples.png",
-            columns=cfg.base.sample_grid, marks=[report.correct[i] for i in shown],
-            title=f"base model, world GenEval {report.summary['overall']:.3f}",
-        )
+        grid = report_grid(report, cfg.eval.grid, cfg.paths.metrics / "base_samples.png",
+                           f"base model, world GenEval {metrics['geneval_overall']:.3f}")
         mlflow.log_artifact(str(grid), "samples")
     shutil.rmtree(work_dir, ignore_errors=True)  # the model is saved: checkpoints are spent
     logger.info("base: %s", metrics)

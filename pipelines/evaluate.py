@@ -1,0 +1,113 @@
+"""Stage ``evaluate``: score one checkpoint (the base model or a trained variant) on the test
+prompts of every task in ``study.eval_tasks``.
+
+    python -m pipelines.evaluate --checkpoint base
+    python -m pipelines.evaluate --checkpoint star-s0
+
+Writes ``metrics/eval/<checkpoint>.json`` (read by `dvc metrics show/diff`) and a sample grid
+per task under ``<paths.eval_samples>/<checkpoint>/``, and logs both to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
+from pipelines.cli import parse_overrides
+from pipelines.tracking import log_metrics, stage_run
+from rewards.registry import build_reward
+from star.config import Config, ConfigError, load_config
+from star.evaluation import TaskReport, balanced_subset, evaluate_geneval, evaluate_ocr, evaluate_pickscore
+from star.models import pipeline_for
+from star.prompt_source import load_task_prompts
+from star.variants import load_variant, variant_info
+from star.visualize import report_grid
+
+def test_records(cfg: Config, task_name: str) -> list[dict[str, Any]]:
+    """The fixed test subset of a task: balanced GenEval tags, the first N OCR/preference prompts."""
+    records = load_task_prompts(cfg.paths.prompts, task_name, "test")
+    if task_name == "geneval":
+        return balanced_subset(records, cfg.eval.geneval_per_tag)
+    return records[: cfg.eval.ocr_prompts if task_name == "ocr" else cfg.eval.pickscore_prompts]
+
+
+def strict_rewards(cfg: Config) -> Config:
+    """Evaluation scores GenEval strictly (the official 0/1 verdicts), whatever training used."""
+    return cfg.model_copy(update={"rewards": cfg.rewards.model_copy(update={"geneval_partial_credit": False})})
+
+
+def score_task(pipe: Any, cfg: Config, task_name: str) -> TaskReport:
+    """Sample the task's test prompts and score them with the task's reward backend."""
+    rewards = strict_rewards(cfg).rewards.model_copy(update={"task": task_name, "weights": None})
+    reward = build_reward(rewards, cfg.paths.reward_models)
+    records = test_records(cfg, task_name)
+    evaluate = {"geneval": evaluate_geneval, "ocr": evaluate_ocr, "pickscore": evaluate_pickscore}[task_name]
+    return evaluate(pipe, records, cfg.eval, reward)
+
+
+@task(cache_policy=NO_CACHE)
+def load_checkpoint(cfg: Config, checkpoint: str) -> Any:
+    pipe = pipeline_for(cfg.model, cfg.paths.base_model)
+    if checkpoint != "base":
+        load_variant(pipe, cfg.paths.checkpoints / checkpoint)
+    return pipe
+
+
+@task(retries=1, cache_policy=NO_CACHE)
+def evaluate_task(pipe: Any, cfg: Config, task_name: str, checkpoint: str, out_dir: Path) -> dict[str, float]:
+    report = score_task(pipe, cfg, task_name)
+    headline = next(iter(report.metrics))
+    grid = report_grid(report, cfg.eval.grid, out_dir / f"{task_name}.png",
+                       f"{checkpoint}: {headline} {report.metrics[headline]:.3f}")
+    mlflow.log_artifact(str(grid), "samples")
+    return report.metrics
+
+
+@flow(name="evaluate")
+def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    cfg = load_config(params, overrides)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info = variant_info(cfg.paths.checkpoints / checkpoint) if checkpoint != "base" else {}
+    variant = checkpoint.rsplit("-s", 1)[0] if checkpoint != "base" else "base"
+    tags = {"variant": variant, "checkpoint": checkpoint, "seed": str(info.get("seed", cfg.seed)),
+            "task": str(info.get("task", "base"))}
+    out_dir = cfg.paths.eval_samples / checkpoint
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with stage_run(cfg, "evaluate", ["eval", "study"], tags=tags):
+        pipe = load_checkpoint(cfg, checkpoint)
+        metrics: dict[str, float] = {}
+        for task_name in cfg.study.eval_tasks:
+            metrics |= evaluate_task(pipe, cfg, task_name, checkpoint, out_dir)
+        log_metrics(metrics)
+    path = cfg.paths.metrics / "eval" / f"{checkpoint}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    get_run_logger().info("evaluate %s: %s", checkpoint, metrics)
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="'base' or a trained variant, e.g. star-s0")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    try:
+        evaluate(checkpoint=args.checkpoint, params=args.params, overrides=parse_overrides(args.set))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Stage ``train``: RL post-training of one variant (``study.variants``) and seed.
+
+    python -m pipelines.train --variant star [--seed 0] [-S train.iterations=20]
+
+Under ``accelerate launch`` / ``torchrun`` with several processes the same code runs without
+Prefect (one flow per process would start one Prefect server per process); rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
+from pipelines.cli import parse_overrides
+from pipelines.tracking import log_metrics, stage_run
+from rewards.registry import build_reward
+from star.config import Config, ConfigError, fingerprint, load_config
+from star.models import pipeline_for
+from star.prompt_source import load_task_prompts
+from star.trainer import Trainer
+from star.variants import save_variant
+
+SECTIONS = ["model", "train", "rewards"]
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-s{seed}"
+
+
+def curve_summary(history: list[dict[str, float]]) -> dict[str, float]:
+    """Training reward at the start and the end: means over the first and last 10% of iterations."""
+    rewards = [h["reward_mean"] for h in history]
+    k = max(1, len(rewards) // 10)
+    start, end = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
+    return {"reward_start": start, "reward_end": end, "reward_gain": end - start, "iterations": float(len(rewards))}
+
+
+def write_outputs(cfg: Config, name: str, history: list[dict[str, float]], seconds: float) -> dict[str, float]:
+    """metrics/train/<name>.json (read by `dvc metrics`) and the per-iteration curve as CSV (a DVC plot)."""
+    out = cfg.paths.metrics / "train"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = curve_summary(history) | {"train_seconds": round(seconds, 1)}
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    columns = ["iteration", "reward_mean", "reward_std", "loss", "kl", "clip_fraction", "approx_kl"]
+    with (out / f"{name}.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([{c: h.get(c, "") for c in columns} | {"iteration": int(h["iteration"])} for h in history])
+    return summary
+
+
+def run_training(cfg: Config, name: str, log: bool = True) -> tuple[Trainer, float]:
+    """Train ``cfg`` (already the variant's config) and save the EMA weights as the variant."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    pipe = pipeline_for(cfg.model, cfg.paths.base_model)
+    records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
+    reward = build_reward(cfg.rewards, cfg.paths.reward_models)
+    work_dir = cfg.paths.work / "train" / name / fingerprint(cfg, SECTIONS + ["seed"])
+    start = time.perf_counter()
+    trainer = Trainer(
+        cfg, pipe, reward, records, work_dir,
+        on_metrics=(lambda m, step: log_metrics(m, step=step)) if log else None,
+        on_artifact=(lambda path, step: mlflow.log_artifact(str(path), "figures")) if log else None,
+    )
+    trainer.train()
+    trainer.final_weights()
+    if trainer.accelerator.is_main_process:
+        info = {"variant": name, "seed": cfg.seed, "task": cfg.rewards.task, "train": cfg.train.model_dump(mode="json")}
+        staging = cfg.paths.checkpoints / f"{name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_variant(pipe, staging, info)
+        shutil.rmtree(cfg.paths.checkpoints / name, ignore_errors=True)
+        staging.rename(cfg.paths.checkpoints / name)
+    return trainer, time.perf_counter() - start
+
+
+# A retry resumes from the last checkpoint in the work directory.
+@task(retries=1, cache_policy=NO_CACHE)
+def train_variant(cfg: Config, name: str) -> dict[str, float]:
+    trainer, seconds = run_training(cfg, name)
+    summary = write_outputs(cfg, name, trainer.history, seconds)
+    shutil.rmtree(trainer.work_dir, ignore_errors=True)  # the variant is saved: checkpoints are spent
+    return summary
+
+
+@flow(name="train")
+def train(variant: str, seed: int | None = None, params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    cfg = load_config(params, overrides).for_variant(variant, seed)
+    name = run_name(variant, cfg.seed)
+    tags = {"variant": variant, "task": cfg.rewards.task, "seed": str(cfg.seed), "allocation": cfg.train.allocation,
+            "algorithm": cfg.train.algorithm}
+    with stage_run(cfg, "train", SECTIONS, tags=tags):
+        summary = train_variant(cfg, name)
+        log_metrics({f"final/{k}": v for k, v in summary.items()})
+        mlflow.log_artifact(str(cfg.paths.metrics / "train" / f"{name}.csv"), "curves")
+    get_run_logger().info("train %s: %s", name, summary)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", required=True, help="a key of study.variants (e.g. star, none)")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the params' seed)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    try:
+        overrides = parse_overrides(args.set)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            cfg = load_config(args.params, overrides).for_variant(args.variant, args.seed)
+            name = run_name(args.variant, cfg.seed)
+            trainer, seconds = run_training(cfg, name, log=False)
+            if trainer.accelerator.is_main_process:
+                write_outputs(cfg, name, trainer.history, seconds)
+        else:
+            train(variant=args.variant, seed=args.seed, params=args.params, overrides=overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The whole DAG end to end: `dvc repro` on the micro config in a copy of the project, then the
+metrics, report and MLflow runs it left, and a second `dvc repro` that has nothing to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from star.config import load_config, write_params
+from tests.conftest import MICRO, REPO
+
+COPIED = ["pipelines", "star", "rewards", "dvc.yaml", ".dvcignore"]
+
+
+def _run(command: list[str], cwd: Path) -> str:
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dag")
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    write_params(load_config(MICRO, overrides={"threads": 1}), root / "params.yaml")
+    _run(["git", "init", "-q"], root)
+    _run(["dvc", "init", "-q"], root)
+    _run(["dvc", "repro"], root)
+    return root
+
+
+def test_every_stage_left_its_metrics(project: Path) -> None:
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], project))
+    files = {path for workspace in shown.values() for path in workspace["data"]}
+    for expected in ["metrics/base.json", "metrics/reward_models.json", "metrics/eval/base.json",
+                     "metrics/eval/none-s0.json", "metrics/eval/star-s0.json", "metrics/train/star-s0.json"]:
+        assert expected in files, sorted(files)
+    star = json.loads((project / "metrics/eval/star-s0.json").read_text())
+    assert 0 <= star["geneval_overall"] <= 1 and 0 <= star["ocr_accuracy"] <= 1
+
+
+def test_report_and_mlflow_runs(project: Path) -> None:
+    table = (project / "reports/table.md").read_text()
+    assert "| star |" in table and "| none |" in table and "| base |" in table
+    assert (project / "reports/report.html").stat().st_size > 10_000
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns.db'}")
+    stages = {r.data.tags["stage"] for r in mlflow.search_runs(experiment_names=["star"], output_format="list")}
+    assert stages >= {"prepare", "base", "reward_models", "train", "evaluate", "report"}
+
+
+def test_second_repro_is_a_no_op(project: Path) -> None:
+    out = _run(["dvc", "repro"], project)
+    assert "Running stage" not in out, out[-2000:]
+    assert "up to date" in _run(["dvc", "status"], project).lower()

@@ -1,0 +1,92 @@
+"""The prepare and base stages end to end on the micro config, with their MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from star.models import load_pipeline
+from star.prompt_sets import load_geneval_metadata
+from tests.conftest import MICRO, micro_overrides
+
+
+@pytest.fixture(scope="module")
+def micro_run(prefect_server, tmp_path_factory):
+    from pipelines.base import base
+    from pipelines.prepare import prepare
+
+    root = tmp_path_factory.mktemp("micro")
+    overrides = micro_overrides(root)
+    counts = prepare(params=str(MICRO), overrides=overrides)
+    metrics = base(params=str(MICRO), overrides=overrides)
+    return root, counts, metrics
+
+
+def test_prepare_writes_world_prompt_sets(micro_run) -> None:
+    root, counts, _ = micro_run
+    prompts = root / "data" / "prompts"
+    test_set = load_geneval_metadata(prompts / "geneval" / "test_metadata.jsonl")
+    train_set = load_geneval_metadata(prompts / "geneval" / "train_metadata.jsonl")
+    assert len(test_set) == counts["world_geneval_test"] == 6
+    assert len(train_set) == counts["world_geneval_train"] == 12
+    assert {r["prompt"] for r in test_set}.isdisjoint(r["prompt"] for r in train_set)
+    for family in ("ocr", "pickscore"):
+        assert (prompts / family / "test.txt").read_text().strip()
+    assert json.loads((prompts / "counts.json").read_text()) == counts
+
+
+def test_base_saves_a_loadable_model_and_metrics(micro_run) -> None:
+    root, _, metrics = micro_run
+    pipe = load_pipeline(root / "models" / "base")
+    assert pipe.transformer.config.num_layers == 2
+    # the VAE latents were calibrated to unit scale
+    assert pipe.vae.config.scaling_factor != 1.0
+    written = json.loads((root / "metrics" / "base.json").read_text())
+    assert written == metrics
+    assert 0.0 <= written["geneval_overall"] <= 1.0
+    assert written["train_seconds"] > 0
+    assert (root / "metrics" / "base_samples.png").stat().st_size > 1000
+    assert not any((root / "outputs" / "base").iterdir()), "spent checkpoints are removed"
+
+
+def test_mlflow_holds_both_stage_runs(micro_run) -> None:
+    root, _, metrics = micro_run
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["star"], output_format="list")
+    by_stage = {run.data.tags["stage"]: run for run in runs}
+    assert set(by_stage) == {"prepare", "base"}
+    base_run = by_stage["base"]
+    assert base_run.data.params["base.steps"] == "6"
+    assert base_run.data.metrics["geneval_overall"] == pytest.approx(metrics["geneval_overall"])
+    artifacts = mlflow.artifacts.list_artifacts(run_id=base_run.info.run_id, artifact_path="samples")
+    assert [Path(a.path).name for a in artifacts] == ["base_samples.png"]
+    client = mlflow.MlflowClient()
+    assert len(client.get_metric_history(base_run.info.run_id, "transformer/fm_loss")) >= 1
+
+
+def test_prepare_validates_configured_public_sets(prefect_server, bench: Path, tmp_path: Path) -> None:
+    from pipelines.prepare import prepare
+
+    overrides = micro_overrides(tmp_path) | {"prompt_sets": {"benchmarks_dir": str(bench)}}
+    counts = prepare(params=str(MICRO), overrides=overrides)
+    assert counts["public_geneval_evaluation_metadata"] == 553
+    assert counts["public_pickscore_train"] == 25432
+
+
+def test_prepare_names_malformed_public_lines(prefect_server, bench: Path, tmp_path: Path) -> None:
+    from pipelines.prepare import prepare
+    from star.prompt_sets import PromptSetError
+
+    copy = tmp_path / "benchmarks"
+    shutil.copytree(bench, copy)
+    ocr = copy / "ocr" / "test.txt"
+    lines = ocr.read_text().splitlines()
+    lines[4] = "a sign without any quoted text"
+    ocr.write_text("\n".join(lines) + "\n")
+    overrides = micro_overrides(tmp_path) | {"prompt_sets": {"benchmarks_dir": str(copy)}}
+    with pytest.raises(PromptSetError, match=r"ocr/test\.txt.*\n.*line 5"):
+        prepare(params=str(MICRO), overrides=overrides)
