@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines.cli import run_stage
+from pipelines.cli import run_stage, stage_config
 from pipelines.tracking import log_metrics, stage_run
 from rewards.geneval import GenEvalReward, world_detector
-from star.config import Config, fingerprint, load_config
+from star.config import Config, fingerprint
 from star.evaluation import TaskReport, balanced_subset, evaluate_geneval
 from star.pretrain import pretrain_base
 from star.prompt_sets import load_geneval_metadata
@@ -54,10 +53,8 @@ def evaluate(pipe: Any, records: list[dict[str, Any]], cfg: Config) -> TaskRepor
 
 @flow(name="base")
 def base(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    cfg = load_config(params, overrides)
+    cfg = stage_config(params, overrides)
     logger = get_run_logger()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     work_dir = cfg.paths.work / "base" / fingerprint(cfg, SECTIONS)
     start = time.perf_counter()
     with stage_run(cfg, "base", SECTIONS, tags={"variant": "base"}):

@@ -7,9 +7,23 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import yaml
 
-from star.config import ConfigError
+from star.config import Config, ConfigError, load_config
+
+
+def use_threads(cfg: Config) -> None:
+    """Apply ``threads`` (0 keeps torch's default) to this process."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
+def stage_config(params: str, overrides: dict[str, Any] | None) -> Config:
+    """The stage's config from ``params`` and ``-S`` overrides, applied to this process."""
+    cfg = load_config(params, overrides)
+    use_threads(cfg)
+    return cfg
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines.cli import parse_overrides
+from pipelines.cli import parse_overrides, stage_config
 from pipelines.tracking import log_metrics, stage_run
 from rewards.registry import build_reward
-from star.config import Config, ConfigError, load_config
+from star.config import Config, ConfigError
 from star.evaluation import TaskReport, balanced_subset, evaluate_geneval, evaluate_ocr, evaluate_pickscore
 from star.models import pipeline_for
 from star.prompt_source import load_task_prompts
@@ -74,9 +73,7 @@ def evaluate_task(pipe: Any, cfg: Config, task_name: str, checkpoint: str, out_d
 
 @flow(name="evaluate")
 def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    cfg = load_config(params, overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = stage_config(params, overrides)
     info = variant_info(cfg.paths.checkpoints / checkpoint) if checkpoint != "base" else {}
     variant = checkpoint.rsplit("-s", 1)[0] if checkpoint != "base" else "base"
     tags = {"variant": variant, "checkpoint": checkpoint, "seed": str(info.get("seed", cfg.seed)),

@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines.cli import run_stage
+from pipelines.cli import run_stage, stage_config
 from pipelines.evaluate import test_records
 from pipelines.tracking import stage_run
-from star.config import Config, load_config
+from star.config import Config
 from star.maps import model_allocation_maps
 from star.models import pipeline_for
 from star.report import collect_rows, html_page, markdown_table, plot_curves
@@ -46,9 +45,7 @@ def map_figure(cfg: Config, variant: str, out: Path) -> Path | None:
 
 @flow(name="report")
 def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> Path:
-    cfg = load_config(params, overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = stage_config(params, overrides)
     out = cfg.paths.reports
     out.mkdir(parents=True, exist_ok=True)
     order = list(cfg.study.variants)

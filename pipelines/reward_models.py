@@ -9,17 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.base import save_model
-from pipelines.cli import run_stage
+from pipelines.cli import run_stage, stage_config
 from pipelines.tracking import log_metrics, stage_run
 from rewards.pickscore import PickScoreReward
 from rewards.world_clip import WORLD_CLIP_DIR, WorldClip, heldout_accuracy, heldout_set, train_world_clip
-from star.config import Config, fingerprint, load_config
+from star.config import Config, fingerprint
 
 SECTIONS = ["world", "rewards"]
 
@@ -43,10 +42,8 @@ def evaluate(model_dir: Path, cfg: Config) -> float:
 
 @flow(name="reward_models")
 def reward_models(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    cfg = load_config(params, overrides)
+    cfg = stage_config(params, overrides)
     logger = get_run_logger()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     work_dir = cfg.paths.work / "reward_models" / fingerprint(cfg, SECTIONS)
     out_dir = cfg.paths.reward_models / WORLD_CLIP_DIR
     start = time.perf_counter()

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -24,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines.cli import parse_overrides
+from pipelines.cli import parse_overrides, use_threads
 from pipelines.tracking import log_metrics, stage_run
 from rewards.registry import build_reward
 from star.config import Config, ConfigError, fingerprint, load_config
@@ -64,8 +63,7 @@ def write_outputs(cfg: Config, name: str, history: list[dict[str, float]], secon
 
 def run_training(cfg: Config, name: str, log: bool = True) -> tuple[Trainer, float]:
     """Train ``cfg`` (already the variant's config) and save the EMA weights as the variant."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg)
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)

@@ -138,12 +138,7 @@ def train_world_clip(
                                       return_tensors="pt")
     caption_ids = torch.tensor(np.unique(data.captions, return_inverse=True)[1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start, state = 0, checkpoint.load(ckpt_path)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        checkpoint.restore_rng_state(state["rng"], generator)
-        start = state["step"]
+    start = checkpoint.resume_progress(ckpt_path, generator, model=model, optimizer=optimizer)
     model.train()
     bar = tqdm(range(start, cfg.steps), desc="reward_models: world CLIP", initial=start, total=cfg.steps)
     for step in bar:
@@ -163,8 +158,7 @@ def train_world_clip(
             on_metrics("world_clip", {"loss": loss.item(), "batch_top1": accuracy,
                                       "logit_scale": model.logit_scale.exp().item()}, step)
         if (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps:
-            checkpoint.atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "step": step + 1, "rng": checkpoint.rng_state(generator)}, ckpt_path)
+            checkpoint.save_progress(ckpt_path, step + 1, generator, model=model, optimizer=optimizer)
     model.eval()
     return clip
 

@@ -24,6 +24,19 @@ def _heads(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
     return x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
 
 
+def _project(
+    states: torch.Tensor,
+    batch: int,
+    heads: int,
+    projections: tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module],
+    norm_q: torch.nn.Module | None,
+    norm_k: torch.nn.Module | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key, value (B, heads, N, d) of (B, N, D) ``states``, with the block's q/k norms."""
+    query, key, value = (_heads(project(states), batch, heads) for project in projections)
+    return (norm_q(query) if norm_q is not None else query), (norm_k(key) if norm_k is not None else key), value
+
+
 class CaptureJointAttnProcessor:
     """SD3 joint attention (same arithmetic as ``JointAttnProcessor2_0``) that reports the
     image→text attention to ``capture`` while it records."""
@@ -41,21 +54,14 @@ class CaptureJointAttnProcessor:
         **kwargs: object,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         batch, image_tokens = hidden_states.shape[:2]
-        query = _heads(attn.to_q(hidden_states), batch, attn.heads)
-        key = _heads(attn.to_k(hidden_states), batch, attn.heads)
-        value = _heads(attn.to_v(hidden_states), batch, attn.heads)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = _project(
+            hidden_states, batch, attn.heads, (attn.to_q, attn.to_k, attn.to_v), attn.norm_q, attn.norm_k
+        )
         if encoder_hidden_states is not None:
-            text_query = _heads(attn.add_q_proj(encoder_hidden_states), batch, attn.heads)
-            text_key = _heads(attn.add_k_proj(encoder_hidden_states), batch, attn.heads)
-            text_value = _heads(attn.add_v_proj(encoder_hidden_states), batch, attn.heads)
-            if attn.norm_added_q is not None:
-                text_query = attn.norm_added_q(text_query)
-            if attn.norm_added_k is not None:
-                text_key = attn.norm_added_k(text_key)
+            text_query, text_key, text_value = _project(
+                encoder_hidden_states, batch, attn.heads, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+                attn.norm_added_q, attn.norm_added_k,
+            )
             if self.capture.active:
                 self.capture.add(query, text_key)
             query = torch.cat([query, text_query], dim=2)

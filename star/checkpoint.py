@@ -6,7 +6,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -59,3 +59,27 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     random.seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+def save_progress(path: Path, step: int, generator: torch.Generator, **parts: Stateful) -> None:
+    """Atomically checkpoint a training loop: each part's state, the next step and the RNGs."""
+    state = {name: part.state_dict() for name, part in parts.items()}
+    atomic_save(state | {"step": step, "rng": rng_state(generator)}, path)
+
+
+def resume_progress(path: Path, generator: torch.Generator, **parts: Stateful) -> int:
+    """Restore what ``save_progress`` wrote into ``parts`` and the RNGs; returns the step to
+    start from (0 when there is no checkpoint)."""
+    state = load(path)
+    if state is None:
+        return 0
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    restore_rng_state(state["rng"], generator)
+    return int(state["step"])

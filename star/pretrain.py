@@ -79,13 +79,7 @@ def train_vae(
 ) -> None:
     """Phase 1: fit the VAE, checkpointing every ``cfg.checkpoint_every`` steps."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
-    start = 0
-    state = checkpoint.load(ckpt_path)
-    if state is not None:
-        vae.load_state_dict(state["vae"])
-        optimizer.load_state_dict(state["optimizer"])
-        checkpoint.restore_rng_state(state["rng"], generator)
-        start = state["step"]
+    start = checkpoint.resume_progress(ckpt_path, generator, vae=vae, optimizer=optimizer)
     vae.train()
     bar = tqdm(range(start, cfg.vae_steps), desc="base: VAE", initial=start, total=cfg.vae_steps)
     for step in bar:
@@ -101,11 +95,7 @@ def train_vae(
         if on_metrics and (step % 50 == 0 or step == cfg.vae_steps - 1):
             on_metrics("vae", {"vae_mse": mse}, step)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-            checkpoint.atomic_save(
-                {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                 "rng": checkpoint.rng_state(generator)},
-                ckpt_path,
-            )
+            checkpoint.save_progress(ckpt_path, step + 1, generator, vae=vae, optimizer=optimizer)
     vae.eval()
 
 
@@ -178,14 +168,7 @@ def train_transformer(
     transformer.train()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(transformer, cfg.ema_decay)
-    start = 0
-    state = checkpoint.load(ckpt_path)
-    if state is not None:
-        transformer.load_state_dict(state["transformer"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        checkpoint.restore_rng_state(state["rng"], generator)
-        start = state["step"]
+    start = checkpoint.resume_progress(ckpt_path, generator, transformer=transformer, optimizer=optimizer, ema=ema)
     bar = tqdm(range(start, cfg.steps), desc="base: transformer", initial=start, total=cfg.steps)
     for step in bar:
         index = torch.randint(len(captions), (cfg.batch_size,), generator=generator)
@@ -203,10 +186,8 @@ def train_transformer(
         if on_metrics and (step % 50 == 0 or step == cfg.steps - 1):
             on_metrics("transformer", {"fm_loss": loss.item(), "grad_norm": grad_norm.item()}, step)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            checkpoint.atomic_save(
-                {"transformer": transformer.state_dict(), "optimizer": optimizer.state_dict(),
-                 "ema": ema.state_dict(), "step": step + 1, "rng": checkpoint.rng_state(generator)},
-                ckpt_path,
+            checkpoint.save_progress(
+                ckpt_path, step + 1, generator, transformer=transformer, optimizer=optimizer, ema=ema
             )
     ema.copy_to(transformer)
     transformer.eval()

@@ -85,24 +85,19 @@ def guided_velocity(
     (attention capture reads the prompt's own attention). Returns (B, C, h, w).
     """
     timestep = (sigma * 1000).expand(latents.shape[0]).to(latents.dtype)
-    with recording or nullcontext():
-        v_cond = transformer(
-            hidden_states=latents,
-            encoder_hidden_states=cond.embeds,
-            pooled_projections=cond.pooled,
-            timestep=timestep,
-            return_dict=False,
+
+    def velocity(embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        return transformer(
+            hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled,
+            timestep=timestep, return_dict=False,
         )[0]
+
+    with recording or nullcontext():
+        v_cond = velocity(cond.embeds, cond.pooled)
     if guidance_scale <= 1 or cond.uncond_embeds is None:
         return v_cond
     with torch.no_grad():
-        v_uncond = transformer(
-            hidden_states=latents,
-            encoder_hidden_states=cond.uncond_embeds,
-            pooled_projections=cond.uncond_pooled,
-            timestep=timestep,
-            return_dict=False,
-        )[0]
+        v_uncond = velocity(cond.uncond_embeds, cond.uncond_pooled)
     return v_uncond + guidance_scale * (v_cond - v_uncond)
 
 

@@ -107,3 +107,33 @@ def test_variant_round_trip_through_diffusers_lora(tmp_path: Path) -> None:
                                atol=1e-5, rtol=1e-4)
     base_images = sample_ode(micro_pipeline(), prompts, seeds, steps=3, guidance_scale=2.0)
     assert (base_images - trained_images).abs().max() > 1e-5
+
+
+OCR_AND_GENEVAL_RECORDS = [
+    {"prompt": 'a photo of a red star and a sign that says "AB"', "tag": "colors",
+     "include": [{"class": "star", "count": 1, "color": "red"}]},
+    {"prompt": 'a photo of two circles and a sign that says "7"', "tag": "counting",
+     "include": [{"class": "circle", "count": 2}]},
+]
+
+
+@pytest.mark.parametrize(
+    "rewards",
+    [{"task": "geneval"}, {"task": "ocr"}, {"task": "pickscore"},
+     {"task": "geneval", "weights": {"geneval": 1.0, "ocr": 0.5, "pickscore": 0.1}}],
+    ids=["geneval", "ocr", "pickscore", "mix"],
+)
+def test_trainer_runs_on_each_reward_chosen_in_params(tmp_path: Path, rewards: dict) -> None:
+    """The real reward backends (world detector, rapidocr, a world CLIP saved and loaded as
+    PickScore) built from the config drive a training iteration."""
+    from rewards.registry import build_reward
+    from rewards.world_clip import WORLD_CLIP_DIR, build_world_clip
+
+    cfg = load_config(MICRO, overrides={"train": SMALL | {"iterations": 1}, "rewards": rewards})
+    build_world_clip(cfg.rewards.world_clip, cfg.world.image_size, seed=0).save_pretrained(tmp_path / WORLD_CLIP_DIR)
+    reward = build_reward(cfg.rewards, tmp_path)
+    trainer = Trainer(cfg, micro_pipeline(), reward, OCR_AND_GENEVAL_RECORDS, tmp_path / "work", progress=False)
+    metrics = trainer.step()
+    assert torch.isfinite(torch.tensor(metrics["reward_mean"])) and metrics["iteration"] == 1
+    if rewards["task"] in ("geneval", "ocr") and "weights" not in rewards:
+        assert 0.0 <= metrics["reward_mean"] <= 1.0
