@@ -2,10 +2,13 @@
 
     python benchmarks/capture_overhead.py [--repeats 5] [--params params.yaml]
 
-Times (a) a rollout of the training batch with and without attention capture and (b) a whole
-training iteration (sample → score → advantages → update) with allocation `none` and `star`,
-alternating the two in each repeat so that machine noise hits both alike, and prints the median
-times and their ratios. Uses the trained embedded base model when `models/base` exists.
+Times, in one run and on the same batch: (a) a rollout of the training batch with and without
+attention capture and (b) the update (advantages, allocation maps, inner-epoch minibatch steps)
+of allocation `none` and `star` on those same rollouts, with rewards spread inside every group
+so that both update every rollout (sparse real rewards would make the comparison a lottery of
+which groups carry signal). An iteration is rollout + scoring + update; the two algorithms are
+alternated in each repeat so that machine noise hits both alike, and the medians and their
+ratios are printed. Uses the trained embedded base model when `models/base` exists.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from rewards.geneval import GenEvalReward, world_detector
 from star.config import load_config
 from star.models import build_mini_sd3, pipeline_for
 from star.prompt_source import Record
-from star.rollout import sample_rollouts
+from star.rollout import Rollouts, sample_rollouts
 from star.trainer import Trainer
 from star.world.prompts import generate_prompt_sets, vocabulary
 from star.world.vocab import TEXT_CHARSET
@@ -39,6 +42,12 @@ def make_trainer(params: str, allocation: str, work: Path) -> Trainer:
     return Trainer(cfg, pipe, GenEvalReward(world_detector()), records, work / allocation, progress=False)
 
 
+def time_score(trainer: Trainer, rollouts: Rollouts) -> float:
+    start = time.perf_counter()
+    trainer.reward.score(rollouts.images, rollouts.prompts, rollouts.records)
+    return time.perf_counter() - start
+
+
 def time_rollout(trainer: Trainer, records: list[Record], capture: bool) -> float:
     """Seconds of one rollout of ``records`` × group, with or without the capture processors."""
     rollouts = trainer.sample(records)  # conditioning and masks as the trainer builds them
@@ -52,10 +61,17 @@ def time_rollout(trainer: Trainer, records: list[Record], capture: bool) -> floa
     return time.perf_counter() - start
 
 
-def time_iteration(trainer: Trainer) -> float:
+def time_update(trainer: Trainer, rollouts: Rollouts, rewards: torch.Tensor) -> float:
+    """Seconds of the update step of the loop (advantages → maps → minibatch steps)."""
     start = time.perf_counter()
-    trainer.step()
+    trainer.update(rollouts, trainer.objective.prepare(rollouts, rewards))
     return time.perf_counter() - start
+
+
+def spread_rewards(rollouts: Rollouts) -> torch.Tensor:
+    """(B,) rewards 0, 1/(G-1), ..., 1 inside every group: every group carries signal."""
+    position = torch.cat([torch.arange(int(n)) for n in torch.bincount(rollouts.group_ids)]).float()
+    return position / position.max().clamp_min(1)
 
 
 def main() -> None:
@@ -66,13 +82,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         none, star = make_trainer(args.params, "none", Path(tmp)), make_trainer(args.params, "star", Path(tmp))
         records = star.prompts.next(star.train_cfg.prompts_per_iteration)
-        times: dict[str, list[float]] = {k: [] for k in ("rollout", "rollout+capture", "iteration none", "iteration star")}
+        rollouts = star.sample(records)  # with attention, so `star` can build its maps
+        rewards = spread_rewards(rollouts)
+        times: dict[str, list[float]] = {k: [] for k in ("rollout", "rollout+capture", "score", "update none", "update star")}
         for repeat in range(args.repeats + 1):  # the first round warms up and is dropped
             measured = {
                 "rollout": time_rollout(star, records, capture=False),
                 "rollout+capture": time_rollout(star, records, capture=True),
-                "iteration none": time_iteration(none),
-                "iteration star": time_iteration(star),
+                "score": time_score(star, rollouts),
+                "update none": time_update(none, rollouts, rewards),
+                "update star": time_update(star, rollouts, rewards),
             }
             if repeat:
                 for key, value in measured.items():
@@ -83,11 +102,12 @@ def main() -> None:
     print("| measurement | median seconds |\n|---|---:|")
     for key, value in median.items():
         print(f"| {key} | {value:.3f} |")
-    kept = {name: statistics.fmean(h["kept_fraction"] for h in t.history) for name, t in (("none", none), ("star", star))}
-    print(f"\nrollouts kept for the update (groups with signal): none {kept['none']:.2f}, star {kept['star']:.2f}")
-    print(f"rollout with capture / without: {median['rollout+capture'] / median['rollout']:.3f}")
-    print(f"training iteration star / none: {median['iteration star'] / median['iteration none']:.3f}")
-
+    iteration_none = median["rollout"] + median["score"] + median["update none"]
+    iteration_star = median["rollout+capture"] + median["score"] + median["update star"]
+    print(f"\nrollout with capture / without: {median['rollout+capture'] / median['rollout']:.3f}")
+    print(f"update star / none: {median['update star'] / median['update none']:.3f}")
+    print(f"training iteration star / none: {iteration_star / iteration_none:.3f} "
+          f"({iteration_star:.3f} s vs {iteration_none:.3f} s)")
 
 if __name__ == "__main__":
     main()
