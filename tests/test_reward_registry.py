@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from rewards.geneval import GenEvalReward
+from rewards.geneval import GenEvalReward, world_detector
 from rewards.ocr import EasyOcrBackend, OcrReward, RapidOcrBackend
 from rewards.registry import WeightedReward, build_reward, score_components
 from star.config import ConfigError, RewardsConfig, config_from_dict
@@ -116,3 +116,20 @@ def test_invalid_reward_config_fails_at_load(rewards: dict[str, Any], key: str) 
 def test_default_config_builds_the_geneval_reward() -> None:
     cfg = config_from_dict({})
     assert isinstance(build_reward(cfg.rewards, cfg.paths.reward_models), GenEvalReward)
+
+
+def test_world_geneval_reward_bad_input_is_named() -> None:
+    """The world GenEval reward: clear errors for malformed batches, an empty batch scores empty."""
+    reward = GenEvalReward(world_detector())
+    record = {"prompt": "a photo of a star", "tag": "single_object", "include": [{"class": "star", "count": 1}]}
+    grey = torch.full((1, 3, 32, 32), 0.5)
+    assert reward.score(grey, [record["prompt"]], [record]).tolist() == [0.0]
+    assert reward.score(torch.zeros(0, 3, 32, 32), [], []).shape == (0,)
+    with pytest.raises(ValueError, match=r"metadata\[0\] is not GenEval metadata"):
+        reward.score(grey, ["a photo of a star"], [{"prompt": "a photo of a star"}])
+    with pytest.raises(ValueError, match="NaN"):
+        reward.score(torch.full((1, 3, 32, 32), float("nan")), [record["prompt"]], [record])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        reward.score(torch.zeros(1, 1, 32, 32), [record["prompt"]], [record])
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        reward.score(grey, [], [record])
