@@ -16,6 +16,7 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import run_stage, stage_config
 from pipelines.tracking import log_metrics, stage_run
 from rewards.geneval import GenEvalReward, world_detector
+from star import checkpoint
 from star.config import Config, fingerprint
 from star.evaluation import TaskReport, balanced_subset, evaluate_geneval
 from star.pretrain import pretrain_base
@@ -38,12 +39,7 @@ def pretrain(cfg: Config, work_dir: Path) -> Any:
 
 @task(cache_policy=NO_CACHE)
 def save_model(pipe: Any, out_dir: Path) -> None:
-    """Write beside the target, then swap, so a crash never leaves half a model."""
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    checkpoint.atomic_directory(out_dir, pipe.save_pretrained)
 
 
 @task(cache_policy=NO_CACHE)

@@ -26,6 +26,7 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import parse_overrides, use_threads
 from pipelines.tracking import log_metrics, stage_run
 from rewards.registry import build_reward
+from star import checkpoint
 from star.config import Config, ConfigError, fingerprint, load_config
 from star.models import pipeline_for
 from star.prompt_source import load_task_prompts
@@ -78,11 +79,7 @@ def run_training(cfg: Config, name: str, log: bool = True) -> tuple[Trainer, flo
     trainer.final_weights()
     if trainer.accelerator.is_main_process:
         info = {"variant": name, "seed": cfg.seed, "task": cfg.rewards.task, "train": cfg.train.model_dump(mode="json")}
-        staging = cfg.paths.checkpoints / f"{name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        save_variant(pipe, staging, info)
-        shutil.rmtree(cfg.paths.checkpoints / name, ignore_errors=True)
-        staging.rename(cfg.paths.checkpoints / name)
+        checkpoint.atomic_directory(cfg.paths.checkpoints / name, lambda path: save_variant(pipe, path, info))
     return trainer, time.perf_counter() - start
 
 

@@ -137,3 +137,21 @@ def test_trainer_runs_on_each_reward_chosen_in_params(tmp_path: Path, rewards: d
     assert torch.isfinite(torch.tensor(metrics["reward_mean"])) and metrics["iteration"] == 1
     if rewards["task"] in ("geneval", "ocr") and "weights" not in rewards:
         assert 0.0 <= metrics["reward_mean"] <= 1.0
+
+
+def test_atomic_directory_keeps_the_old_model_when_writing_fails(tmp_path: Path) -> None:
+    from star.checkpoint import atomic_directory
+
+    target = tmp_path / "model"
+    atomic_directory(target, lambda path: (path.mkdir(), (path / "weights").write_text("old")))
+
+    def crash(path: Path) -> None:
+        path.mkdir()
+        (path / "weights").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_directory(target, crash)
+    assert (target / "weights").read_text() == "old"
+    atomic_directory(target, lambda path: (path.mkdir(), (path / "weights").write_text("new")))
+    assert (target / "weights").read_text() == "new" and not (tmp_path / "model.partial").exists()
