@@ -32,6 +32,9 @@ class MiniModelConfig(_Section):
         [32], "VAE block widths; the latent is downsampled 2**(len-1) times ([32]: full resolution)", min_length=1
     )
     vae_layers_per_block: int = _knob(1, "ResNet layers per VAE block", ge=1, le=4)
+    vae_mid_attention: bool = _knob(
+        True, "self-attention in the VAE's mid block, as SD3's VAE (off: latents see only a conv neighbourhood and GroupNorm statistics)"
+    )
     latent_channels: int = _knob(4, "channels of the VAE latent", ge=1, le=16)
     layers: int = _knob(4, "joint-attention (MMDiT) blocks of the transformer", ge=1, le=48)
     heads: int = _knob(4, "attention heads per block", ge=1, le=64)

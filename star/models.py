@@ -184,6 +184,9 @@ def build_mini_sd3(
         shift_factor=0.0,
         use_quant_conv=False,
         use_post_quant_conv=False,
+        # With the mid-block attention the small VAE spreads a per-image code over the flat
+        # background (docs/method.md §0).
+        mid_block_add_attention=cfg.vae_mid_attention,
     )
     transformer = SD3Transformer2DModel(
         sample_size=latent_size,

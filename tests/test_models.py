@@ -100,3 +100,16 @@ def test_unavailable_hub_model_names_model_and_offline_flag(monkeypatch, tmp_pat
 def test_latent_grid_must_fit_patches() -> None:
     with pytest.raises(ValueError, match="patch_size"):
         build_mini_sd3(TINY.model_copy(update={"patch_size": 3}), WORDS, CHARSET, image_size=32, seed=0)
+
+
+def test_vae_mid_attention_knob_builds_and_round_trips(tmp_path: Path) -> None:
+    config = TINY.model_copy(update={"vae_mid_attention": False})
+    pipe = build_mini_sd3(config, WORDS, CHARSET, image_size=32, seed=0)
+    assert pipe.vae.encoder.mid_block.attentions[0] is None
+    assert pipe.vae.decoder.mid_block.attentions[0] is None
+    assert build_mini_sd3(TINY, WORDS, CHARSET, 32, seed=0).vae.encoder.mid_block.attentions[0] is not None
+    pipe.save_pretrained(tmp_path / "local")
+    loaded = load_pipeline(tmp_path / "local")
+    assert loaded.vae.encoder.mid_block.attentions[0] is None
+    images = torch.rand(1, 3, 32, 32)
+    assert torch.equal(latents_from_images(pipe.vae, images), latents_from_images(loaded.vae, images))
