@@ -25,8 +25,7 @@ from star import checkpoint
 from star.config import WorldClipConfig
 from star.models import BOS, EOS, PAD, SPECIAL_TOKENS, build_world_tokenizer
 from star.pretrain import MetricsCallback, WorldDataset, lr_factor, render_world_dataset
-from star.world.prompts import Metadata, combination_keys, generate_prompt_sets, scene_for_metadata, vocabulary
-from star.world.render import render_scene
+from star.world.prompts import Metadata, combination_keys, generate_prompt_sets, render_records, vocabulary
 from star.world.vocab import TEXT_CHARSET
 
 WORLD_CLIP_DIR = "world_clip"
@@ -81,8 +80,7 @@ def build_world_clip(cfg: WorldClipConfig, image_size: int, seed: int) -> WorldC
 
 def _render(records: list[Metadata], image_size: int, rng: np.random.Generator) -> torch.Tensor:
     """A ground-truth picture per record: (N, 3, H, W) uint8."""
-    pictures = [np.asarray(render_scene(scene_for_metadata(r, rng, image_size))) for r in records]
-    return torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(render_records(records, image_size, rng)).permute(0, 3, 1, 2).contiguous()
 
 
 def render_clip_dataset(n: int, image_size: int, seed: int) -> WorldDataset:

@@ -564,6 +564,11 @@ def scene_for_metadata(metadata: Metadata, rng: np.random.Generator, image_size:
     return Scene(sample_objects(rng, specs, image_size, relations=relations), image_size=image_size)
 
 
+def render_records(records: Sequence[Metadata], image_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ground-truth picture per record, drawn with ``scene_for_metadata``: (N, H, W, 3) uint8."""
+    return np.stack([np.asarray(render_scene(scene_for_metadata(r, rng, image_size))) for r in records])
+
+
 def sample_training_example(rng: np.random.Generator, image_size: int = 64) -> tuple[Image.Image, str, Metadata]:
     """One pretraining ``(image, caption, metadata)`` from TRAIN combinations only.
 

@@ -1,0 +1,59 @@
+"""Base-model diagnostics on a micro model: caption sensitivity and the commitment curve."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import micro_pipeline
+from star.diagnostics import caption_sensitivity, commitment_curve, noised
+from star.models import images_from_latents, latents_from_images
+from star.world.prompts import colors_record, render_records
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    pipe = micro_pipeline()
+    records = [colors_record("star", "red"), colors_record("circle", "blue")]
+    size = pipe.vae.config.sample_size
+    images = torch.from_numpy(render_records(records, size, np.random.default_rng(0))).permute(0, 3, 1, 2).float() / 255
+    return pipe, images, [r["prompt"] for r in records]
+
+
+def test_render_records_draws_each_record(scenes) -> None:
+    _, images, _ = scenes
+    assert images.shape[:2] == (2, 3) and not torch.equal(images[0], images[1])
+
+
+def test_caption_sensitivity_is_zero_for_the_same_caption_and_positive_for_others(scenes) -> None:
+    pipe, images, prompts = scenes
+    table = caption_sensitivity(
+        pipe, images, prompts, {"same": list(prompts), "empty": ["", ""]}, sigmas=[0.9, 0.5]
+    )
+    assert list(table) == [0.9, 0.5]
+    for row in table.values():
+        assert row["same"] == 0 and row["empty"] > 0 and row["x0_mse"] > 0
+    with pytest.raises(ValueError, match="variant 'short' has 1 captions for 2 images"):
+        caption_sensitivity(pipe, images, prompts, {"short": [""]}, sigmas=[0.5])
+
+
+def test_noised_interpolates_with_a_seeded_noise() -> None:
+    clean = torch.ones(1, 2, 3, 3)
+    assert torch.equal(noised(clean, 0.0, seed=1), clean)
+    assert torch.equal(noised(clean, 0.3, seed=1), noised(clean, 0.3, seed=1))
+    assert not torch.equal(noised(clean, 0.3, seed=1), noised(clean, 0.3, seed=2))
+
+
+def test_commitment_curve_starts_from_the_scene_at_low_noise(scenes) -> None:
+    pipe, images, prompts = scenes
+    target = images_from_latents(pipe.vae, latents_from_images(pipe.vae, images))
+
+    def closeness(decoded: torch.Tensor) -> torch.Tensor:
+        return -((decoded - target) ** 2).mean(dim=(1, 2, 3))
+
+    curve = commitment_curve(pipe, images, prompts, closeness, steps=10, guidance_scale=2.0, start_steps=[0, 9])
+    (high, from_noise), (low, from_scene) = curve
+    assert high == pytest.approx(1.0) and 0 < low < 0.5
+    # an untrained model cannot draw the scene from noise, but one small step keeps it
+    assert from_scene > from_noise
+    with pytest.raises(ValueError, match="start_steps must lie in"):
+        commitment_curve(pipe, images, prompts, closeness, steps=10, guidance_scale=2.0, start_steps=[10])
