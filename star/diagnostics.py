@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from star.models import encode_prompts, images_from_latents, latents_from_images
+from star.models import images_from_latents, latents_from_images
 from star.sampling import condition, guided_velocity, sigma_schedule
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -30,12 +30,8 @@ def predicted_clean(
     pipe: StableDiffusion3Pipeline, noisy: torch.Tensor, sigma: float, prompts: list[str]
 ) -> torch.Tensor:
     """The model's x̂₀ = z_s − s · v_θ(z_s, s, c) for (B, C, h, w) ``noisy`` and B prompts."""
-    embeds, pooled = encode_prompts(pipe, prompts, noisy.device)
-    timestep = torch.full((len(prompts),), sigma * 1000, device=noisy.device)
-    velocity = pipe.transformer(
-        hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
-        timestep=timestep, return_dict=False,
-    )[0]
+    cond = condition(pipe, prompts, guidance_scale=1.0, device=noisy.device)
+    velocity = guided_velocity(pipe.transformer, noisy, torch.tensor(sigma, device=noisy.device), cond, 1.0)
     return noisy - sigma * velocity
 
 
@@ -87,10 +83,10 @@ def commitment_curve(
 
     images: (B, 3, H, W) in [0, 1]; ``score`` sees (B, 3, H, W) decoded images.
     """
-    device = pipe.transformer.device
-    sigmas = sigma_schedule(pipe, steps, device)
     if any(not 0 <= k < steps for k in start_steps):
         raise ValueError(f"start_steps must lie in [0, {steps}), got {start_steps}")
+    device = pipe.transformer.device
+    sigmas = sigma_schedule(pipe, steps, device)
     clean = latents_from_images(pipe.vae, images.to(device))
     cond = condition(pipe, prompts, guidance_scale, device)
     curve = []
