@@ -109,5 +109,6 @@ def main() -> None:
     print(f"training iteration star / none: {iteration_star / iteration_none:.3f} "
           f"({iteration_star:.3f} s vs {iteration_none:.3f} s)")
 
+
 if __name__ == "__main__":
     main()
