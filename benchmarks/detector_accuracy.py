@@ -1,7 +1,7 @@
 """Accuracy of the shapes-world detector on rendered scenes, as a markdown table.
 
 Usage: ``python benchmarks/detector_accuracy.py [--n 2000] [--sizes 32 64 128] [--seed 0]
-[--degrade]``. Each scene has 1-4 random objects (random shapes and colours); detections with a
+[--degrade] [--cell 10]``. Each scene has 1-4 random objects (random shapes and colours); detections with a
 score >= 0.3 (GenEval's threshold) are matched to ground-truth objects by box IoU >= 0.5.
 ``--degrade`` also measures Gaussian-blurred, noisy copies of the same scenes (a stand-in for
 model samples) at two strengths (``DEGRADATIONS``).
@@ -77,11 +77,11 @@ def match(objects: tuple[ObjectSpec, ...], detections: list[Detection]) -> list[
     return out
 
 
-def random_scene(rng: np.random.Generator, image_size: int) -> Scene:
-    """1-4 objects with uniformly random shapes and colours."""
+def random_scene(rng: np.random.Generator, image_size: int, cell: int = 0) -> Scene:
+    """1-4 objects with uniformly random shapes and colours (``cell``: ``world.layout_cell``)."""
     n = int(rng.integers(1, 5))
     specs = [(SHAPES[rng.integers(len(SHAPES))], COLOR_NAMES[rng.integers(len(COLOR_NAMES))]) for _ in range(n)]
-    return sample_scene(rng, specs, image_size)
+    return sample_scene(rng, specs, image_size, cell=cell)
 
 
 def degrade(pixels: np.ndarray, rng: np.random.Generator, blur: float = 0.7, noise: float = 8.0) -> np.ndarray:
@@ -94,7 +94,7 @@ DEGRADATIONS: dict[str, tuple[float, float]] = {"clean": (0.0, 0.0), "mild": (0.
 """Name -> (blur sigma px, noise sigma in 0-255 levels)."""
 
 
-def measure(n: int, image_size: int, seed: int, degradation: str = "clean") -> Tally:
+def measure(n: int, image_size: int, seed: int, degradation: str = "clean", cell: int = 0) -> Tally:
     """Tally detector results on ``n`` random scenes of one size (same scenes for every level)."""
     rng = np.random.default_rng(seed)
     noise_rng = np.random.default_rng(seed + 1)
@@ -102,7 +102,7 @@ def measure(n: int, image_size: int, seed: int, degradation: str = "clean") -> T
     detect(render_array(Scene((), image_size=image_size)))  # builds the colour table: not timed
     tally = Tally()
     for _ in range(n):
-        scene = random_scene(rng, image_size)
+        scene = random_scene(rng, image_size, cell)
         pixels = render_array(scene)
         if degradation != "clean":
             pixels = degrade(pixels, noise_rng, blur, noise)
@@ -119,11 +119,11 @@ def measure(n: int, image_size: int, seed: int, degradation: str = "clean") -> T
     return tally
 
 
-def render_ms(image_size: int, n: int = 500, seed: int = 0) -> tuple[float, float]:
+def render_ms(image_size: int, n: int = 500, seed: int = 0, cell: int = 0) -> tuple[float, float]:
     """Mean milliseconds to (lay out, render) one random 1-4 object scene."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    scenes = [random_scene(rng, image_size) for _ in range(n)]
+    scenes = [random_scene(rng, image_size, cell) for _ in range(n)]
     layout = time.perf_counter() - start
     start = time.perf_counter()
     for scene in scenes:
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--degrade", action="store_true", help="also measure blurred, noisy copies")
+    parser.add_argument("--cell", type=int, default=0, help="objects one per cell of this many px (world.layout_cell)")
     args = parser.parse_args()
     levels = list(DEGRADATIONS) if args.degrade else ["clean"]
     print("| images | scenes | objects | class acc | colour acc | recall | precision | detect ms / image |")
@@ -145,12 +146,12 @@ def main() -> None:
         for level in levels:
             blur, noise = DEGRADATIONS[level]
             label = f"{size}px {level}" + (f" (blur {blur}, noise {noise:g})" if level != "clean" else "")
-            print(measure(args.n, size, args.seed, level).row(label), flush=True)
+            print(measure(args.n, size, args.seed, level, args.cell).row(label), flush=True)
     print()
     print("| image size | layout ms / scene | render ms / scene |")
     print("|---|---|---|")
     for size in args.sizes:
-        layout, render = render_ms(size)
+        layout, render = render_ms(size, cell=args.cell)
         print(f"| {size} | {layout:.3f} | {render:.3f} |")
 
 

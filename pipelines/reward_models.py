@@ -30,13 +30,18 @@ def _log_progress(phase: str, metrics: dict[str, float], step: int) -> None:
 # A retry resumes from the last checkpoint in the work directory.
 @task(retries=1, cache_policy=NO_CACHE)
 def train(cfg: Config, work_dir: Path) -> WorldClip:
-    return train_world_clip(cfg.rewards.world_clip, cfg.world.image_size, cfg.seed, work_dir, on_metrics=_log_progress)
+    return train_world_clip(
+        cfg.rewards.world_clip, cfg.world.image_size, cfg.seed, work_dir,
+        on_metrics=_log_progress, cell=cfg.world.layout_cell,
+    )
 
 
 @task(cache_policy=NO_CACHE)
 def evaluate(model_dir: Path, cfg: Config) -> float:
     """Scored through ``PickScoreReward`` from the saved folder: the path training rewards take."""
-    images, captions, keys = heldout_set(cfg.rewards.world_clip.eval_size, cfg.world.image_size, cfg.seed)
+    images, captions, keys = heldout_set(
+        cfg.rewards.world_clip.eval_size, cfg.world.image_size, cfg.seed, cfg.world.layout_cell
+    )
     return heldout_accuracy(PickScoreReward(model_dir, model_dir, device=cfg.rewards.device), images, captions, keys)
 
 

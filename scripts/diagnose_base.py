@@ -36,7 +36,8 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     size = pipe.vae.config.sample_size
     records = [colors_record(shape, "red") for shape in SHAPES for _ in range(args.per_shape)]
-    images = torch.from_numpy(render_records(records, size, np.random.default_rng(0))).permute(0, 3, 1, 2).float() / 255
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(render_records(records, size, rng, cfg.world.layout_cell)).permute(0, 3, 1, 2).float() / 255
     prompts = [r["prompt"] for r in records]
     other_shape = [p.replace(s, SHAPES[(SHAPES.index(s) + 3) % len(SHAPES)]) for p, s in zip(prompts, (r["include"][0]["class"] for r in records))]
     variants = {"shape word swapped": other_shape, "colour word swapped": [p.replace("red", "blue") for p in prompts], "empty caption": [""] * len(prompts)}

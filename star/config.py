@@ -29,17 +29,17 @@ class MiniModelConfig(_Section):
     """Sizes of the embedded miniature SD3 (same diffusers/transformers classes as SD3.5)."""
 
     vae_channels: list[int] = _knob(
-        [32], "VAE block widths; the latent is downsampled 2**(len-1) times ([32]: full resolution)", min_length=1
+        [32, 64], "VAE block widths; the latent is downsampled 2**(len-1) times ([32]: full resolution)", min_length=1
     )
     vae_layers_per_block: int = _knob(1, "ResNet layers per VAE block", ge=1, le=4)
     vae_mid_attention: bool = _knob(
-        True, "self-attention in the VAE's mid block, as SD3's VAE (off: latents see only a conv neighbourhood and GroupNorm statistics)"
+        False, "self-attention in the VAE's mid block, as SD3's VAE (off: latents see only a conv neighbourhood and GroupNorm statistics)"
     )
-    latent_channels: int = _knob(4, "channels of the VAE latent", ge=1, le=16)
+    latent_channels: int = _knob(8, "channels of the VAE latent", ge=1, le=16)
     layers: int = _knob(4, "joint-attention (MMDiT) blocks of the transformer", ge=1, le=48)
     heads: int = _knob(4, "attention heads per block", ge=1, le=64)
     head_dim: int = _knob(32, "width of one attention head", ge=8, le=256)
-    patch_size: int = _knob(2, "latent patch size of the transformer", ge=1, le=4)
+    patch_size: int = _knob(5, "latent patch size of the transformer", ge=1, le=8)
     qk_norm: Literal["rms_norm"] | None = _knob("rms_norm", "query/key norm, as SD3.5")
     text_width: int = _knob(64, "hidden width of each of the two CLIP text encoders", ge=8)
     text_layers: int = _knob(2, "layers of each text encoder (CLIP and T5)", ge=1, le=24)
@@ -76,9 +76,21 @@ class ModelConfig(_Section):
 class WorldConfig(_Section):
     """The procedural shapes world: image size and prompt-set sizes."""
 
-    image_size: int = _knob(32, "side of rendered and generated images, pixels", ge=32, le=512)
+    image_size: int = _knob(40, "side of rendered and generated images, pixels", ge=32, le=512)
+    layout_cell: int = _knob(
+        10, "objects sit one per cell of this many pixels (one transformer token; 0: anywhere)", ge=0
+    )
     train_prompts: int = _knob(600, "prompts per task family in each train split", ge=6)
     test_prompts: int = _knob(120, "prompts per task family in each test split", ge=6)
+
+    @model_validator(mode="after")
+    def _cells_fit_layouts(self) -> WorldConfig:
+        if self.layout_cell and not 8 <= self.layout_cell <= self.image_size // 3:
+            raise ValueError(
+                f"layout_cell={self.layout_cell} must be 0 or 8..image_size/3={self.image_size // 3}: "
+                "objects need at least 8 px, and four objects with a free cell between them a 3x3 grid"
+            )
+        return self
 
 
 class PromptSetsConfig(_Section):
@@ -92,11 +104,11 @@ class PromptSetsConfig(_Section):
 class BaseConfig(_Section):
     """Base pretraining of the miniature SD3 on world images (VAE, then transformer)."""
 
-    vae_steps: int = _knob(300, "VAE optimisation steps", ge=0)
+    vae_steps: int = _knob(600, "VAE optimisation steps", ge=0)
     vae_batch_size: int = _knob(16, "images per VAE step", ge=1)
     vae_lr: float = _knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
-    steps: int = _knob(1100, "transformer flow-matching steps", ge=0)
+    steps: int = _knob(3600, "transformer flow-matching steps", ge=0)
     batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(5e-4, "transformer AdamW learning rate (cosine decay after warm-up)", gt=0)
     warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)

@@ -41,13 +41,16 @@ class WorldDataset:
         return self.images[index].float() / 255, [self.captions[i] for i in index.tolist()]
 
 
-def render_world_dataset(n: int, image_size: int, seed: int, progress: bool = True) -> WorldDataset:
-    """Render ``n`` random training scenes (train combinations only) with their captions."""
+def render_world_dataset(
+    n: int, image_size: int, seed: int, progress: bool = True, cell: int = 0
+) -> WorldDataset:
+    """Render ``n`` random training scenes (train combinations only) with their captions;
+    ``cell`` > 0 lays objects out one per grid cell (``world.layout_cell``)."""
     rng = np.random.default_rng(seed)
     images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
     captions = []
     for i in tqdm(range(n), desc="rendering world", disable=not progress, leave=False):
-        image, caption, _ = sample_training_example(rng, image_size=image_size)
+        image, caption, _ = sample_training_example(rng, image_size, cell)
         images[i] = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
         captions.append(caption)
     return WorldDataset(images, captions)
@@ -211,7 +214,9 @@ def pretrain_base(
     )
     for encoder in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
         encoder.requires_grad_(False)
-    data = render_world_dataset(cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed)
+    data = render_world_dataset(
+        cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed, cell=cfg.world.layout_cell
+    )
     train_vae(pipe.vae, data, cfg.base, generator, work_dir / "vae.ckpt", on_metrics)
     pipe.vae.requires_grad_(False)
     latents = calibrate_latents(pipe.vae, data)

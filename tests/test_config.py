@@ -92,3 +92,9 @@ def test_variants_override_train_and_are_validated(tmp_path: Path) -> None:
         load_config(REPO / "params.yaml", {"study": {"variants": {"bad": {"gamma": -1}}}})
     written = write_params(star, tmp_path / "params.yaml")
     assert load_config(written) == star
+
+
+def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"layout_cell=20 must be 0 or 8\.\.image_size/3=13"):
+        load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\n"))
+    assert load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 0}\n")).world.layout_cell == 0

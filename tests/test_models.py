@@ -21,8 +21,8 @@ from star.sampling import sample_ode
 WORDS = ["a", "photo", "of", "red", "blue", "circle", "square", "left", "and", "sign", "says"]
 CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 TINY = MiniModelConfig(
-    vae_channels=[8, 8], latent_channels=4, layers=2, heads=2, head_dim=8, text_width=16,
-    text_layers=1, text_heads=2, t5_width=32, clip_tokens=12, t5_tokens=12,
+    vae_channels=[8, 8], latent_channels=4, layers=2, heads=2, head_dim=8, patch_size=2, text_width=16,
+    text_layers=1, text_heads=2, t5_width=32, clip_tokens=12, t5_tokens=12, vae_mid_attention=True,
 )
 
 
@@ -103,7 +103,7 @@ def test_latent_grid_must_fit_patches() -> None:
 
 
 def test_vae_mid_attention_knob_builds_and_round_trips(tmp_path: Path) -> None:
-    config = TINY.model_copy(update={"vae_mid_attention": False})
+    config = TINY.model_copy(update={"vae_mid_attention": False})  # the default
     pipe = build_mini_sd3(config, WORDS, CHARSET, image_size=32, seed=0)
     assert pipe.vae.encoder.mid_block.attentions[0] is None
     assert pipe.vae.decoder.mid_block.attentions[0] is None

@@ -312,21 +312,26 @@ def sample_boxes(
     relations: Sequence[tuple[int, str, int]] = (),
     gap: int = MIN_GAP,
     shapes: Sequence[str] | None = None,
+    cell: int = 0,
 ) -> list[Box]:
     """``n`` square boxes inside the image, pairwise ``gap`` apart, satisfying ``relations``.
 
-    Each relation ``(i, rel, j)`` asks that box i be ``rel`` box j under GenEval's rule with
+    With ``cell`` > 0 the image is a grid of ``cell``-pixel cells and each box sits centred in
+    one cell, at most ``cell`` pixels wide (see ``cell_size_range``). Each relation
+    ``(i, rel, j)`` asks that box i be ``rel`` box j under GenEval's rule with
     ``RELATION_MARGIN``. With ``shapes`` (one per box), each side is bumped to the nearest size
     at which that shape touches all four box edges (``fitted_side``), so painted extents equal
     the boxes. Boxes are placed one by one, each uniformly among its valid positions; when one
     has none the layout restarts, its upper size shrunk every few restarts so crowded scenes fit.
     """
-    low, high = size_range or default_size_range(image_size)
+    low, high = size_range or (cell_size_range(cell) if cell else default_size_range(image_size))
     if low > image_size:
         raise ValueError(f"min object size {low} exceeds image size {image_size}")
+    if cell and high > cell:
+        raise ValueError(f"object sizes {low}..{high} do not fit in layout cells of {cell} px")
     for restart in range(40):
         shrunk_high = max(low, round(high * 0.85 ** (restart // 4)))
-        boxes = _try_layout(rng, n, image_size, (low, shrunk_high), relations, gap, shapes)
+        boxes = _try_layout(rng, n, image_size, (low, shrunk_high), relations, gap, shapes, cell)
         if boxes is not None:
             return boxes
     raise RuntimeError(f"could not place {n} objects in {image_size}px with sizes {low}..{high}")
@@ -340,6 +345,7 @@ def _try_layout(
     relations: Sequence[tuple[int, str, int]],
     gap: int,
     shapes: Sequence[str] | None,
+    cell: int = 0,
 ) -> list[Box] | None:
     """One attempt of ``sample_boxes``; None when some box found no valid place."""
     placed: dict[int, Box] = {}
@@ -347,8 +353,10 @@ def _try_layout(
         for _ in range(8):  # a few sides before giving up on this layout
             side = int(rng.integers(size_range[0], size_range[1] + 1))
             if shapes is not None:
-                side = min(fitted_side(shapes[index], side), image_size)
+                side = min(fitted_side(shapes[index], side), cell or image_size)
             free = _free_positions(index, side, placed, relations, gap, image_size)
+            if cell:
+                free &= _cell_corners(side, cell, image_size)
             ys, xs = np.nonzero(free)
             if ys.size:
                 pick = int(rng.integers(ys.size))
@@ -357,6 +365,20 @@ def _try_layout(
         else:
             return None
     return [placed[i] for i in range(n)]
+
+
+def cell_size_range(cell: int) -> tuple[int, int]:
+    """Object sides for a cell layout: the whole cell, down to MIN_OBJECT_SIZE or 2 px less."""
+    return min(cell, max(MIN_OBJECT_SIZE, cell - 2)), cell
+
+
+def _cell_corners(side: int, cell: int, image_size: int) -> np.ndarray:
+    """Corners that centre a ``side`` box in a layout cell: bool (m, m), m = image_size - side + 1."""
+    m = image_size - side + 1
+    corners = np.zeros((m, m), dtype=bool)
+    starts = np.arange(0, image_size - cell + 1, cell) + (cell - side) // 2
+    corners[np.ix_(starts, starts)] = True
+    return corners
 
 
 def _free_positions(
@@ -409,9 +431,11 @@ def sample_objects(
     image_size: int = 64,
     size_range: tuple[int, int] | None = None,
     relations: Sequence[tuple[int, str, int]] = (),
+    cell: int = 0,
 ) -> tuple[ObjectSpec, ...]:
     """Objects for the given ``(shape, colour)`` specs, laid out by ``sample_boxes``."""
-    boxes = sample_boxes(rng, len(specs), image_size, size_range, relations, shapes=[shape for shape, _ in specs])
+    shapes = [shape for shape, _ in specs]
+    boxes = sample_boxes(rng, len(specs), image_size, size_range, relations, shapes=shapes, cell=cell)
     return tuple(ObjectSpec(shape, color, box) for (shape, color), box in zip(specs, boxes))
 
 
@@ -420,9 +444,10 @@ def sample_scene(
     specs: Sequence[tuple[str, str]],
     image_size: int = 64,
     size_range: tuple[int, int] | None = None,
+    cell: int = 0,
 ) -> Scene:
-    """A scene of N objects with the given ``(shape, colour)`` each."""
-    return Scene(sample_objects(rng, specs, image_size, size_range), image_size=image_size)
+    """A scene of N objects with the given ``(shape, colour)`` each (``cell``: ``sample_boxes``)."""
+    return Scene(sample_objects(rng, specs, image_size, size_range, cell=cell), image_size=image_size)
 
 
 def sample_relation_scene(
