@@ -1,8 +1,9 @@
 """Accuracy of the shapes-world detector on rendered scenes, as a markdown table.
 
 Usage: ``python benchmarks/detector_accuracy.py [--n 2000] [--sizes 32 64 128] [--seed 0]
-[--degrade] [--cell 10]``. Each scene has 1-4 random objects (random shapes and colours); detections with a
-score >= 0.3 (GenEval's threshold) are matched to ground-truth objects by box IoU >= 0.5.
+[--degrade] [--cell 10]``. Each scene has 1-4 random objects (random shapes and colours; with
+``--cell``, one per grid cell as ``world.layout_cell`` lays them out); detections with a score
+>= 0.3 (GenEval's threshold) are matched to ground-truth objects by box IoU >= 0.5.
 ``--degrade`` also measures Gaussian-blurred, noisy copies of the same scenes (a stand-in for
 model samples) at two strengths (``DEGRADATIONS``).
 """
