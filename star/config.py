@@ -133,6 +133,9 @@ class TrainConfig(_Section):
     group_size: int = _knob(8, "rollouts per prompt (GRPO group; SD3.5 reference 24)", ge=2)
     steps: int = _knob(10, "denoising steps of training rollouts", ge=2)
     train_fraction: float = _knob(0.6, "fraction of the denoising steps trained each iteration", gt=0, le=1)
+    sde_window: int = _knob(
+        0, "SDE steps per rollout, a window drawn in the first half each iteration; the rest ODE (0: all SDE)", ge=0
+    )
     noise_level: float = _knob(0.7, "SDE noise level a (method §1)", gt=0)
     guidance_scale: float = _knob(4.5, "classifier-free guidance scale of rollouts", ge=1)
     same_noise_per_group: bool = _knob(False, "every rollout of a group starts from the same noise")
@@ -164,6 +167,12 @@ class TrainConfig(_Section):
     fdfo_base_weight: float = _knob(0.0, "FDFO weight of ||v - v_base||^2", ge=0)
     checkpoint_every: int = _knob(10, "iterations between resumable checkpoints", ge=1)
     log_images_every: int = _knob(10, "iterations between sample grids and map overlays", ge=1)
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> TrainConfig:
+        if self.sde_window > self.steps:
+            raise ValueError(f"sde_window = {self.sde_window} exceeds steps = {self.steps}")
+        return self
 
 
 class WorldClipConfig(_Section):

@@ -150,6 +150,27 @@ def flow_matching_loss(
     return F.mse_loss(pred, noise - latents)
 
 
+class CaptionEmbeddings:
+    """The frozen text encoders' output for every distinct caption, computed once: the training
+    loop indexes it instead of re-encoding each batch (about a tenth of a step's time).
+
+    embeds: (U, L, D); pooled: (U, P) for U distinct captions; row 0 is the empty caption.
+    """
+
+    def __init__(self, pipe: StableDiffusion3Pipeline, captions: list[str], batch_size: int = 256) -> None:
+        distinct = list(dict.fromkeys(["", *captions]))
+        self.row = {caption: i for i, caption in enumerate(distinct)}
+        with torch.no_grad():
+            parts = [encode_prompts(pipe, distinct[i : i + batch_size]) for i in range(0, len(distinct), batch_size)]
+        self.embeds = torch.cat([e for e, _ in parts])
+        self.pooled = torch.cat([p for _, p in parts])
+
+    def lookup(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) embeddings and (B, P) pooled vectors of ``captions`` (all seen at init)."""
+        rows = torch.tensor([self.row[c] for c in captions])
+        return self.embeds[rows], self.pooled[rows]
+
+
 def _drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
     keep = torch.rand(len(captions), generator=generator) >= p
     return [c if k else "" for c, k in zip(captions, keep.tolist())]
@@ -171,12 +192,13 @@ def train_transformer(
     transformer.train()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(transformer, cfg.ema_decay)
+    text = CaptionEmbeddings(pipe, captions)
     start = checkpoint.resume_progress(ckpt_path, generator, transformer=transformer, optimizer=optimizer, ema=ema)
     bar = tqdm(range(start, cfg.steps), desc="base: transformer", initial=start, total=cfg.steps)
     for step in bar:
         index = torch.randint(len(captions), (cfg.batch_size,), generator=generator)
         batch_captions = _drop_captions([captions[i] for i in index.tolist()], cfg.caption_dropout, generator)
-        embeds, pooled = encode_prompts(pipe, batch_captions)
+        embeds, pooled = text.lookup(batch_captions)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps)
         loss = flow_matching_loss(transformer, latents[index], embeds, pooled, generator, shift)

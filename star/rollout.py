@@ -28,7 +28,8 @@ class Rollouts:
     velocities: (B, T, C, h, w) guided velocities (kept for FDFO), or None;
     images: (B, 3, H, W) decoded x_T in [0, 1];
     core_mask: (B, L_text) core-token mask, or None without capture;
-    attention: (B, T, P) captured core attention on the P = (h/patch)·(w/patch) patch grid, or None.
+    attention: (B, T, P) captured core attention on the P = (h/patch)·(w/patch) patch grid, or None;
+    sde_steps: the steps sampled with noise (the only ones with log-probs), or None for all T.
     """
 
     prompts: list[str]
@@ -42,6 +43,7 @@ class Rollouts:
     velocities: torch.Tensor | None = None
     core_mask: torch.Tensor | None = None
     attention: torch.Tensor | None = None
+    sde_steps: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -86,12 +88,15 @@ def sample_rollouts(
     capture: AttentionCapture | None = None,
     core_mask: torch.Tensor | None = None,
     keep_velocities: bool = False,
+    sde_steps: list[int] | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """Run the SDE sampler from ``noise`` (B, C, h, w) through ``sigmas`` (T + 1,).
 
     At each step the guided velocity gives the Gaussian transition of method §1; its sample is
     the next state and its per-element log-density is kept. With ``capture`` the conditional
-    branch records the core attention (method §3.2). Returns the tensor fields of ``Rollouts``.
+    branch records the core attention (method §3.2). With ``sde_steps`` only those steps add
+    noise; the others take the ODE step and get zero log-probs (never trained: method §1).
+    Returns the tensor fields of ``Rollouts``.
     """
     device, dtype = noise.device, noise.dtype
     x = noise
@@ -101,11 +106,14 @@ def sample_rollouts(
         v = guided_velocity(transformer, x, sigmas[t], cond, guidance_scale, recording=recording)
         if capture is not None:
             attention.append(capture.result().cpu())
-        dist = step_distribution(x, v, sigmas[t], sigmas[t + 1], sigmas[1], noise_level)
-        step_noise = torch.randn(x.shape, generator=generator).to(device, dtype)
-        x = dist.sample(step_noise)
+        if sde_steps is None or t in sde_steps:
+            dist = step_distribution(x, v, sigmas[t], sigmas[t + 1], sigmas[1], noise_level)
+            x = dist.sample(torch.randn(x.shape, generator=generator).to(device, dtype))
+            log_probs.append(dist.log_prob(x))
+        else:
+            x = step_distribution(x, v, sigmas[t], sigmas[t + 1], sigmas[1], 0.0).mean
+            log_probs.append(torch.zeros_like(x))
         states.append(x)
-        log_probs.append(dist.log_prob(x))
         if keep_velocities:
             velocities.append(v)
     return {

@@ -174,12 +174,23 @@ class Trainer:
         share = {"none": None, "group": group, "pair": 2}[self.objective.noise_share]
         noise = initial_latents(latent_shape(self.pipe), group_ids, self.generator, share).to(self.device)
         core_mask = core_token_mask(text_segments(self.pipe), prompts, expanded).to(self.device) if self.capture else None
+        sde_steps = self._sde_window()
         self.transformer.eval()
         fields = sample_rollouts(
             self.transformer, self.pipe.vae, cond, noise, self.sigmas, cfg.noise_level, cfg.guidance_scale,
             self.generator, self.capture, core_mask, keep_velocities=self.objective.needs_velocities,
+            sde_steps=sde_steps,
         )
-        return Rollouts(prompts, expanded, group_ids, cond, self.sigmas, core_mask=core_mask, **fields)
+        return Rollouts(prompts, expanded, group_ids, cond, self.sigmas, core_mask=core_mask, sde_steps=sde_steps, **fields)
+
+    def _sde_window(self) -> list[int] | None:
+        """This iteration's SDE steps: ``sde_window`` consecutive steps starting in the first
+        half of the schedule (method §1), or None (every step) when the knob is 0."""
+        window, steps = self.train_cfg.sde_window, self.train_cfg.steps
+        if window == 0:
+            return None
+        start = int(torch.randint(max(1, steps // 2 - window + 1), (1,), generator=self.generator))
+        return list(range(start, start + window))
 
     def update(self, rollouts: Rollouts, targets: Targets) -> dict[str, float]:
         """Inner epochs of minibatch updates over a random fraction of the steps (method §4).
@@ -192,12 +203,14 @@ class Trainer:
         index = keep.nonzero().flatten()
         totals: dict[str, float] = {}
         count = 0
-        n_steps = max(1, round(cfg.train_fraction * cfg.steps))
+        candidates = torch.tensor(rollouts.sde_steps if rollouts.sde_steps is not None else range(cfg.steps))
+        n_steps = max(1, round(cfg.train_fraction * len(candidates)))
         self.transformer.train()
         for _ in range(cfg.inner_epochs if len(index) else 0):  # split() of nothing yields one empty chunk
             order = index[torch.randperm(len(index), generator=self.generator)]
             for chunk in order.split(cfg.minibatch_size):
-                steps = torch.randperm(cfg.steps, generator=self.generator)[:n_steps].sort().values.tolist()
+                pick = torch.randperm(len(candidates), generator=self.generator)[:n_steps]
+                steps = candidates[pick].sort().values.tolist()
                 stats = self._minibatch(rollouts.select(chunk), targets.select(chunk), steps)
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value

@@ -98,3 +98,8 @@ def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"layout_cell=20 must be 0 or 8\.\.image_size/3=13"):
         load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\n"))
     assert load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 0}\n")).world.layout_cell == 0
+
+
+def test_sde_window_must_fit_the_steps(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train.*sde_window = 11 exceeds steps = 10"):
+        load_config(write(tmp_path, "train: {steps: 10, sde_window: 11}\n"))

@@ -155,3 +155,21 @@ def test_atomic_directory_keeps_the_old_model_when_writing_fails(tmp_path: Path)
     assert (target / "weights").read_text() == "old"
     atomic_directory(target, lambda path: (path.mkdir(), (path / "weights").write_text("new")))
     assert (target / "weights").read_text() == "new" and not (tmp_path / "model.partial").exists()
+
+
+def test_sde_window_adds_noise_and_trains_only_inside_the_window(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, steps=6, sde_window=2, same_noise_per_group=True, iterations=1)
+    rollouts = trainer.sample(GENEVAL_RECORDS[:2])
+    start = rollouts.sde_steps[0]
+    assert rollouts.sde_steps == [start, start + 1] and 0 <= start <= 1  # inside the first half
+    outside = [t for t in range(6) if t not in rollouts.sde_steps]
+    assert rollouts.log_probs[:, outside].abs().max() == 0
+    assert rollouts.log_probs[:, rollouts.sde_steps].abs().min() > 0
+    # same initial noise per group: the group's rollouts agree until the window's noise
+    assert torch.equal(rollouts.latents[0, : start + 1], rollouts.latents[1, : start + 1])
+    assert not torch.equal(rollouts.latents[0, start + 1], rollouts.latents[1, start + 1])
+    trained: list[int] = []
+    step_loss = trainer.objective.step_loss
+    trainer.objective.step_loss = lambda policy, r, targets, t: (trained.append(t), step_loss(policy, r, targets, t))[1]
+    trainer.update(rollouts, trainer.objective.prepare(rollouts, torch.tensor([0.0, 1.0, 0.5, 0.25])))
+    assert trained and set(trained) <= set(rollouts.sde_steps)
