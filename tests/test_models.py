@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -17,6 +18,8 @@ from star.models import (
     load_pipeline,
 )
 from star.sampling import sample_ode
+from star.world.prompts import sample_training_example, vocabulary
+from star.world.vocab import TEXT_CHARSET
 
 WORDS = ["a", "photo", "of", "red", "blue", "circle", "square", "left", "and", "sign", "says"]
 CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -113,3 +116,14 @@ def test_vae_mid_attention_knob_builds_and_round_trips(tmp_path: Path) -> None:
     assert loaded.vae.encoder.mid_block.attentions[0] is None
     images = torch.rand(1, 3, 32, 32)
     assert torch.equal(latents_from_images(pipe.vae, images), latents_from_images(loaded.vae, images))
+
+
+def test_default_text_segments_hold_every_world_prompt() -> None:
+    """The default 16-token segments are sized to the longest world prompt: none is truncated."""
+    defaults = MiniModelConfig()
+    rng = np.random.default_rng(0)
+    prompts = [sample_training_example(rng, 40, 10)[1] for _ in range(3000)]
+    for kind, length in (("clip", defaults.clip_tokens), ("t5", defaults.t5_tokens)):
+        tokenizer = build_world_tokenizer(vocabulary(), TEXT_CHARSET, length, kind=kind)
+        longest = max(len(tokenizer(p, truncation=False)["input_ids"]) for p in prompts)
+        assert longest <= length, (kind, longest)

@@ -57,20 +57,22 @@ CAPTION_OBJECT_WEIGHTS: dict[int, float] = {1: 0.3, 2: 0.5, 3: 0.2}
 CAPTION_RELATION_PROB: float = 0.5
 """Chance that a two-object caption states a relation."""
 
-# Pretraining mixture. The GenEval tags get 70% (counting and position, the hardest for a
-# small model, the most); OCR signs 15% so text rendering is learnt; free captions 15% for the
-# preference task's phrasings. Prompts without colours (single_object, two_object, counting,
-# position) are rendered in random colours: that is how the model meets both prompt styles,
-# "a photo of a circle" and "a photo of a red circle", for the same picture.
+# Pretraining mixture. The GenEval tags get 85% (counting and position, the hardest for a
+# small model, the most): at 40 px the signs' text is not learnt within the base budget, so OCR
+# keeps 5% (the OCR task still has its prompts) and free captions 10% for the preference task's
+# phrasings; moving that share from 30% to 15% raised the base's world GenEval by about 0.06
+# (two eval seeds, same training seed). Prompts without colours (single_object, two_object,
+# counting, position) are rendered in random colours: that is how the model meets both prompt
+# styles, "a photo of a circle" and "a photo of a red circle", for the same picture.
 PRETRAIN_MIXTURE: dict[str, float] = {
-    "single_object": 0.08,
-    "two_object": 0.11,
-    "counting": 0.14,
-    "colors": 0.11,
-    "position": 0.14,
-    "color_attr": 0.12,
-    "ocr": 0.15,
-    "caption": 0.15,
+    "single_object": 0.12,
+    "two_object": 0.14,
+    "counting": 0.17,
+    "colors": 0.12,
+    "position": 0.17,
+    "color_attr": 0.13,
+    "ocr": 0.05,
+    "caption": 0.10,
 }
 COUNT_SAME_COLOR_PROB: float = 0.5
 """Chance that counted objects share one colour (otherwise each gets its own)."""
