@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -167,6 +167,13 @@ class TrainConfig(_Section):
     fdfo_base_weight: float = _knob(0.0, "FDFO weight of ||v - v_base||^2", ge=0)
     checkpoint_every: int = _knob(10, "iterations between resumable checkpoints", ge=1)
     log_images_every: int = _knob(10, "iterations between sample grids and map overlays", ge=1)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_from_yaml_false(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted `no` as false, and `dvc exp run -S` rewrites params.yaml
+        # without the quotes: read false back as accelerate's "no".
+        return "no" if value is False else value
 
     @model_validator(mode="after")
     def _window_fits(self) -> TrainConfig:

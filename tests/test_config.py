@@ -103,3 +103,10 @@ def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:
 def test_sde_window_must_fit_the_steps(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"train.*sde_window = 11 exceeds steps = 10"):
         load_config(write(tmp_path, "train: {steps: 10, sde_window: 11}\n"))
+
+
+def test_unquoted_no_of_mixed_precision_survives_a_yaml_rewrite(tmp_path: Path) -> None:
+    """`dvc exp run -S` rewrites params.yaml and drops the quotes of 'no' (YAML 1.1: false)."""
+    assert load_config(write(tmp_path, "train: {mixed_precision: no}\n")).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.mixed_precision = True"):
+        load_config(write(tmp_path, "train: {mixed_precision: yes}\n"))
