@@ -28,10 +28,29 @@ def save_variant(pipe: StableDiffusion3Pipeline, out_dir: Path, info: dict[str, 
             out_dir, transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=ADAPTER),
             transformer_lora_adapter_metadata=metadata,
         )
+        sort_safetensors_metadata(out_dir / LORA_FILE)
     else:
         transformer.save_pretrained(out_dir / "transformer")
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
     return out_dir
+
+
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite the header of a safetensors file with its metadata keys sorted.
+
+    safetensors serialises ``__metadata__`` from a Rust HashMap whose order changes from process
+    to process, so two identical trainings wrote different bytes and DVC saw a changed output.
+    """
+    raw = path.read_bytes()
+    header_size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format keeps the tensor data 8-byte aligned
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + header_size :])
+    partial.replace(path)
 
 
 def load_variant(pipe: StableDiffusion3Pipeline, variant_dir: Path) -> StableDiffusion3Pipeline:

@@ -3,6 +3,7 @@ trained variants save and load through diffusers' LoRA format."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from star.config import load_config
 from star.lora import trainable_state
 from star.sampling import sample_ode
 from star.trainer import Trainer
-from star.variants import load_variant, save_variant
+from star.variants import load_variant, save_variant, sort_safetensors_metadata
 from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_pipeline
 
 SMALL = {"iterations": 4, "prompts_per_iteration": 2, "group_size": 2, "steps": 3, "minibatch_size": 2, "checkpoint_every": 1}
@@ -107,6 +109,23 @@ def test_variant_round_trip_through_diffusers_lora(tmp_path: Path) -> None:
                                atol=1e-5, rtol=1e-4)
     base_images = sample_ode(micro_pipeline(), prompts, seeds, steps=3, guidance_scale=2.0)
     assert (base_images - trained_images).abs().max() > 1e-5
+
+
+
+def test_saved_lora_bytes_do_not_depend_on_metadata_order(tmp_path: Path) -> None:
+    """safetensors writes ``__metadata__`` in a per-process hash order; DVC hashes the bytes."""
+    tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    metadata = {"format": "pt", "lora_adapter_metadata": "{}", "extra": "x"}
+    paths = [tmp_path / "forward.safetensors", tmp_path / "reversed.safetensors"]
+    for path, items in zip(paths, [list(metadata.items()), list(reversed(metadata.items()))]):
+        header = json.dumps({"__metadata__": dict(items), "w": {"dtype": "F32", "shape": [2, 3],
+                                                                 "data_offsets": [0, 24]}}).encode()
+        path.write_bytes(len(header).to_bytes(8, "little") + header + tensors["w"].numpy().tobytes())
+        sort_safetensors_metadata(path)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    with safe_open(str(paths[1]), framework="pt") as reader:
+        assert reader.metadata() == metadata
+        assert torch.equal(reader.get_tensor("w"), tensors["w"])
 
 
 OCR_AND_GENEVAL_RECORDS = [
