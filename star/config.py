@@ -35,7 +35,7 @@ class MiniModelConfig(_Section):
     vae_mid_attention: bool = _knob(
         False, "self-attention in the VAE's mid block, as SD3's VAE (off: latents see only a conv neighbourhood and GroupNorm statistics)"
     )
-    latent_channels: int = _knob(8, "channels of the VAE latent", ge=1, le=16)
+    latent_channels: int = _knob(4, "channels of the VAE latent", ge=1, le=16)
     layers: int = _knob(4, "joint-attention (MMDiT) blocks of the transformer", ge=1, le=48)
     heads: int = _knob(4, "attention heads per block", ge=1, le=64)
     head_dim: int = _knob(32, "width of one attention head", ge=8, le=256)
@@ -55,6 +55,19 @@ class MiniModelConfig(_Section):
             raise ValueError(
                 f"t5_width={self.t5_width} must be >= 2 * text_width={2 * self.text_width}: SD3 "
                 "pads the two concatenated CLIP embeddings to the T5 width"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _token_holds_a_patch(self) -> MiniModelConfig:
+        patch_values = self.latent_channels * self.patch_size**2
+        if self.heads * self.head_dim < patch_values:
+            # v = ε − x₀ must carry the noise of every latent value of the patch; through a
+            # narrower token a fixed share of ε is never removed and samples end as speckle.
+            raise ValueError(
+                f"heads * head_dim = {self.heads * self.head_dim} is narrower than a latent patch "
+                f"(latent_channels * patch_size**2 = {patch_values}): the transformer cannot "
+                "remove all of the noise (docs/method.md §0)"
             )
         return self
 

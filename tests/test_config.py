@@ -110,3 +110,11 @@ def test_unquoted_no_of_mixed_precision_survives_a_yaml_rewrite(tmp_path: Path) 
     assert load_config(write(tmp_path, "train: {mixed_precision: no}\n")).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="train.mixed_precision = True"):
         load_config(write(tmp_path, "train: {mixed_precision: yes}\n"))
+
+
+def test_transformer_token_must_be_as_wide_as_a_latent_patch(tmp_path: Path) -> None:
+    """A token narrower than its patch cannot carry the noise out: samples keep a share of ε."""
+    text = "model: {mini: {latent_channels: 8, patch_size: 5, heads: 4, head_dim: 32}}\n"
+    with pytest.raises(ConfigError, match=r"heads \* head_dim = 128 is narrower than a latent patch .* = 200"):
+        load_config(write(tmp_path, text))
+    assert load_config(write(tmp_path, text.replace("heads: 4", "heads: 8"))).model.mini.heads == 8
