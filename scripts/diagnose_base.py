@@ -1,8 +1,10 @@
 """Diagnose a base model on ground-truth single-object scenes (star/diagnostics.py).
 
-Prints two markdown tables: how much the x̂₀ prediction moves when the caption's shape word,
-its colour word or the whole caption changes, per noise level; and the strict GenEval score of
-scenes noised to a sampler step and solved back to 0, per starting step.
+Prints three markdown tables: how much the x̂₀ prediction moves when the caption's shape word,
+its colour word or the whole caption changes, per noise level; the strict GenEval score of
+scenes noised to a sampler step and solved back to 0, per starting step; and the variance of
+the GenEval training reward that each step's SDE noise causes (one training prompt per GenEval
+tag, the `train` section's steps, noise level and CFG).
 
     python scripts/diagnose_base.py [--model models/base] [--per-shape 8]
 """
@@ -15,13 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import StableDiffusion3Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards.geneval import GenEvalReward, world_detector  # noqa: E402
-from star.config import load_config  # noqa: E402
-from star.diagnostics import caption_sensitivity, commitment_curve  # noqa: E402
+from star.config import Config, load_config  # noqa: E402
+from rewards.registry import build_reward  # noqa: E402
+from star.diagnostics import caption_sensitivity, commitment_curve, reward_variance_by_step  # noqa: E402
 from star.models import load_pipeline  # noqa: E402
+from star.prompt_source import load_task_prompts  # noqa: E402
 from star.world.prompts import colors_record, render_records  # noqa: E402
 from star.world.vocab import SHAPES  # noqa: E402
 
@@ -55,6 +60,23 @@ def main() -> None:
     print("\n| start s | strict GenEval after solving to 0 |\n|---|---|")
     for sigma, score in curve:
         print(f"| {sigma:.3f} | {score:.3f} |")
+    print_reward_variance(pipe, cfg)
+
+
+def print_reward_variance(pipe: StableDiffusion3Pipeline, cfg: Config) -> None:
+    """Which steps' SDE noise decides the training reward (the steps worth training)."""
+    records = {}
+    for record in load_task_prompts(cfg.paths.prompts, "geneval", "train"):
+        records.setdefault(record["tag"], record)
+    train_reward = build_reward(cfg.rewards, cfg.paths.reward_models)
+    prompts = [r["prompt"] for r in records.values()]
+    scorers = [lambda x, r=r: train_reward.score(x, [r["prompt"]] * len(x), [r] * len(x)) for r in records.values()]
+    steps = cfg.train.steps
+    table = reward_variance_by_step(pipe, prompts, scorers, steps, cfg.train.noise_level, cfg.train.guidance_scale,
+                                    sde_steps=[None, *range(steps)])
+    print("\n| SDE noise at step | reward variance from it |\n|---|---|")
+    for k, variance in table.items():
+        print(f"| {'every step' if k is None else k} | {variance:.4f} |")
 
 
 if __name__ == "__main__":

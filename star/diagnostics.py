@@ -1,8 +1,9 @@
-"""Diagnostics of a base model on ground-truth scenes: does the caption steer the denoiser, and
-from which noise level on does the model keep the object the caption asks for?
+"""Diagnostics of a base model: does the caption steer the denoiser, from which noise level on
+does the model keep the object the caption asks for, and which steps' SDE noise moves the reward?
 
-Both start from clean latents z₀ of rendered scenes noised to z_s = (1 − s) z₀ + s ε
-(docs/method.md §0), so they separate "cannot read the caption" from "cannot draw".
+The first two start from clean latents z₀ of rendered scenes noised to z_s = (1 − s) z₀ + s ε
+(docs/method.md §0), so they separate "cannot read the caption" from "cannot draw". The third
+samples like the trainer (docs/method.md §1).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from star.models import images_from_latents, latents_from_images
-from star.sampling import condition, guided_velocity, sigma_schedule
+from star.rollout import sample_rollouts
+from star.sampling import condition, guided_velocity, initial_noise, latent_shape, sigma_schedule
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 """(B, 3, H, W) images in [0, 1] -> (B,) scores, e.g. a GenEval reward bound to its prompts."""
@@ -96,3 +98,44 @@ def commitment_curve(
             latents = latents + guided_velocity(pipe.transformer, latents, s, cond, guidance_scale) * (s_next - s)
         curve.append((float(sigmas[k]), score(images_from_latents(pipe.vae, latents)).float().mean().item()))
     return curve
+
+
+@torch.no_grad()
+def reward_variance_by_step(
+    pipe: StableDiffusion3Pipeline,
+    prompts: list[str],
+    scorers: list[Scorer],
+    steps: int,
+    noise_level: float,
+    guidance_scale: float,
+    sde_steps: list[int | None],
+    initial_noises: int = 4,
+    draws: int = 6,
+    seed: int = 0,
+) -> dict[int | None, float]:
+    """For each k of ``sde_steps``: the reward variance that the SDE noise of step k alone
+    causes (the other steps take the ODE step; None: noise at every step). Variance over
+    ``draws`` noise draws from one initial noise, averaged over ``initial_noises`` initial
+    noises and the prompts. The policy gradient of a step whose noise does not move the reward
+    is pure noise (docs/method.md §1).
+
+    ``scorers[i]`` scores (N, 3, H, W) images of ``prompts[i]`` -> (N,).
+    """
+    if len(scorers) != len(prompts):
+        raise ValueError(f"{len(scorers)} scorers for {len(prompts)} prompts")
+    device = pipe.transformer.device
+    sigmas = sigma_schedule(pipe, steps, device)
+    n = initial_noises * draws
+    start = initial_noise(latent_shape(pipe), [seed + i // draws for i in range(n)], device)
+    table: dict[int | None, float] = {}
+    for k in sde_steps:
+        variances = []
+        for prompt, score in zip(prompts, scorers):
+            cond = condition(pipe, [prompt] * n, guidance_scale, device)
+            generator = torch.Generator().manual_seed(seed)
+            rollouts = sample_rollouts(pipe.transformer, pipe.vae, cond, start, sigmas, noise_level, guidance_scale,
+                                       generator, sde_steps=None if k is None else [k])
+            rewards = score(rollouts["images"]).float().reshape(initial_noises, draws)
+            variances.append(rewards.var(dim=1).mean().item())
+        table[k] = sum(variances) / len(variances)
+    return table

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import micro_pipeline
-from star.diagnostics import caption_sensitivity, commitment_curve, noised
+from star.diagnostics import caption_sensitivity, commitment_curve, noised, reward_variance_by_step
 from star.models import images_from_latents, latents_from_images
 from star.world.prompts import colors_record, render_records
 
@@ -57,3 +57,19 @@ def test_commitment_curve_starts_from_the_scene_at_low_noise(scenes) -> None:
     assert from_scene > from_noise
     with pytest.raises(ValueError, match="start_steps must lie in"):
         commitment_curve(pipe, images, prompts, closeness, steps=10, guidance_scale=2.0, start_steps=[10])
+
+
+def test_reward_variance_is_largest_for_the_noise_of_the_first_step(scenes) -> None:
+    pipe, _, prompts = scenes
+
+    def brightness(images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(1, 2, 3))
+
+    kwargs = dict(steps=4, noise_level=0.7, guidance_scale=2.0, initial_noises=2, draws=4)
+    table = reward_variance_by_step(pipe, prompts, [brightness] * 2, sde_steps=[None, 0, 3], **kwargs)
+    assert list(table) == [None, 0, 3]
+    # the first step's transition std is about 0.7, the last one's a few thousandths
+    assert table[0] > 100 * table[3] > 0 and table[None] > 0
+    assert reward_variance_by_step(pipe, prompts, [brightness] * 2, sde_steps=[0], **kwargs)[0] == table[0]
+    with pytest.raises(ValueError, match="1 scorers for 2 prompts"):
+        reward_variance_by_step(pipe, prompts, [brightness], sde_steps=[0], **kwargs)
