@@ -117,7 +117,7 @@ class PromptSetsConfig(_Section):
 class BaseConfig(_Section):
     """Base pretraining of the miniature SD3 on world images (VAE, then transformer)."""
 
-    vae_steps: int = _knob(600, "VAE optimisation steps", ge=0)
+    vae_steps: int = _knob(1200, "VAE optimisation steps", ge=0)
     vae_batch_size: int = _knob(16, "images per VAE step", ge=1)
     vae_lr: float = _knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
