@@ -22,8 +22,8 @@ from diffusers import StableDiffusion3Pipeline
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards.geneval import GenEvalReward, world_detector  # noqa: E402
-from star.config import Config, load_config  # noqa: E402
 from rewards.registry import build_reward  # noqa: E402
+from star.config import Config, load_config  # noqa: E402
 from star.diagnostics import caption_sensitivity, commitment_curve, reward_variance_by_step  # noqa: E402
 from star.models import load_pipeline  # noqa: E402
 from star.prompt_source import load_task_prompts  # noqa: E402

@@ -127,15 +127,13 @@ def reward_variance_by_step(
     sigmas = sigma_schedule(pipe, steps, device)
     n = initial_noises * draws
     start = initial_noise(latent_shape(pipe), [seed + i // draws for i in range(n)], device)
-    table: dict[int | None, float] = {}
-    for k in sde_steps:
-        variances = []
-        for prompt, score in zip(prompts, scorers):
-            cond = condition(pipe, [prompt] * n, guidance_scale, device)
+    variances: dict[int | None, list[float]] = {k: [] for k in sde_steps}
+    for prompt, score in zip(prompts, scorers):
+        cond = condition(pipe, [prompt] * n, guidance_scale, device)
+        for k in sde_steps:
             generator = torch.Generator().manual_seed(seed)
             rollouts = sample_rollouts(pipe.transformer, pipe.vae, cond, start, sigmas, noise_level, guidance_scale,
                                        generator, sde_steps=None if k is None else [k])
             rewards = score(rollouts["images"]).float().reshape(initial_noises, draws)
-            variances.append(rewards.var(dim=1).mean().item())
-        table[k] = sum(variances) / len(variances)
-    return table
+            variances[k].append(rewards.var(dim=1).mean().item())
+    return {k: sum(values) / len(values) for k, values in variances.items()}

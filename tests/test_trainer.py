@@ -111,7 +111,6 @@ def test_variant_round_trip_through_diffusers_lora(tmp_path: Path) -> None:
     assert (base_images - trained_images).abs().max() > 1e-5
 
 
-
 def test_saved_lora_bytes_do_not_depend_on_metadata_order(tmp_path: Path) -> None:
     """safetensors writes ``__metadata__`` in a per-process hash order; DVC hashes the bytes."""
     tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
