@@ -1,12 +1,22 @@
-"""Base-model diagnostics on a micro model: caption sensitivity and the commitment curve."""
+"""Diagnostics on a micro model: caption sensitivity, the commitment curve, reward variance per
+step and the agreement of independent gradient estimates."""
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import micro_pipeline
-from star.diagnostics import caption_sensitivity, commitment_curve, noised, reward_variance_by_step
+from conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
+from star.config import load_config
+from star.diagnostics import (
+    caption_sensitivity,
+    commitment_curve,
+    gradient_agreement,
+    noised,
+    reward_variance_by_step,
+)
+from star.lora import trainable_state
 from star.models import images_from_latents, latents_from_images
+from star.trainer import Trainer
 from star.world.prompts import colors_record, render_records
 
 
@@ -73,3 +83,35 @@ def test_reward_variance_is_largest_for_the_noise_of_the_first_step(scenes) -> N
     assert reward_variance_by_step(pipe, prompts, [brightness] * 2, sde_steps=[0], **kwargs)[0] == table[0]
     with pytest.raises(ValueError, match="1 scorers for 2 prompts"):
         reward_variance_by_step(pipe, prompts, [brightness], sde_steps=[0], **kwargs)
+
+
+class ConstantReward:
+    def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor:
+        return torch.ones(len(images))
+
+
+def _trainer(tmp_path, reward) -> Trainer:
+    cfg = load_config(MICRO, overrides={"train": {"group_size": 4, "steps": 3, "prompts_per_iteration": 2}})
+    return Trainer(cfg, micro_pipeline(), reward, GENEVAL_RECORDS, tmp_path, progress=False)
+
+
+def test_gradient_agreement_is_one_for_the_same_noise_and_below_for_independent_noise(tmp_path) -> None:
+    trainer = _trainer(tmp_path, BrightnessReward())
+    before = trainable_state(trainer.transformer)
+    same = gradient_agreement(trainer, GENEVAL_RECORDS, batches=1, seeds=[3, 3])
+    independent = gradient_agreement(trainer, GENEVAL_RECORDS, batches=1, seeds=[3, 4, 5])
+    assert same.cosines == [pytest.approx(1.0, abs=1e-5)] and min(same.norms) > 0
+    assert len(independent.cosines) == 3 and all(-1 < c < 0.999 for c in independent.cosines)
+    assert independent.norms[0] == pytest.approx(same.norms[0])
+    assert independent.cosine_mean == pytest.approx(sum(independent.cosines) / 3) and independent.cosine_sem > 0
+    assert independent.rollouts_per_estimate == 2 * 4
+    after = trainable_state(trainer.transformer)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no optimizer step
+    assert all(p.grad is None for p in trainer.params)
+    with pytest.raises(ValueError, match="at least two seeds"):
+        gradient_agreement(trainer, GENEVAL_RECORDS, seeds=[1])
+
+
+def test_gradient_agreement_is_zero_without_reward_spread(tmp_path) -> None:
+    result = gradient_agreement(_trainer(tmp_path, ConstantReward()), GENEVAL_RECORDS, batches=1, seeds=[1, 2])
+    assert result.cosines == [0.0] and result.norms == [0.0, 0.0] and result.reward_mean == 1.0

@@ -1,4 +1,5 @@
-"""The prepare and base stages end to end on the micro config, with their MLflow runs."""
+"""The prepare and base stages end to end on the micro config, with their MLflow runs, and the
+RL diagnostic script on the stage's base model."""
 
 from __future__ import annotations
 
@@ -90,3 +91,17 @@ def test_prepare_names_malformed_public_lines(prefect_server, bench: Path, tmp_p
     overrides = micro_overrides(tmp_path) | {"prompt_sets": {"benchmarks_dir": str(copy)}}
     with pytest.raises(PromptSetError, match=r"ocr/test\.txt.*\n.*line 5"):
         prepare(params=str(MICRO), overrides=overrides)
+
+
+def test_diagnose_rl_prints_a_row_per_variant(micro_run, capsys) -> None:
+    from scripts.diagnose_rl import main
+
+    root, _, _ = micro_run
+    paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
+    main(["--params", str(MICRO), "--prompts", "2", "--batches", "1", "--estimates", "2", "--variants", "none", "star",
+          *[arg for path in paths for arg in ("-S", path)]])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row[0].strip() for row in rows[1:]] == ["none", "star"]
+    for _, rollouts, cosine, _, norm, reward in rows[1:]:
+        assert int(rollouts) == 2 * 2 and -1 <= float(cosine) <= 1 and 0 <= float(reward) <= 1
+        assert float(norm) >= 0
