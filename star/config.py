@@ -153,7 +153,10 @@ class TrainConfig(_Section):
     guidance_scale: float = _knob(4.5, "classifier-free guidance scale of rollouts", ge=1)
     same_noise_per_group: bool = _knob(False, "every rollout of a group starts from the same noise")
     inner_epochs: int = _knob(1, "passes over each iteration's rollouts", ge=1)
-    minibatch_size: int = _knob(8, "rollouts per optimizer step", ge=1)
+    minibatch_size: int = _knob(8, "rollouts per forward/backward pass", ge=1)
+    accumulation_steps: int = _knob(
+        1, "minibatches summed into one optimizer step, across iterations if needed (method §4.1)", ge=1
+    )
     lr: float = _knob(1e-3, "AdamW learning rate", gt=0)
     weight_decay: float = _knob(1e-4, "AdamW weight decay", ge=0)
     grad_clip: float = _knob(1.0, "gradient-norm clip", gt=0)

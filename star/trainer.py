@@ -79,6 +79,7 @@ class Trainer:
         self.capture = AttentionCapture(self.transformer, cfg.train.capture_blocks) if self.objective.needs_capture else None
         self.sigmas = sigma_schedule(pipe, cfg.train.steps, self.device)
         self.iteration = 0
+        self.pending = 0  # minibatches accumulated since the last optimizer step
         self.history: list[dict[str, float]] = []
         self._resume()
 
@@ -112,6 +113,8 @@ class Trainer:
         return {
             "iteration": self.iteration,
             "trainable": trainable_state(self.transformer),
+            "pending": self.pending,
+            "gradients": [None if p.grad is None else p.grad.clone() for p in self.params] if self.pending else None,
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "rng": checkpoint.rng_state(self.generator),
@@ -133,6 +136,9 @@ class Trainer:
         checkpoint.restore_rng_state(state["rng"], self.generator)
         self.prompts.load_state_dict(state["prompts"])
         self.iteration, self.history = state["iteration"], state["history"]
+        self.pending = state["pending"]
+        for parameter, gradient in zip(self.params, state["gradients"] or []):
+            parameter.grad = gradient
 
     def save_checkpoint(self) -> None:
         checkpoint.atomic_save(self._state(), self._checkpoint_path)
@@ -196,46 +202,61 @@ class Trainer:
         """Inner epochs of minibatch updates over a random fraction of the steps (method §4).
 
         Groups without signal are dropped in a single process; with several processes they stay
-        (with zero advantage) so that every rank takes the same number of optimizer steps.
+        (with zero advantage) so that every rank takes the same number of optimizer steps. The
+        optimizer steps after every ``accumulation_steps`` minibatches, and after the last
+        minibatch of the final iteration.
         """
         cfg = self.train_cfg
         keep = targets.keep if self.accelerator.num_processes == 1 else torch.ones_like(targets.keep)
         index = keep.nonzero().flatten()
-        totals: dict[str, float] = {}
-        count = 0
         candidates = torch.tensor(rollouts.sde_steps if rollouts.sde_steps is not None else range(cfg.steps))
         n_steps = max(1, round(cfg.train_fraction * len(candidates)))
-        self.transformer.train()
+        plan = []
         for _ in range(cfg.inner_epochs if len(index) else 0):  # split() of nothing yields one empty chunk
             order = index[torch.randperm(len(index), generator=self.generator)]
             for chunk in order.split(cfg.minibatch_size):
                 pick = torch.randperm(len(candidates), generator=self.generator)[:n_steps]
-                steps = candidates[pick].sort().values.tolist()
-                stats = self._minibatch(rollouts.select(chunk), targets.select(chunk), steps)
-                for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + value
-                count += 1
+                plan.append((chunk, candidates[pick].sort().values.tolist()))
+        final = self.iteration + 1 == cfg.iterations
+        totals: dict[str, list[float]] = {}
+        self.transformer.train()
+        for position, (chunk, steps) in enumerate(plan):
+            flush = final and position == len(plan) - 1
+            stats = self._minibatch(rollouts.select(chunk), targets.select(chunk), steps, flush)
+            for key, value in stats.items():
+                totals.setdefault(key, []).append(value)
+        if final and not plan and self.pending:  # only in one process: every rank has the same plan
+            totals["grad_norm"] = [self._optimizer_step()]
         self.transformer.eval()
-        return {key: value / count for key, value in totals.items()} if count else {}
+        return {key: sum(values) / len(values) for key, values in totals.items()}
 
-    def _minibatch(self, rollouts: Rollouts, targets: Targets, steps: list[int]) -> dict[str, float]:
-        """Accumulate the gradient over ``steps`` (all-reduced once, at the last), then one
-        optimizer step and one EMA update."""
+    def _minibatch(self, rollouts: Rollouts, targets: Targets, steps: list[int], flush: bool = False) -> dict[str, float]:
+        """Accumulate the gradient over ``steps``; after ``accumulation_steps`` minibatches (or
+        on ``flush``) all-reduce it, then one optimizer step and one EMA update."""
+        self.pending += 1
+        apply = flush or self.pending == self.train_cfg.accumulation_steps
         sums: dict[str, float] = {}
         for position, t in enumerate(steps):
-            sync = position == len(steps) - 1
+            sync = apply and position == len(steps) - 1
             with (nullcontext() if sync else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
                 loss, stats = self.objective.step_loss(self.policy, rollouts, targets, t)
-                self.accelerator.backward(loss / len(steps))
+                self.accelerator.backward(loss / (len(steps) * self.train_cfg.accumulation_steps))
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value) / len(steps)
             sums["loss"] = sums.get("loss", 0.0) + loss.item() / len(steps)
-        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.train_cfg.grad_clip)
+        if apply:
+            sums["grad_norm"] = self._optimizer_step()
+        return sums
+
+    def _optimizer_step(self) -> float:
+        """Clip, step and clear the accumulated gradient, update the EMA; returns the gradient norm."""
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.train_cfg.grad_clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.pending = 0
         if self.ema:
             self.ema.update(self.transformer)
-        return sums | {"grad_norm": float(grad_norm)}
+        return grad_norm
 
     # -- logging and output -----------------------------------------------------------------
     def _summarise(self, rewards: torch.Tensor, targets: Targets, stats: dict[str, float], seconds: float) -> dict[str, float]:

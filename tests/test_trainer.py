@@ -44,8 +44,9 @@ def test_every_algorithm_updates_the_policy(tmp_path: Path, train: dict) -> None
         assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
 
 
-def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
-    straight = _trainer(tmp_path / "straight")
+@pytest.mark.parametrize("train", [{}, {"accumulation_steps": 3}], ids=["default", "accumulation-across-the-stop"])
+def test_resume_continues_bit_for_bit(tmp_path: Path, train: dict) -> None:
+    straight = _trainer(tmp_path / "straight", **train)
     straight.train()
 
     class Interrupt(Exception):
@@ -55,18 +56,40 @@ def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
         if step == 2:
             raise Interrupt
 
-    interrupted = _trainer(tmp_path / "resumed")
+    interrupted = _trainer(tmp_path / "resumed", **train)
     interrupted.on_metrics = stop_after_two
     with pytest.raises(Interrupt):
         interrupted.train()
-    resumed = _trainer(tmp_path / "resumed")
-    assert resumed.iteration == 2
+    resumed = _trainer(tmp_path / "resumed", **train)
+    assert resumed.iteration == 2 and resumed.pending == interrupted.pending
     resumed.train()
     a, b = trainable_state(straight.transformer), trainable_state(resumed.transformer)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.ema.state_dict().keys() == resumed.ema.state_dict().keys()
     assert all(torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]) for k in straight.ema.shadow)
     assert [h["reward_mean"] for h in straight.history] == [h["reward_mean"] for h in resumed.history]
+
+
+def test_accumulation_steps_the_optimizer_every_n_minibatches_and_at_the_end(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, accumulation_steps=3, iterations=2)  # 2 minibatches per iteration
+    before = trainable_state(trainer.transformer)
+    first = trainer.step()
+    assert trainer.pending == 2 and "grad_norm" not in first
+    assert all(torch.equal(before[k], v) for k, v in trainable_state(trainer.transformer).items())
+    second = trainer.step()  # a step after the third minibatch, and one for the final minibatch
+    assert trainer.pending == 0 and second["grad_norm"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in trainable_state(trainer.transformer).items())
+
+
+def test_accumulated_minibatches_equal_one_large_minibatch(tmp_path: Path) -> None:
+    whole = _trainer(tmp_path / "whole", minibatch_size=4, iterations=2, train_fraction=1.0)
+    halves = _trainer(tmp_path / "halves", minibatch_size=2, accumulation_steps=2, iterations=2, train_fraction=1.0)
+    whole_metrics, halves_metrics = whole.step(), halves.step()
+    # the same gradient, not a multiple: Adam would hide a wrong scale, the norm does not
+    assert halves_metrics["grad_norm"] == pytest.approx(whole_metrics["grad_norm"], rel=1e-5)
+    a, b = trainable_state(whole.transformer), trainable_state(halves.transformer)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in a.items() if "lora_B" in k)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
