@@ -3,10 +3,12 @@
 For each variant, ``--estimates`` gradients of its objective at the base weights, each summed
 over ``--batches`` batches of ``--prompts`` training prompts × the group size, from independent
 noise; prints the mean pairwise cosine (≈ signal² / (signal² + noise²) of one estimate) with its
-standard error, the mean norm and the mean reward as a markdown table. ``-S`` overrides params as in the stages, e.g. ``-S train.sde_window=3`` or a
-variant outside the study: ``-S 'study.variants.fdfo={algorithm: fdfo}' --variants fdfo``.
+standard error, the mean norm and the mean reward as a markdown table. ``-S`` overrides params as
+in the stages, e.g. ``-S train.sde_window=3`` or a variant outside the study:
+``-S 'study.variants.fdfo={algorithm: fdfo}' --variants fdfo``.
 
-    python scripts/diagnose_rl.py [--variants none star] [--prompts 16] [--batches 2] [--estimates 4] [-S key=value]
+    python scripts/diagnose_rl.py [--variants none star] [--prompts 16] [--batches 2]
+        [--estimates 4] [-S key=value]
 """
 
 from __future__ import annotations

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import StableDiffusion3Pipeline
 
 from star.models import images_from_latents, latents_from_images
-from star.prompt_source import Record
 from star.rollout import sample_rollouts
 from star.sampling import condition, guided_velocity, initial_noise, latent_shape, sigma_schedule
-from star.trainer import Trainer
+
+if TYPE_CHECKING:  # annotations only: the base diagnostics need no trainer (accelerate, peft)
+    from star.prompt_source import Record
+    from star.trainer import Trainer
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 """(B, 3, H, W) images in [0, 1] -> (B,) scores, e.g. a GenEval reward bound to its prompts."""
@@ -211,9 +214,12 @@ def gradient_agreement(
     estimates = [batch_gradient(trainer, records, batches, seed) for seed in seeds]
     gradients = [g for g, _ in estimates]
     norms = [g.norm().item() for g in gradients]
-    cosines = [
-        torch.nn.functional.cosine_similarity(gradients[a], gradients[b], dim=0).item() if min(norms[a], norms[b]) > 0 else 0.0
-        for a in range(len(gradients)) for b in range(a + 1, len(gradients))
-    ]
+
+    def cosine(a: int, b: int) -> float:
+        if min(norms[a], norms[b]) == 0:
+            return 0.0
+        return torch.nn.functional.cosine_similarity(gradients[a], gradients[b], dim=0).item()
+
+    cosines = [cosine(a, b) for a in range(len(gradients)) for b in range(a + 1, len(gradients))]
     rollouts = batches * len(records) * trainer.train_cfg.group_size
     return GradientAgreement(cosines, norms, sum(r for _, r in estimates) / len(estimates), rollouts)

@@ -230,7 +230,9 @@ class Trainer:
         self.transformer.eval()
         return {key: sum(values) / len(values) for key, values in totals.items()}
 
-    def _minibatch(self, rollouts: Rollouts, targets: Targets, steps: list[int], flush: bool = False) -> dict[str, float]:
+    def _minibatch(
+        self, rollouts: Rollouts, targets: Targets, steps: list[int], flush: bool = False
+    ) -> dict[str, float]:
         """Accumulate the gradient over ``steps``; after ``accumulation_steps`` minibatches (or
         on ``flush``) all-reduce it, then one optimizer step and one EMA update."""
         self.pending += 1
