@@ -141,11 +141,14 @@ class TrainConfig(_Section):
     allocation: Literal["none", "uniform_region", "temporal", "spatial", "star"] = _knob(
         "star", "advantage allocation mode (method §5); 'none' is Flow-GRPO"
     )
-    iterations: int = _knob(30, "RL iterations: sample -> score -> advantages -> update", ge=1)
-    prompts_per_iteration: int = _knob(2, "prompts (groups) sampled per iteration", ge=1)
+    iterations: int = _knob(384, "RL iterations: sample -> score -> advantages -> update", ge=1)
+    prompts_per_iteration: int = _knob(16, "prompts (groups) sampled per iteration", ge=1)
+    prompt_pool: int = _knob(
+        16, "train on a fixed seeded subset of this many training prompts (0: all of them)", ge=0
+    )
     group_size: int = _knob(8, "rollouts per prompt (GRPO group; SD3.5 reference 24)", ge=2)
-    steps: int = _knob(10, "denoising steps of training rollouts", ge=2)
-    train_fraction: float = _knob(0.6, "fraction of the denoising steps trained each iteration", gt=0, le=1)
+    steps: int = _knob(4, "denoising steps of training rollouts", ge=2)
+    train_fraction: float = _knob(1.0, "fraction of the denoising steps trained each iteration", gt=0, le=1)
     sde_window: int = _knob(
         0, "SDE steps per rollout, a window drawn in the first half each iteration; the rest ODE (0: all SDE)", ge=0
     )
@@ -153,16 +156,19 @@ class TrainConfig(_Section):
     guidance_scale: float = _knob(4.5, "classifier-free guidance scale of rollouts", ge=1)
     same_noise_per_group: bool = _knob(False, "every rollout of a group starts from the same noise")
     inner_epochs: int = _knob(1, "passes over each iteration's rollouts", ge=1)
-    minibatch_size: int = _knob(8, "rollouts per forward/backward pass", ge=1)
+    minibatch_size: int = _knob(32, "rollouts per forward/backward pass", ge=1)
     accumulation_steps: int = _knob(
-        1, "minibatches summed into one optimizer step, across iterations if needed (method §4.1)", ge=1
+        128, "minibatches summed into one optimizer step, across iterations if needed (method §4.1)", ge=1
     )
-    lr: float = _knob(1e-3, "AdamW learning rate", gt=0)
-    weight_decay: float = _knob(1e-4, "AdamW weight decay", ge=0)
+    optimizer: Literal["adamw", "normalized_sgd"] = _knob(
+        "normalized_sgd", "'adamw', or 'normalized_sgd': steps of length lr along the gradient (method §4.1)"
+    )
+    lr: float = _knob(0.5, "learning rate (normalized_sgd: the L2 length of each step)", gt=0)
+    weight_decay: float = _knob(1e-4, "decoupled weight decay", ge=0)
     grad_clip: float = _knob(1.0, "gradient-norm clip", gt=0)
     clip_range: float = _knob(1e-4, "PPO clip range epsilon of image-level ratios (method §4)", gt=0)
     region_clip_range: float = _knob(1e-3, "PPO clip range epsilon of per-region ratios", gt=0)
-    kl_beta: float = _knob(0.04, "KL-to-reference weight beta (method §4)", ge=0)
+    kl_beta: float = _knob(0.0, "KL-to-reference weight beta (method §4)", ge=0)
     global_std: bool = _knob(False, "normalise advantages by the batch std instead of the group's")
     advantage_clip: float = _knob(5.0, "advantages are clipped to +-this", gt=0)
     gamma: float = _knob(1.0, "sharpening exponent of allocation maps (method §3)", gt=0)
@@ -182,7 +188,7 @@ class TrainConfig(_Section):
     fdfo_clip: float = _knob(0.03, "FDFO clip (method §6)", gt=0)
     fdfo_base_weight: float = _knob(0.0, "FDFO weight of ||v - v_base||^2", ge=0)
     checkpoint_every: int = _knob(10, "iterations between resumable checkpoints", ge=1)
-    log_images_every: int = _knob(10, "iterations between sample grids and map overlays", ge=1)
+    log_images_every: int = _knob(32, "iterations between sample grids and map overlays", ge=1)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

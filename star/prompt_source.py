@@ -23,6 +23,18 @@ def load_task_prompts(prompts_dir: Path, task: str, split: str) -> list[Record]:
     raise ValueError(f"unknown task {task!r}: expected 'geneval', 'ocr' or 'pickscore'")
 
 
+def prompt_pool(records: list[Record], size: int, seed: int) -> list[Record]:
+    """A fixed seeded subset of ``size`` records (``train.prompt_pool``; 0 keeps them all).
+
+    The same subset on every process: it depends on the seed only, not on the rank."""
+    if size == 0:
+        return records
+    if size > len(records):
+        raise ValueError(f"train.prompt_pool = {size} exceeds the {len(records)} training prompts")
+    pick = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:size]
+    return [records[i] for i in pick.tolist()]
+
+
 class PromptSource:
     """Epochs over ``records`` in a seeded random order; ``next(k)`` gives k records."""
 

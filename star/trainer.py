@@ -28,7 +28,8 @@ from star.core_content import core_token_mask, text_segments
 from star.ema import EMA
 from star.lora import add_lora, has_lora, load_trainable_state, reference_policy, trainable_state
 from star.objectives import FdfoObjective, Objective, PolicyGradientObjective, Policy, Targets
-from star.prompt_source import PromptSource, Record
+from star.optim import build_optimizer
+from star.prompt_source import PromptSource, Record, prompt_pool
 from star.rollout import Rollouts, initial_latents, sample_rollouts
 from star.sampling import condition, latent_shape, sigma_schedule
 from star.visualize import allocation_overlay, sample_grid
@@ -73,7 +74,7 @@ class Trainer:
         rank = self.accelerator.process_index
         checkpoint.seed_everything(cfg.seed)  # identical LoRA init on every rank
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-        self.prompts = PromptSource(records, seed=cfg.seed * 1000 + rank)
+        self.prompts = PromptSource(prompt_pool(records, cfg.train.prompt_pool, cfg.seed), seed=cfg.seed * 1000 + rank)
         self.objective = build_objective(cfg.train, pipe.transformer.config.patch_size)
         self._setup_model()
         self.capture = AttentionCapture(self.transformer, cfg.train.capture_blocks) if self.objective.needs_capture else None
@@ -100,7 +101,7 @@ class Trainer:
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.params = [p for p in self.transformer.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = build_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(self.transformer, optimizer)
         self.ema = EMA(self.transformer, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.policy = Policy(self.model, reference_model, reference, cfg.guidance_scale, cfg.noise_level)

@@ -16,6 +16,7 @@ from safetensors import safe_open
 
 from star.config import load_config
 from star.lora import trainable_state
+from star.prompt_source import prompt_pool
 from star.sampling import sample_ode
 from star.trainer import Trainer
 from star.variants import load_variant, save_variant, sort_safetensors_metadata
@@ -214,3 +215,9 @@ def test_sde_window_adds_noise_and_trains_only_inside_the_window(tmp_path: Path)
     trainer.objective.step_loss = lambda policy, r, targets, t: (trained.append(t), step_loss(policy, r, targets, t))[1]
     trainer.update(rollouts, trainer.objective.prepare(rollouts, torch.tensor([0.0, 1.0, 0.5, 0.25])))
     assert trained and set(trained) <= set(rollouts.sde_steps)
+
+
+def test_prompt_pool_fixes_the_prompts_the_trainer_draws(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, prompt_pool=2, iterations=1)
+    drawn = {r["prompt"] for _ in range(6) for r in trainer.prompts.next(2)}
+    assert drawn == {r["prompt"] for r in prompt_pool(GENEVAL_RECORDS, 2, trainer.cfg.seed)}
