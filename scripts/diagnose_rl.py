@@ -18,8 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
@@ -27,7 +25,7 @@ from rewards.registry import build_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
 from star.diagnostics import gradient_agreement  # noqa: E402
 from star.models import pipeline_for  # noqa: E402
-from star.prompt_source import load_task_prompts  # noqa: E402
+from star.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
 from star.trainer import Trainer  # noqa: E402
 
 
@@ -43,8 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.params, parse_overrides(args.set))
     use_threads(cfg)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
-    pick = torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.seed))[: args.prompts]
-    records = [records[i] for i in pick.tolist()]
+    if not 1 <= args.prompts <= len(records):
+        parser.error(f"--prompts {args.prompts}: choose 1 … {len(records)} (the training prompts)")
+    records = prompt_pool(records, args.prompts, cfg.seed)
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
     print("| variant | rollouts per estimate | mean cos | ± | mean norm | reward |\n|---|---:|---:|---:|---:|---:|")
     for variant in args.variants or list(cfg.study.variants):

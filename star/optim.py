@@ -31,7 +31,8 @@ class NormalizedSGD(torch.optim.Optimizer):
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return loss
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        # one host sync per step, not one per parameter
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         if norm == 0:  # no signal (e.g. every group dropped): stay put rather than divide by zero
             return loss
         for group in self.param_groups:
@@ -40,7 +41,7 @@ class NormalizedSGD(torch.optim.Optimizer):
                     continue
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(p.grad, alpha=-group["lr"] / float(norm))
+                p.add_(p.grad, alpha=-group["lr"] / norm)
         return loss
 
 
