@@ -16,6 +16,33 @@ class Reward(Protocol):
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor: ...
 
 
+Box = tuple[float, float, float, float]
+"""(x0, y0, x1, y1) in pixels, y downwards."""
+
+
+def score_and_locate(
+    reward: Reward, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
+) -> tuple[torch.Tensor, list[list[Box]]]:
+    """(B,) scores and each image's core-object boxes as the reward's own detector finds them.
+
+    Rewards that can say where the prompt's content is implement ``score_and_locate`` (GenEval;
+    a mix through its components that can); the others raise a ValueError naming the reward.
+    """
+    locate = getattr(reward, "score_and_locate", None)
+    if locate is None:
+        raise ValueError(
+            f"the {reward.name!r} reward cannot locate the prompt's core objects (only GenEval's detector "
+            "can): the 'oracle' allocation and the localisation score need a reward that can"
+        )
+    return locate(images, prompts, metadata)
+
+
+def can_locate(reward: Reward) -> bool:
+    """Whether ``score_and_locate`` works for ``reward``."""
+    can = getattr(reward, "can_locate", None)
+    return bool(can()) if callable(can) else hasattr(reward, "score_and_locate")
+
+
 def check_batch(images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> None:
     """Clear errors for malformed batches before any backend sees them."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:

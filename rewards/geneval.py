@@ -10,7 +10,7 @@ import torch
 
 from rewards.base import check_batch, to_uint8_arrays
 from rewards.detection import Detection
-from rewards.geneval_rules import GenEvalResult, evaluate_image
+from rewards.geneval_rules import Box, GenEvalResult, evaluate_image
 
 Detector = Callable[[np.ndarray], list[Detection]]
 """Maps one (H, W, 3) uint8 image to its detections."""
@@ -43,7 +43,13 @@ class GenEvalReward:
         return [evaluate_image(found, record) for found, record in zip(detections, metadata)]
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
+        return self.score_and_locate(images, prompts, metadata)[0]
+
+    def score_and_locate(
+        self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
+    ) -> tuple[torch.Tensor, list[list[Box]]]:
+        """(B,) scores and, per image, the boxes of its core objects (one detection pass)."""
         check_batch(images, prompts, metadata)
         results = self.evaluate(images, metadata)
         values = [r.partial if self.partial_credit else float(r.correct) for r in results]
-        return torch.tensor(values, dtype=torch.float32)
+        return torch.tensor(values, dtype=torch.float32), [r.core_boxes for r in results]

@@ -59,11 +59,14 @@ class GenEvalResult:
         reasons: the official script's failure messages, one per failed check (empty if correct).
         partial: Flow-GRPO-style partial credit in [0, 1] (1.0 only when every count is exact
             and every colour and position holds).
+        core_boxes: boxes of the kept detections of every class an include clause names (the
+            prompt's core objects as the detector sees them; STAR's oracle and localisation).
     """
 
     correct: bool
     reasons: list[str] = field(default_factory=list)
     partial: float = 0.0
+    core_boxes: list[Box] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------ detections
@@ -272,7 +275,9 @@ def evaluate_image(detections: Sequence[Detection], metadata: Metadata) -> GenEv
     (a GenEval record: ``tag``, ``include``, optional ``exclude``)."""
     groups = filter_detections(detections, metadata["tag"])
     correct, reasons = strict_verdict(groups, metadata)
-    return GenEvalResult(correct=correct, reasons=reasons, partial=partial_credit(groups, metadata))
+    classes = dict.fromkeys(clause["class"] for clause in metadata["include"])
+    boxes = [tuple(d.box) for name in classes for d in groups.get(name, [])]
+    return GenEvalResult(correct=correct, reasons=reasons, partial=partial_credit(groups, metadata), core_boxes=boxes)
 
 
 # ------------------------------------------------------------------------------ summary

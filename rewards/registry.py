@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rewards.base import Reward
+from rewards.base import Box, Reward, can_locate, score_and_locate
 from star.config import RewardsConfig
 
 
@@ -51,6 +51,27 @@ class WeightedReward:
         """(B,) float32 weighted sum of the components for images (B, 3, H, W) in [0, 1]."""
         components = self.score_components(images, prompts, metadata)
         return sum((self.weights[name] * values for name, values in components.items()), torch.zeros(len(images)))
+
+
+    def can_locate(self) -> bool:
+        return any(can_locate(reward) for reward in self.rewards.values())
+
+    def score_and_locate(
+        self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
+    ) -> tuple[torch.Tensor, list[list[Box]]]:
+        """The weighted score and the union of the boxes of every component that can locate."""
+        boxes: list[list[Box]] = [[] for _ in range(len(images))]
+        total = torch.zeros(len(images))
+        if not self.can_locate():
+            raise ValueError(f"no reward of the mix {sorted(self.rewards)} can locate the prompt's core objects")
+        for name, reward in self.rewards.items():
+            if can_locate(reward):
+                values, found = score_and_locate(reward, images, prompts, metadata)
+                boxes = [mine + theirs for mine, theirs in zip(boxes, found)]
+            else:
+                values = reward.score(images, prompts, metadata)
+            total = total + self.weights[name] * values.float().cpu()
+        return total, boxes
 
 
 def score_components(

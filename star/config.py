@@ -133,13 +133,21 @@ class BaseConfig(_Section):
     checkpoint_every: int = _knob(500, "steps between resumable checkpoints", ge=1)
 
 
+AllocationMode = Literal["none", "uniform_region", "temporal", "spatial", "star", "oracle", "shuffled"]
+"""Advantage allocation (docs/method.md §5); ``oracle`` and ``shuffled`` are diagnostic controls."""
+TemporalRule = Literal["map_change", "sigma", "concentration"]
+"""How STAR weighs the denoising steps (docs/method.md §5)."""
+CoreSegments = Literal["both", "clip", "t5"]
+"""Which segments of SD3's text sequence carry the core-token positions (docs/method.md §3.1)."""
+
+
 class TrainConfig(_Section):
     """RL post-training (docs/method.md §1–§6); the reference values of STAR_METHOD §7 are
     scaled down for the embedded default."""
 
     algorithm: Literal["grpo", "fdfo"] = _knob("grpo", "'grpo': Flow-GRPO/STAR objective; 'fdfo': finite differences")
-    allocation: Literal["none", "uniform_region", "temporal", "spatial", "star"] = _knob(
-        "star", "advantage allocation mode (method §5); 'none' is Flow-GRPO"
+    allocation: AllocationMode = _knob(
+        "star", "advantage allocation (method §5): 'none' is Flow-GRPO; 'oracle'/'shuffled' are diagnostic controls"
     )
     iterations: int = _knob(384, "RL iterations: sample -> score -> advantages -> update", ge=1)
     prompts_per_iteration: int = _knob(16, "prompts (groups) sampled per iteration", ge=1)
@@ -148,7 +156,9 @@ class TrainConfig(_Section):
     )
     group_size: int = _knob(8, "rollouts per prompt (GRPO group; SD3.5 reference 24)", ge=2)
     steps: int = _knob(4, "denoising steps of training rollouts", ge=2)
-    train_fraction: float = _knob(1.0, "fraction of the denoising steps trained each iteration", gt=0, le=1)
+    train_fraction: float = _knob(
+        0.99, "train the first floor(f * steps) steps, as Flow-GRPO's timestep_fraction (0.99: all but the last)", gt=0, le=1
+    )
     sde_window: int = _knob(
         0, "SDE steps per rollout, a window drawn in the first half each iteration; the rest ODE (0: all SDE)", ge=0
     )
@@ -166,16 +176,19 @@ class TrainConfig(_Section):
     lr: float = _knob(0.5, "learning rate (normalized_sgd: the L2 length of each step)", gt=0)
     weight_decay: float = _knob(1e-4, "decoupled weight decay", ge=0)
     grad_clip: float = _knob(1.0, "gradient-norm clip", gt=0)
-    clip_range: float = _knob(1e-4, "PPO clip range epsilon of image-level ratios (method §4)", gt=0)
-    region_clip_range: float = _knob(1e-3, "PPO clip range epsilon of per-region ratios", gt=0)
+    clip_range: float = _knob(1e-4, "PPO clip range epsilon of image-level and per-region ratios (method §4)", gt=0)
     kl_beta: float = _knob(0.0, "KL-to-reference weight beta (method §4)", ge=0)
-    global_std: bool = _knob(False, "normalise advantages by the batch std instead of the group's")
+    global_std: bool = _knob(True, "normalise advantages by the batch's std (Flow-GRPO's configs) instead of the group's")
     advantage_clip: float = _knob(5.0, "advantages are clipped to +-this", gt=0)
     gamma: float = _knob(1.0, "sharpening exponent of allocation maps (method §3)", gt=0)
     mix: float = _knob(1.0, "strength lambda of the map vs uniform (method §3)", ge=0, le=1)
     w_min: float = _knob(0.25, "lower clamp of allocation weights", ge=0, le=1)
     w_max: float = _knob(4.0, "upper clamp of allocation weights", ge=1)
+    temporal_rule: TemporalRule = _knob(
+        "map_change", "temporal weight of 'temporal'/'star' (method §5): map_change, sigma or concentration"
+    )
     capture_blocks: list[int] | None = _knob(None, "joint blocks read by the capture (None: the middle half)")
+    core_segments: CoreSegments = _knob("both", "text segments whose core tokens the capture reads: both, clip or t5")
     lora_rank: int = _knob(8, "LoRA rank (0: full fine-tuning; SD3.5 reference 32)", ge=0)
     lora_alpha: int = _knob(16, "LoRA alpha (SD3.5 reference 64)", ge=1)
     lora_targets: list[str] = _knob(
@@ -201,6 +214,11 @@ class TrainConfig(_Section):
     def _window_fits(self) -> TrainConfig:
         if self.sde_window > self.steps:
             raise ValueError(f"sde_window = {self.sde_window} exceeds steps = {self.steps}")
+        if int(self.train_fraction * self.steps) < 1:
+            raise ValueError(
+                f"train_fraction = {self.train_fraction} trains floor({self.train_fraction} * {self.steps}) = 0 of the "
+                f"{self.steps} steps; choose at least {1 / self.steps:.3g}"
+            )
         return self
 
 

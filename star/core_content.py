@@ -80,15 +80,22 @@ def token_positions(tokenizer: PreTrainedTokenizerBase, prompt: str, spans: Sequ
     return sorted(positions)
 
 
-def text_segments(pipe: Any) -> list[tuple[PreTrainedTokenizerBase, int]]:
-    """(tokenizer, length) of each segment of SD3's text sequence, in order: CLIP, then T5."""
+def text_segments(pipe: Any, which: str = "both") -> list[tuple[PreTrainedTokenizerBase | None, int]]:
+    """(tokenizer, length) of each segment of SD3's text sequence, in order: CLIP, then T5.
+
+    ``which`` ('both', 'clip' or 't5', ``train.core_segments``) keeps the core positions of one
+    segment only: the other's tokenizer is None, so it keeps its length and marks nothing."""
     from star.models import text_sequence_length
 
-    return [(pipe.tokenizer, pipe.tokenizer_max_length), (pipe.tokenizer_3, text_sequence_length(pipe))]
+    if which not in ("both", "clip", "t5"):
+        raise ValueError(f"core segments must be 'both', 'clip' or 't5', got {which!r}")
+    clip = pipe.tokenizer if which in ("both", "clip") else None
+    t5 = pipe.tokenizer_3 if which in ("both", "t5") else None
+    return [(clip, pipe.tokenizer_max_length), (t5, text_sequence_length(pipe))]
 
 
 def core_token_mask(
-    segments: Sequence[tuple[PreTrainedTokenizerBase, int]],
+    segments: Sequence[tuple[PreTrainedTokenizerBase | None, int]],
     prompts: Sequence[str],
     records: Sequence[Mapping[str, Any] | None],
 ) -> torch.Tensor:
@@ -98,7 +105,7 @@ def core_token_mask(
         spans = word_spans(prompt, core_words(prompt, record))
         row, offset = torch.zeros(sum(length for _, length in segments)), 0
         for tokenizer, length in segments:
-            if tokenizer is not None:  # SD3 without T5 feeds zeros there: nothing to attend to
+            if tokenizer is not None:  # SD3 without T5 feeds zeros there; or a segment left out
                 row[[offset + p for p in token_positions(tokenizer, prompt, spans, length)]] = 1.0
             offset += length
         rows.append(row)

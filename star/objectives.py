@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from star.advantages import group_advantages, informative_groups
-from star.allocation import AllocationMode, AllocationParams, allocate
+from star.allocation import CAPTURING_MODES, AllocationInputs, AllocationMode, AllocationParams, allocate
 from star.rollout import Rollouts
 from star.sampling import Conditioning, guided_velocity
 from star.sde import StepDistribution, step_distribution
@@ -67,23 +67,24 @@ class Targets:
 
 
 class Objective(Protocol):
-    needs_capture: bool
+    needs_capture: bool  # rollouts record the core attention (method §3.2)
+    needs_regions: bool  # rollouts carry the core objects' coverage of the final image (§3.4)
     needs_velocities: bool
     noise_share: str  # 'none' | 'group' | 'pair': how rollouts share their initial noise
 
-    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor) -> Targets: ...
+    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor, generator: torch.Generator | None = None) -> Targets: ...
 
     def step_loss(
         self, policy: Policy, rollouts: Rollouts, targets: Targets, t: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
-def region_sum(values: torch.Tensor, patch: int) -> torch.Tensor:
-    """Sum (B, C, h, w) over channels and each patch's pixels: (B, P), P = (h/patch)·(w/patch)
+def region_mean(values: torch.Tensor, patch: int) -> torch.Tensor:
+    """Mean of (B, C, h, w) over channels and each patch's pixels: (B, P), P = (h/patch)·(w/patch)
     in the transformer's token order (row-major over the patch grid)."""
     b, c, h, w = values.shape
     grid = values.reshape(b, c, h // patch, patch, w // patch, patch)
-    return grid.sum(dim=(1, 3, 5)).reshape(b, -1)
+    return grid.mean(dim=(1, 3, 5)).reshape(b, -1)
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.Tensor:
@@ -96,9 +97,21 @@ def kl_to_reference(mean: torch.Tensor, reference_mean: torch.Tensor, sigma_t: t
     return ((mean - reference_mean) ** 2).mean(dim=(1, 2, 3)) / (2 * sigma_t.flatten() ** 2)
 
 
+@dataclass
+class Surrogate:
+    """The clipped policy loss of one step and what is logged about it: loss (scalar); ratio
+    and log_ratio: (B,) at image level or (B, P) per region; clip: the ε applied."""
+
+    loss: torch.Tensor
+    ratio: torch.Tensor
+    log_ratio: torch.Tensor
+    clip: float
+
+
 class PolicyGradientObjective:
     """Flow-GRPO and STAR: group-relative advantages, allocated by ``mode`` (method §3, §5),
-    with the clipped objective at image level (``none``) or per region (method §4)."""
+    with the clipped objective at image level (``none``) or per region (method §4); one clip
+    range ε for both, since a region's log-prob is a mean over its elements as the image's is."""
 
     needs_velocities = False
 
@@ -108,25 +121,42 @@ class PolicyGradientObjective:
         allocation: AllocationParams,
         patch_size: int,
         clip_range: float,
-        region_clip_range: float,
         kl_beta: float,
-        global_std: bool = False,
+        global_std: bool = True,
         advantage_clip: float = 5.0,
         same_noise_per_group: bool = False,
     ) -> None:
         self.mode, self.allocation, self.patch = mode, allocation, patch_size
-        self.clip_range, self.region_clip_range, self.kl_beta = clip_range, region_clip_range, kl_beta
+        self.clip_range, self.kl_beta = clip_range, kl_beta
         self.global_std, self.advantage_clip = global_std, advantage_clip
-        self.needs_capture = mode in ("temporal", "spatial", "star")
+        self.needs_capture = mode in CAPTURING_MODES
+        self.needs_regions = mode == "oracle"
         self.noise_share = "group" if same_noise_per_group else "none"
 
-    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor) -> Targets:
+    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor, generator: torch.Generator | None = None) -> Targets:
         advantages = group_advantages(rewards, rollouts.group_ids, self.global_std, self.advantage_clip)
         b, t_steps = rollouts.log_probs.shape[:2]
         _, _, h, w = rollouts.log_probs.shape[1:]
         shape = (b, t_steps, (h // self.patch) * (w // self.patch))
-        weights = allocate(self.mode, rollouts.attention, self.allocation, shape)
+        inputs = AllocationInputs(
+            rollouts.attention, rollouts.sigmas, rollouts.trained, rollouts.core_coverage, generator
+        )
+        weights = allocate(self.mode, inputs, self.allocation, shape)
         return Targets(advantages, informative_groups(advantages, rollouts.group_ids), weights)
+
+    def surrogate(self, log_prob: torch.Tensor, old: torch.Tensor, targets: Targets, t: int) -> Surrogate:
+        """The clipped loss of step t from the per-element log-probs (B, C, h, w) under θ and
+        under the sampling policy (method §4)."""
+        advantage = targets.advantages.to(log_prob)
+        if self.mode == "none":
+            log_ratio = (log_prob - old).mean(dim=(1, 2, 3))
+            ratio = torch.exp(log_ratio)
+            return Surrogate(clipped_surrogate(ratio, advantage, self.clip_range).mean(), ratio, log_ratio, self.clip_range)
+        assert targets.weights is not None
+        log_ratio = region_mean(log_prob, self.patch) - region_mean(old, self.patch)
+        ratio = torch.exp(log_ratio)
+        allocated = advantage[:, None] * targets.weights[:, t].to(log_prob)
+        return Surrogate(clipped_surrogate(ratio, allocated, self.clip_range).mean(), ratio, log_ratio, self.clip_range)
 
     def step_loss(
         self, policy: Policy, rollouts: Rollouts, targets: Targets, t: int
@@ -135,28 +165,17 @@ class PolicyGradientObjective:
         x, x_next = rollouts.latents[:, t], rollouts.latents[:, t + 1]
         sigma = rollouts.sigmas[t]
         dist = policy.transition(policy.velocity(x, sigma, rollouts.cond), x, rollouts.sigmas, t)
-        log_prob, old = dist.log_prob(x_next), rollouts.log_probs[:, t]
-        advantage = targets.advantages.to(x)
-        if self.mode == "none":
-            log_ratio = (log_prob - old).mean(dim=(1, 2, 3))
-            ratio, clip = torch.exp(log_ratio), self.clip_range
-            policy_loss = clipped_surrogate(ratio, advantage, clip).mean()
-        else:
-            assert targets.weights is not None
-            log_ratio = region_sum(log_prob, self.patch) - region_sum(old, self.patch)
-            ratio, clip = torch.exp(log_ratio), self.region_clip_range
-            allocated = advantage[:, None] * targets.weights[:, t].to(x)
-            policy_loss = clipped_surrogate(ratio, allocated, clip).mean()
-        loss, kl = policy_loss, torch.zeros(())
+        surrogate = self.surrogate(dist.log_prob(x_next), rollouts.log_probs[:, t], targets, t)
+        loss, kl = surrogate.loss, torch.zeros(())
         if self.kl_beta > 0:
             ref = policy.transition(policy.reference_velocity(x, sigma, rollouts.cond), x, rollouts.sigmas, t)
             kl = kl_to_reference(dist.mean, ref.mean, dist.sigma_t).mean()
             loss = loss + self.kl_beta * kl
         stats = {
-            "policy_loss": policy_loss.detach(),
+            "policy_loss": surrogate.loss.detach(),
             "kl": kl.detach(),
-            "clip_fraction": ((ratio - 1).abs() > clip).float().mean().detach(),
-            "approx_kl": (0.5 * log_ratio.detach() ** 2).mean(),
+            "clip_fraction": ((surrogate.ratio.detach() - 1).abs() > surrogate.clip).float().mean(),
+            "approx_kl": (0.5 * surrogate.log_ratio.detach() ** 2).mean(),
         }
         return loss, stats
 
@@ -167,13 +186,14 @@ class FdfoObjective:
     velocity of every step moves toward the better sample of the pair."""
 
     needs_capture = False
+    needs_regions = False
     needs_velocities = True
     noise_share = "pair"
 
     def __init__(self, clip: float, base_weight: float = 0.0) -> None:
         self.clip, self.base_weight = clip, base_weight
 
-    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor) -> Targets:
+    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor, generator: torch.Generator | None = None) -> Targets:
         if len(rollouts) % 2:
             raise ValueError(f"FDFO needs rollouts in pairs; got {len(rollouts)} (make group_size even)")
         final = rollouts.latents[:, -1]

@@ -6,7 +6,7 @@ VAE and text conditioning are used through diffusers' own classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -29,7 +29,10 @@ class Rollouts:
     images: (B, 3, H, W) decoded x_T in [0, 1];
     core_mask: (B, L_text) core-token mask, or None without capture;
     attention: (B, T, P) captured core attention on the P = (h/patch)·(w/patch) patch grid, or None;
-    sde_steps: the steps sampled with noise (the only ones with log-probs), or None for all T.
+    sde_steps: the steps sampled with noise (the only ones with log-probs), or None for all T;
+    trained: the steps the update trains (method §4: the first ⌊f·T⌋ of the SDE steps);
+    core_coverage: (B, P) share of each position covered by the core objects the reward's
+    detector finds in the final image (set after scoring, method §3.4), or None.
     """
 
     prompts: list[str]
@@ -44,6 +47,8 @@ class Rollouts:
     core_mask: torch.Tensor | None = None
     attention: torch.Tensor | None = None
     sde_steps: list[int] | None = None
+    trained: list[int] = field(default_factory=list)
+    core_coverage: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -51,7 +56,7 @@ class Rollouts:
     def select(self, index: torch.Tensor) -> Rollouts:
         """The rollouts at ``index`` (1-D long tensor), every per-rollout field alike."""
         picked: dict[str, Any] = {}
-        for f in fields(self):
+        for f in fields(self):  # lists of steps (sde_steps, trained) are shared by every rollout
             value = getattr(self, f.name)
             if f.name in ("prompts", "records"):
                 picked[f.name] = [value[i] for i in index.tolist()]
@@ -73,6 +78,14 @@ def initial_latents(
     runs = -(-batch // share_within)
     noise = torch.randn((runs, *shape), generator=generator)
     return noise.repeat_interleave(share_within, dim=0)[:batch]
+
+
+def trained_steps(sde_steps: list[int] | None, steps: int, train_fraction: float) -> list[int]:
+    """The steps the update trains (method §4): of the SDE steps (all ``steps`` by default),
+    those among the first ⌊f·T⌋ — Flow-GRPO's ``timestep_fraction``, so at f < 1 the last
+    step, whose noise cannot change the image, is never trained."""
+    limit = int(train_fraction * steps)
+    return [t for t in (sde_steps if sde_steps is not None else range(steps)) if t < limit]
 
 
 @torch.no_grad()

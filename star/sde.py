@@ -43,9 +43,13 @@ def _per_sample(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor
 
 
 def diffusion_coefficient(sigma: torch.Tensor, sigma_first: torch.Tensor, noise_level: float) -> torch.Tensor:
-    """σ_t = a · sqrt(s / (1 − s)), with s_1 in place of s where s = 1 (method §1)."""
-    safe = torch.where(sigma >= 1, sigma_first, sigma)
-    return noise_level * torch.sqrt(safe / (1 - safe))
+    """σ_t = a · sqrt(s / (1 − ŝ)), ŝ = s_1 where s = 1 and s elsewhere (method §1).
+
+    Only the denominator changes at s = 1 (it would divide by zero), as in Flow-GRPO's
+    ``sd3_sde_with_logprob.py``; the numerator keeps s = 1.
+    """
+    denominator = 1 - torch.where(sigma >= 1, sigma_first, sigma)
+    return noise_level * torch.sqrt(sigma / denominator)
 
 
 def step_distribution(

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from rewards.base import Reward
+from rewards.base import Reward, can_locate, score_and_locate
 from star import checkpoint
 from star.allocation import AllocationParams
 from star.attention import AttentionCapture
@@ -30,7 +30,8 @@ from star.lora import add_lora, has_lora, load_trainable_state, reference_policy
 from star.objectives import FdfoObjective, Objective, PolicyGradientObjective, Policy, Targets
 from star.optim import build_optimizer
 from star.prompt_source import PromptSource, Record, prompt_pool
-from star.rollout import Rollouts, initial_latents, sample_rollouts
+from star.regions import mean_localisation, token_coverage
+from star.rollout import Rollouts, initial_latents, sample_rollouts, trained_steps
 from star.sampling import condition, latent_shape, sigma_schedule
 from star.visualize import allocation_overlay, sample_grid
 
@@ -42,11 +43,12 @@ def build_objective(cfg: TrainConfig, patch_size: int) -> Objective:
     """The objective named by ``train.algorithm`` and ``train.allocation``."""
     if cfg.algorithm == "fdfo":
         return FdfoObjective(cfg.fdfo_clip, cfg.fdfo_base_weight)
-    allocation = AllocationParams(cfg.gamma, cfg.mix, cfg.w_min, cfg.w_max)
+    allocation = AllocationParams(cfg.gamma, cfg.mix, cfg.w_min, cfg.w_max, cfg.temporal_rule)
     return PolicyGradientObjective(
-        cfg.allocation, allocation, patch_size, cfg.clip_range, cfg.region_clip_range, cfg.kl_beta,
+        cfg.allocation, allocation, patch_size, cfg.clip_range, cfg.kl_beta,
         cfg.global_std, cfg.advantage_clip, cfg.same_noise_per_group,
     )
+
 
 
 class Trainer:
@@ -78,6 +80,8 @@ class Trainer:
         self.objective = build_objective(cfg.train, pipe.transformer.config.patch_size)
         self._setup_model()
         self.capture = AttentionCapture(self.transformer, cfg.train.capture_blocks) if self.objective.needs_capture else None
+        # the core objects' coverage feeds the oracle, and the localisation score of captured maps
+        self.locate = self.objective.needs_regions or (self.capture is not None and can_locate(reward))
         self.sigmas = sigma_schedule(pipe, cfg.train.steps, self.device)
         self.iteration = 0
         self.pending = 0  # minibatches accumulated since the last optimizer step
@@ -160,11 +164,12 @@ class Trainer:
         """One iteration: sample → score → advantages → update → log."""
         start = time.perf_counter()
         rollouts = self.sample(self.prompts.next(self.train_cfg.prompts_per_iteration))
-        rewards = self.reward.score(rollouts.images, rollouts.prompts, rollouts.records)
-        targets = self.objective.prepare(rollouts, rewards)
+        rewards = self.score(rollouts)
+        targets = self.objective.prepare(rollouts, rewards, self.generator)
         update_stats = self.update(rollouts, targets)
         self.iteration += 1
         metrics = self._summarise(rewards, targets, update_stats, time.perf_counter() - start)
+        metrics |= self._localisation(rollouts, targets)
         self.history.append(metrics)
         if self.iteration % self.train_cfg.checkpoint_every == 0 or self.iteration == self.train_cfg.iterations:
             self.save_checkpoint()  # before logging: a failing logger loses no progress
@@ -180,7 +185,7 @@ class Trainer:
         cond = condition(self.pipe, prompts, cfg.guidance_scale, self.device)
         share = {"none": None, "group": group, "pair": 2}[self.objective.noise_share]
         noise = initial_latents(latent_shape(self.pipe), group_ids, self.generator, share).to(self.device)
-        core_mask = core_token_mask(text_segments(self.pipe), prompts, expanded).to(self.device) if self.capture else None
+        core_mask = core_token_mask(text_segments(self.pipe, cfg.core_segments), prompts, expanded).to(self.device) if self.capture else None
         sde_steps = self._sde_window()
         self.transformer.eval()
         fields = sample_rollouts(
@@ -188,7 +193,21 @@ class Trainer:
             self.generator, self.capture, core_mask, keep_velocities=self.objective.needs_velocities,
             sde_steps=sde_steps,
         )
-        return Rollouts(prompts, expanded, group_ids, cond, self.sigmas, core_mask=core_mask, sde_steps=sde_steps, **fields)
+        trained = trained_steps(sde_steps, cfg.steps, cfg.train_fraction)
+        return Rollouts(
+            prompts, expanded, group_ids, cond, self.sigmas, core_mask=core_mask, sde_steps=sde_steps, trained=trained,
+            **fields,
+        )
+
+    def score(self, rollouts: Rollouts) -> torch.Tensor:
+        """(B,) rewards; where the trainer locates the core objects it also sets
+        ``rollouts.core_coverage`` from the reward's own detections (method §3.4)."""
+        if not self.locate:
+            return self.reward.score(rollouts.images, rollouts.prompts, rollouts.records)
+        rewards, boxes = score_and_locate(self.reward, rollouts.images, rollouts.prompts, rollouts.records)
+        grid = rollouts.latents.shape[-1] // self.pipe.transformer.config.patch_size
+        rollouts.core_coverage = token_coverage(boxes, rollouts.images.shape[-1], grid)
+        return rewards
 
     def _sde_window(self) -> list[int] | None:
         """This iteration's SDE steps: ``sde_window`` consecutive steps starting in the first
@@ -200,7 +219,7 @@ class Trainer:
         return list(range(start, start + window))
 
     def update(self, rollouts: Rollouts, targets: Targets) -> dict[str, float]:
-        """Inner epochs of minibatch updates over a random fraction of the steps (method §4).
+        """Inner epochs of minibatch updates over the trained steps (method §4).
 
         Groups without signal are dropped in a single process; with several processes they stay
         (with zero advantage) so that every rank takes the same number of optimizer steps. The
@@ -210,14 +229,10 @@ class Trainer:
         cfg = self.train_cfg
         keep = targets.keep if self.accelerator.num_processes == 1 else torch.ones_like(targets.keep)
         index = keep.nonzero().flatten()
-        candidates = torch.tensor(rollouts.sde_steps if rollouts.sde_steps is not None else range(cfg.steps))
-        n_steps = max(1, round(cfg.train_fraction * len(candidates)))
         plan = []
-        for _ in range(cfg.inner_epochs if len(index) else 0):  # split() of nothing yields one empty chunk
+        for _ in range(cfg.inner_epochs if len(index) and rollouts.trained else 0):  # split() of nothing yields one empty chunk
             order = index[torch.randperm(len(index), generator=self.generator)]
-            for chunk in order.split(cfg.minibatch_size):
-                pick = torch.randperm(len(candidates), generator=self.generator)[:n_steps]
-                plan.append((chunk, candidates[pick].sort().values.tolist()))
+            plan += [(chunk, rollouts.trained) for chunk in order.split(cfg.minibatch_size)]
         final = self.iteration + 1 == cfg.iterations
         totals: dict[str, list[float]] = {}
         self.transformer.train()
@@ -277,6 +292,14 @@ class Trainer:
             **stats,
         }
 
+    def _localisation(self, rollouts: Rollouts, targets: Targets) -> dict[str, float]:
+        """Per trained step, the mean localisation of the allocation weights on the core objects
+        (method §3.4; 1 = none), when both are known."""
+        if targets.weights is None or rollouts.core_coverage is None or self.train_cfg.allocation in ("none", "uniform_region"):
+            return {}
+        scores = mean_localisation(targets.weights, rollouts.core_coverage)
+        return {f"localisation_t{t}": float(scores[t]) for t in rollouts.trained if not torch.isnan(scores[t])}
+
     def _log(self, metrics: dict[str, float], rollouts: Rollouts, rewards: torch.Tensor) -> None:
         if not self.accelerator.is_main_process:
             return
@@ -295,7 +318,8 @@ class Trainer:
         paths = [sample_grid(rollouts.images[firsts], captions, out / f"samples_{self.iteration:04d}.png",
                              title=f"iteration {self.iteration}")]
         if rollouts.attention is not None:
-            targets = self.objective.prepare(rollouts.select(firsts), rewards[firsts])
+            shown = torch.Generator().manual_seed(self.iteration)  # figures leave the training stream alone
+            targets = self.objective.prepare(rollouts.select(firsts), rewards[firsts], shown)
             steps = sorted({0, self.train_cfg.steps // 2, self.train_cfg.steps - 1})
             paths.append(allocation_overlay(
                 rollouts.images[firsts], targets.weights, steps, [rollouts.prompts[i] for i in firsts.tolist()],

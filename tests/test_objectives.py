@@ -34,8 +34,8 @@ def _flow_grpo_loss(trainer: Trainer, rollouts, advantages: torch.Tensor, t: int
     """Flow-GRPO's image-level loss written out independently of star.objectives."""
     x, x_next, sig = rollouts.latents[:, t], rollouts.latents[:, t + 1], rollouts.sigmas
     s, dt = sig[t], sig[t + 1] - sig[t]
-    s_hat = sig[1] if s == 1 else s
-    sigma_t = 0.7 * torch.sqrt(s_hat / (1 - s_hat))
+    s_hat = sig[1] if s == 1 else s  # only the denominator (Flow-GRPO's sd3_sde_with_logprob.py)
+    sigma_t = 0.7 * torch.sqrt(s / (1 - s_hat))
 
     def mean_of(v: torch.Tensor) -> torch.Tensor:
         return x * (1 + sigma_t**2 / (2 * s) * dt) + v * (1 + sigma_t**2 * (1 - s) / (2 * s)) * dt
@@ -54,7 +54,7 @@ def _flow_grpo_loss(trainer: Trainer, rollouts, advantages: torch.Tensor, t: int
 def test_none_equals_flow_grpo_loss(trainer: Trainer) -> None:
     rollouts = trainer.sample(GENEVAL_RECORDS)
     _perturb_lora(trainer)  # θ ≠ θ_old ≠ θ_ref, so ratio, clip and KL all matter
-    objective = PolicyGradientObjective("none", AllocationParams(), 2, clip_range=0.2, region_clip_range=1e-3, kl_beta=0.04)
+    objective = PolicyGradientObjective("none", AllocationParams(), 2, clip_range=0.2, kl_beta=0.04, global_std=False)
     rewards = torch.tensor([0.1, 0.7, 0.4, 0.2])
     targets = objective.prepare(rollouts, rewards)
     for t in range(3):
@@ -72,30 +72,43 @@ def _grads(trainer: Trainer, objective, rollouts, targets: Targets, t: int) -> t
     return torch.cat([p.grad.flatten() for p in trainer.params])
 
 
-def test_uniform_region_gradient_is_none_times_elements_per_region(trainer: Trainer) -> None:
-    """At θ = θ_old, β = 0: ∇L_uniform_region = (E/P)·∇L_none (method §5)."""
-    rollouts = trainer.sample(GENEVAL_RECORDS)
+def test_uniform_region_gradient_equals_none_at_the_sampling_policy(trainer: Trainer) -> None:
+    """At θ = θ_old, β = 0: the mean over regions of region means is the mean over elements,
+    so ∇L_uniform_region = ∇L_none (method §5), with the same clip range."""
     with torch.no_grad():  # a non-zero LoRA B so the adapter gradients are not all zero
         for name, p in trainer.transformer.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02, generator=torch.Generator().manual_seed(5))
     rollouts = trainer.sample(GENEVAL_RECORDS)  # θ_old = θ
-    common = dict(allocation=AllocationParams(), patch_size=2, clip_range=1e-4, region_clip_range=1e-3, kl_beta=0.0)
+    common = dict(allocation=AllocationParams(), patch_size=2, clip_range=1e-4, kl_beta=0.0)
     none, uniform = PolicyGradientObjective("none", **common), PolicyGradientObjective("uniform_region", **common)
     rewards = torch.tensor([0.1, 0.7, 0.4, 0.2])
-    c, h, w = rollouts.latents.shape[2:]
-    elements_per_region = c * 2 * 2
     for t in range(2):
         g_none = _grads(trainer, none, rollouts, none.prepare(rollouts, rewards), t)
         g_uniform = _grads(trainer, uniform, rollouts, uniform.prepare(rollouts, rewards), t)
         assert g_none.abs().max() > 0
-        torch.testing.assert_close(g_uniform, elements_per_region * g_none, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(g_uniform, g_none, rtol=1e-4, atol=1e-7)
+
+
+def test_region_ratio_clips_like_the_image_ratio(trainer: Trainer) -> None:
+    """Off-policy, the per-region log-ratio is a mean over the region's elements, so its clip
+    fraction at one ε is of the same order as the image ratio's (a sum would clip ~E/P× sooner)."""
+    rollouts = trainer.sample(GENEVAL_RECORDS)
+    _perturb_lora(trainer)
+    common = dict(allocation=AllocationParams(), patch_size=2, clip_range=0.02, kl_beta=0.0)
+    rewards = torch.tensor([0.1, 0.7, 0.4, 0.2])
+    stats = {}
+    for mode in ("none", "uniform_region"):
+        objective = PolicyGradientObjective(mode, **common)
+        _, stats[mode] = objective.step_loss(trainer.policy, rollouts, objective.prepare(rollouts, rewards), 1)
+    image, region = float(stats["none"]["approx_kl"]), float(stats["uniform_region"]["approx_kl"])
+    assert 0 < image and 0 < region < 50 * image, (image, region)
 
 
 def test_star_with_uniform_attention_equals_uniform_region(trainer: Trainer) -> None:
     rollouts = trainer.sample(GENEVAL_RECORDS)
     _perturb_lora(trainer)
-    common = dict(allocation=AllocationParams(), patch_size=2, clip_range=1e-4, region_clip_range=1e-3, kl_beta=0.04)
+    common = dict(allocation=AllocationParams(), patch_size=2, clip_range=1e-4, kl_beta=0.04)
     rewards = torch.tensor([0.1, 0.7, 0.4, 0.2])
     rollouts.attention = torch.ones(4, 3, rollouts.latents.shape[-1] ** 2 // 4)
     star, uniform = PolicyGradientObjective("star", **common), PolicyGradientObjective("uniform_region", **common)

@@ -1,10 +1,13 @@
-"""The SDE step of method §1: log-probs against torch.distributions, the ODE limit, σ_t at s = 1."""
+"""The SDE step of method §1: log-probs against torch.distributions, the ODE limit, σ_t at s = 1
+and at every step of a real schedule."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from star.sde import diffusion_coefficient, step_distribution
 
@@ -38,8 +41,29 @@ def test_zero_noise_is_the_euler_ode_step() -> None:
     assert float(dist.std.max()) == 0.0
 
 
-def test_first_step_uses_the_next_sigma() -> None:
+def test_first_step_keeps_s_in_the_numerator() -> None:
+    """At s = 1 only the denominator takes s_1 (Flow-GRPO's sd3_sde_with_logprob.py)."""
     sigma_t = diffusion_coefficient(torch.tensor([1.0, 0.5]), torch.tensor(0.9), 0.7)
-    torch.testing.assert_close(sigma_t, torch.tensor([0.7 * 3.0, 0.7]))
+    torch.testing.assert_close(sigma_t, torch.tensor([0.7 * math.sqrt(1 / 0.1), 0.7]))
     dist = step_distribution(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 1.0, 0.9, 0.9, 0.7)
     assert torch.isfinite(dist.mean).all() and torch.isfinite(dist.std).all()
+
+
+def test_every_step_of_a_ten_step_schedule_matches_the_formula() -> None:
+    """σ_t, μ and std recomputed in plain Python at each step of SD3's shifted 10-step schedule."""
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    scheduler.set_timesteps(10)
+    sigmas = scheduler.sigmas.tolist()
+    assert sigmas[0] == 1.0 and sigmas[-1] == 0.0 and len(sigmas) == 11
+    g = torch.Generator().manual_seed(2)
+    x, v = torch.randn(1, 1, 2, 2, generator=g, dtype=torch.float64), torch.randn(1, 1, 2, 2, generator=g, dtype=torch.float64)
+    a = 0.7
+    for t in range(10):
+        s, s_next, s_1 = sigmas[t], sigmas[t + 1], sigmas[1]
+        sigma_t = a * math.sqrt(s / (1 - (s_1 if s == 1 else s)))
+        dt = s_next - s
+        dist = step_distribution(x, v, s, s_next, s_1, a)
+        assert dist.sigma_t.item() == pytest.approx(sigma_t, rel=1e-12), t
+        assert dist.std.item() == pytest.approx(sigma_t * math.sqrt(-dt), rel=1e-12), t
+        mean = x * (1 + sigma_t**2 / (2 * s) * dt) + v * (1 + sigma_t**2 * (1 - s) / (2 * s)) * dt
+        torch.testing.assert_close(dist.mean, mean, rtol=1e-12, atol=1e-12)

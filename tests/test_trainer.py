@@ -18,6 +18,7 @@ from star.config import load_config
 from star.lora import trainable_state
 from star.prompt_source import prompt_pool
 from star.sampling import sample_ode
+from star.rollout import trained_steps
 from star.trainer import Trainer
 from star.variants import load_variant, save_variant, sort_safetensors_metadata
 from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_pipeline
@@ -32,8 +33,9 @@ def _trainer(tmp: Path, **train: object) -> Trainer:
 
 @pytest.mark.parametrize(
     "train", [{"allocation": "none"}, {"allocation": "uniform_region"}, {"allocation": "temporal"},
-              {"allocation": "spatial"}, {"allocation": "star", "lora_rank": 0}, {"algorithm": "fdfo"}],
-    ids=["none", "uniform_region", "temporal", "spatial", "star-full-ft", "fdfo"],
+              {"allocation": "spatial"}, {"allocation": "shuffled"}, {"allocation": "star", "lora_rank": 0},
+              {"algorithm": "fdfo"}],
+    ids=["none", "uniform_region", "temporal", "spatial", "shuffled", "star-full-ft", "fdfo"],
 )
 def test_every_algorithm_updates_the_policy(tmp_path: Path, train: dict) -> None:
     trainer = _trainer(tmp_path, iterations=1, **train)
@@ -43,6 +45,59 @@ def test_every_algorithm_updates_the_policy(tmp_path: Path, train: dict) -> None
     assert any(not torch.equal(before[k], after[k]) for k in before)
     for key in ("reward_mean", "loss", "clip_fraction", "approx_kl", "grad_norm", "advantage_std"):
         assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
+
+
+def test_trained_steps_are_the_first_fraction_of_the_schedule() -> None:
+    assert trained_steps(None, 10, 0.99) == list(range(9))  # Flow-GRPO: 9 of 10, never the last
+    assert trained_steps(None, 4, 0.99) == [0, 1, 2]
+    assert trained_steps(None, 4, 1.0) == [0, 1, 2, 3]
+    assert trained_steps([1, 2, 3], 4, 0.99) == [1, 2]
+
+
+def test_the_update_trains_exactly_the_trained_steps(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, iterations=1, steps=4, train_fraction=0.99)
+    seen: list[int] = []
+    original = trainer.objective.step_loss
+
+    def recording(policy, rollouts, targets, t):  # noqa: ANN001, ANN202
+        seen.append(t)
+        return original(policy, rollouts, targets, t)
+
+    trainer.objective.step_loss = recording
+    trainer.step()
+    assert sorted(set(seen)) == [0, 1, 2] and len(seen) == 3 * 2  # 2 minibatches, step 3 never
+
+
+class CornerReward(BrightnessReward):
+    """Brightness, and a detector that always finds the core object in the top-left quarter."""
+
+    def score_and_locate(self, images, prompts, metadata):  # noqa: ANN001, ANN201
+        side = images.shape[-1]
+        return self.score(images, prompts, metadata), [[(0, 0, side // 2, side // 2)] for _ in images]
+
+
+def test_oracle_and_star_read_the_rewards_detections(tmp_path: Path) -> None:
+    """The trainer sets each rollout's core-object coverage from the reward's detections, the
+    oracle puts its weight there, and capturing modes log their maps' localisation on it."""
+    for allocation in ("oracle", "star"):
+        cfg = load_config(MICRO, overrides={"train": SMALL | {"iterations": 1, "allocation": allocation}})
+        trainer = Trainer(cfg, micro_pipeline(), CornerReward(), GENEVAL_RECORDS, tmp_path / allocation, progress=False)
+        rollouts = trainer.sample(GENEVAL_RECORDS)
+        trainer.score(rollouts)
+        grid = rollouts.latents.shape[-1] // 2  # micro patch size 2
+        expected = torch.zeros(grid, grid)
+        expected[: grid // 2, : grid // 2] = 1.0
+        torch.testing.assert_close(rollouts.core_coverage, expected.flatten().expand(4, -1))
+        targets = trainer.objective.prepare(rollouts, torch.tensor([0.1, 0.7, 0.4, 0.2]))
+        on, off = targets.weights[..., expected.flatten() > 0], targets.weights[..., expected.flatten() == 0]
+        metrics = trainer.step()
+        assert {f"localisation_t{t}" for t in rollouts.trained} <= set(metrics)
+        if allocation == "oracle":
+            assert (on > 3.0).all() and (off < 0.5).all()
+            assert metrics["localisation_t0"] > 3.0
+    with pytest.raises(ValueError, match="cannot locate"):
+        cfg = load_config(MICRO, overrides={"train": SMALL | {"allocation": "oracle"}})
+        Trainer(cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, tmp_path / "no", progress=False).step()
 
 
 @pytest.mark.parametrize("train", [{}, {"accumulation_steps": 3}], ids=["default", "accumulation-across-the-stop"])
