@@ -1,60 +1,133 @@
-"""How much of a training batch's gradient is signal, per study variant (star/diagnostics.py).
+"""The signal-to-noise table: how much of a training batch's gradient is signal, per objective,
+on the same rollouts of the base model (star/gradient_snr.py, docs/method.md §4.1).
 
-For each variant, ``--estimates`` gradients of its objective at the base weights, each summed
-over ``--batches`` batches of ``--prompts`` training prompts × the group size, from independent
-noise; prints the mean pairwise cosine (≈ signal² / (signal² + noise²) of one estimate) with its
-standard error, the mean norm and the mean reward as a markdown table. ``-S`` overrides params as
-in the stages, e.g. ``-S train.sde_window=3`` or a variant outside the study:
-``-S 'study.variants.fdfo={algorithm: fdfo}' --variants fdfo``.
+For each row (a set of ``train`` overrides: an allocation, a temporal rule, γ, FDFO, …),
+``--estimates`` gradients of its objective at the base weights, each summed over ``--batches``
+batches of ``--prompts`` training prompts × the group size from independent noise. Prints, as a
+markdown table, the mean pairwise cosine between estimates (≈ signal² / (signal² + noise²) of one
+estimate) and the cosine with ``none``'s gradient on the same rollouts, each ± its standard error,
+the localisation of the row's weights on the core objects (1 = none) and the mean norm.
 
-    python scripts/diagnose_rl.py [--variants none star] [--prompts 16] [--batches 2]
-        [--estimates 4] [-S key=value]
+    python scripts/diagnose_rl.py [--rows none star ...] [--row 'name={allocation: star, gamma: 3}']
+        [--prompts 16] [--batches 2] [--estimates 6] [--json FILE] [-S key=value]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
 from rewards.registry import build_reward  # noqa: E402
-from star.config import load_config  # noqa: E402
-from star.diagnostics import gradient_agreement  # noqa: E402
+from star.config import Config, TrainConfig, config_from_dict, load_config  # noqa: E402
+from star.gradient_snr import GradientRow, gradient_table  # noqa: E402
 from star.models import pipeline_for  # noqa: E402
 from star.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
-from star.trainer import Trainer  # noqa: E402
+from star.rollout import trained_steps  # noqa: E402
+from star.trainer import Trainer, build_objective  # noqa: E402
+
+REFERENCE = "none"
+ROWS: dict[str, dict[str, Any]] = {
+    "none": {"allocation": "none"},
+    "uniform_region": {"allocation": "uniform_region"},
+    "temporal map_change": {"allocation": "temporal", "temporal_rule": "map_change"},
+    "temporal sigma": {"allocation": "temporal", "temporal_rule": "sigma"},
+    "temporal concentration": {"allocation": "temporal", "temporal_rule": "concentration"},
+    "spatial": {"allocation": "spatial"},
+    "star γ1": {"allocation": "star", "gamma": 1.0},
+    "star γ2": {"allocation": "star", "gamma": 2.0},
+    "star γ4": {"allocation": "star", "gamma": 4.0},
+    "oracle": {"allocation": "oracle"},
+    "shuffled": {"allocation": "shuffled"},
+    "fdfo": {"algorithm": "fdfo"},
+}
+"""Default rows: train overrides on top of the params' train section (the issue's table)."""
+
+
+def row_config(cfg: Config, overrides: dict[str, Any], name: str) -> TrainConfig:
+    """The params' train section with a row's overrides, validated (errors name the row)."""
+    data = cfg.model_dump()
+    data["train"] = data["train"] | overrides
+    return config_from_dict(data, f"row {name!r}").train
+
+
+def parse_rows(specs: list[str]) -> dict[str, dict[str, Any]]:
+    """``['name={allocation: star, gamma: 3}']`` -> {'name': {...}} (YAML flow mappings)."""
+    rows = {}
+    for spec in specs:
+        name, sep, body = spec.partition("=")
+        overrides = yaml.safe_load(body) if sep else None
+        if not name or not isinstance(overrides, dict):
+            raise SystemExit(f"error: --row {spec!r} is not of the form 'name={{key: value, ...}}'")
+        rows[name] = overrides
+    return rows
+
+
+def markdown(rows: list[GradientRow]) -> str:
+    lines = [
+        "| objective | mean pairwise cos | ± | cos with none | ± | localisation | mean norm |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        (agree, agree_se), (ref, ref_se) = row.agreement, row.reference
+        loc = sum(row.localisation) / len(row.localisation)
+        norm = sum(row.norms) / len(row.norms)
+        lines.append(f"| {row.name} | {agree:.3f} | {agree_se:.3f} | {ref:.3f} | {ref_se:.3f} | "
+                     f"{'' if loc != loc else f'{loc:.2f}'} | {norm:.3g} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file")
-    parser.add_argument("--variants", nargs="+", default=None, help="study variants (default: all)")
+    parser.add_argument("--rows", nargs="+", default=None, help=f"default rows to measure (all: {', '.join(ROWS)})")
+    parser.add_argument("--row", action="append", default=[], metavar="NAME={...}", help="add or replace a row")
     parser.add_argument("--prompts", type=int, default=16, help="training prompts per batch")
     parser.add_argument("--batches", type=int, default=2, help="batches summed into each estimate")
-    parser.add_argument("--estimates", type=int, default=4, help="independent estimates (>= 2)")
+    parser.add_argument("--estimates", type=int, default=6, help="independent estimates (>= 2)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     args = parser.parse_args(argv)
     cfg = load_config(args.params, parse_overrides(args.set))
+    chosen = {name: ROWS[name] for name in args.rows} if args.rows else dict(ROWS)
+    unknown = set(args.rows or []) - set(ROWS)
+    if unknown:
+        parser.error(f"--rows {sorted(unknown)}: not default rows ({', '.join(ROWS)}); add them with --row")
+    chosen = {REFERENCE: ROWS[REFERENCE]} | chosen | parse_rows(args.row)
+    configs = {name: row_config(cfg, overrides, name) for name, overrides in chosen.items()}
     use_threads(cfg)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     if not 1 <= args.prompts <= len(records):
         parser.error(f"--prompts {args.prompts}: choose 1 … {len(records)} (the training prompts)")
     records = prompt_pool(records, args.prompts, cfg.seed)
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
-    print("| variant | rollouts per estimate | mean cos | ± | mean norm | reward |\n|---|---:|---:|---:|---:|---:|")
-    for variant in args.variants or list(cfg.study.variants):
-        variant_cfg = cfg.for_variant(variant)
-        pipe = pipeline_for(variant_cfg.model, variant_cfg.paths.base_model)  # fresh: the trainer adds LoRA
-        with tempfile.TemporaryDirectory() as work:
-            trainer = Trainer(variant_cfg, pipe, reward, records, Path(work), progress=False)
-            result = gradient_agreement(trainer, records, args.batches, seeds=list(range(1, args.estimates + 1)))
-        norm = sum(result.norms) / len(result.norms)
-        print(f"| {variant} | {result.rollouts_per_estimate} | {result.cosine_mean:.3f} | {result.cosine_sem:.3f} | "
-              f"{norm:.3g} | {result.reward_mean:.3f} |", flush=True)
+    sampler = cfg.model_copy(update={"train": configs[REFERENCE].model_copy(update={"allocation": "star"})})
+    pipe = pipeline_for(cfg.model, cfg.paths.base_model)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        trainer = Trainer(sampler, pipe, reward, records, Path(work), progress=False)
+        patch = pipe.transformer.config.patch_size
+        objectives = {name: build_objective(train, patch) for name, train in configs.items()}
+        rows = gradient_table(trainer, records, objectives, REFERENCE, args.estimates, args.batches)
+    rollouts = args.batches * len(records) * cfg.train.group_size
+    trained = trained_steps(None, cfg.train.steps, cfg.train.train_fraction)
+    print(f"{rollouts} rollouts per estimate, {args.estimates} estimates, {cfg.train.steps} steps (trained {trained}), "
+          f"reward {sum(rows[0].rewards) / len(rows[0].rewards):.3f}, {time.perf_counter() - start:.0f} s\n")
+    print(markdown(rows), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "rollouts_per_estimate": rollouts, "estimates": args.estimates, "rows": {name: chosen[name] for name in chosen},
+            "results": [row.__dict__ for row in rows],
+        }, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,15 @@
-"""Diagnostics of a base model and of a training configuration: does the caption steer the
-denoiser, from which noise level on does the model keep the object the caption asks for, which
-steps' SDE noise moves the reward, and how much of a batch's training gradient is signal?
+"""Diagnostics of a base model: does the caption steer the denoiser, from which noise level on
+does the model keep the object the caption asks for, and which steps' SDE noise moves the
+reward? (How much of a training gradient is signal: ``star.gradient_snr``.)
 
 The first two start from clean latents z₀ of rendered scenes noised to z_s = (1 − s) z₀ + s ε
 (docs/method.md §0), so they separate "cannot read the caption" from "cannot draw". The last two
-sample like the trainer (docs/method.md §1, §4).
+sample like the trainer (docs/method.md §1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers import StableDiffusion3Pipeline
@@ -19,10 +17,6 @@ from diffusers import StableDiffusion3Pipeline
 from star.models import images_from_latents, latents_from_images
 from star.rollout import sample_rollouts
 from star.sampling import condition, guided_velocity, initial_noise, latent_shape, sigma_schedule
-
-if TYPE_CHECKING:  # annotations only: the base diagnostics need no trainer (accelerate, peft)
-    from star.prompt_source import Record
-    from star.trainer import Trainer
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 """(B, 3, H, W) images in [0, 1] -> (B,) scores, e.g. a GenEval reward bound to its prompts."""
@@ -144,82 +138,3 @@ def reward_variance_by_step(
             rewards = score(rollouts["images"]).float().reshape(initial_noises, draws)
             variances[k].append(rewards.var(dim=1).mean().item())
     return {k: sum(values) / len(values) for k, values in variances.items()}
-
-
-@dataclass(frozen=True)
-class GradientAgreement:
-    """Cosines between independent estimates g₁ … g_k of the training gradient at the same weights.
-
-    With g = s + n (signal, batch noise), cos(g_a, g_b) ≈ |s|² / (|s|² + |n|²): near 0 the update of
-    one batch is mostly noise and the trainer needs far more rollouts per step (method §4). The
-    noise of a few hundred rollouts spans few directions, so single cosines scatter: compare means.
-    """
-
-    cosines: list[float]  # one per pair of estimates
-    norms: list[float]  # one per estimate
-    reward_mean: float
-    rollouts_per_estimate: int
-
-    @property
-    def cosine_mean(self) -> float:
-        return sum(self.cosines) / len(self.cosines)
-
-    @property
-    def cosine_sem(self) -> float:
-        """Standard error of ``cosine_mean`` as if the pairs were independent (they share estimates)."""
-        n = len(self.cosines)
-        if n < 2:
-            return float("nan")
-        variance = sum((c - self.cosine_mean) ** 2 for c in self.cosines) / (n - 1)
-        return (variance / n) ** 0.5
-
-
-def batch_gradient(trainer: Trainer, records: list[Record], batches: int, seed: int) -> tuple[torch.Tensor, float]:
-    """The gradient of ``trainer``'s objective summed over ``batches`` batches of G rollouts per
-    record and every step the trainer may train (its SDE steps), without an optimizer step.
-
-    Reseeds ``trainer.generator`` with ``seed``. Returns the flattened gradient over the trainable
-    parameters, shape (n_params,), and the batches' mean reward.
-    """
-    trainer.generator.manual_seed(seed)
-    total = [torch.zeros_like(p) for p in trainer.params]
-    rewards = []
-    for _ in range(batches):
-        rollouts = trainer.sample(records)
-        scores = trainer.reward.score(rollouts.images, rollouts.prompts, rollouts.records)
-        targets = trainer.objective.prepare(rollouts, scores)
-        steps = rollouts.sde_steps if rollouts.sde_steps is not None else range(trainer.train_cfg.steps)
-        trainer.transformer.train()
-        for t in steps:
-            loss, _ = trainer.objective.step_loss(trainer.policy, rollouts, targets, t)
-            loss.backward()
-        trainer.transformer.eval()
-        for accumulated, parameter in zip(total, trainer.params):
-            if parameter.grad is not None:
-                accumulated += parameter.grad
-            parameter.grad = None
-        rewards.append(scores.float().mean().item())
-    return torch.cat([g.flatten() for g in total]), sum(rewards) / len(rewards)
-
-
-def gradient_agreement(
-    trainer: Trainer, records: list[Record], batches: int = 2, seeds: list[int] | None = None
-) -> GradientAgreement:
-    """Pairwise cosines of ``batch_gradient`` estimates from independent noise, one per seed of
-    ``seeds`` (default 1 … 4); a pair's cosine is 0 when either gradient vanishes (no group had
-    reward spread)."""
-    seeds = seeds if seeds is not None else [1, 2, 3, 4]
-    if len(seeds) < 2:
-        raise ValueError(f"gradient_agreement needs at least two seeds, got {seeds}")
-    estimates = [batch_gradient(trainer, records, batches, seed) for seed in seeds]
-    gradients = [g for g, _ in estimates]
-    norms = [g.norm().item() for g in gradients]
-
-    def cosine(a: int, b: int) -> float:
-        if min(norms[a], norms[b]) == 0:
-            return 0.0
-        return torch.nn.functional.cosine_similarity(gradients[a], gradients[b], dim=0).item()
-
-    cosines = [cosine(a, b) for a in range(len(gradients)) for b in range(a + 1, len(gradients))]
-    rollouts = batches * len(records) * trainer.train_cfg.group_size
-    return GradientAgreement(cosines, norms, sum(r for _, r in estimates) / len(estimates), rollouts)

@@ -74,6 +74,10 @@ class Objective(Protocol):
 
     def prepare(self, rollouts: Rollouts, rewards: torch.Tensor, generator: torch.Generator | None = None) -> Targets: ...
 
+    def policy_term(
+        self, policy: Policy, velocity: torch.Tensor, rollouts: Rollouts, targets: Targets, t: int
+    ) -> Surrogate: ...
+
     def step_loss(
         self, policy: Policy, rollouts: Rollouts, targets: Targets, t: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
@@ -99,13 +103,15 @@ def kl_to_reference(mean: torch.Tensor, reference_mean: torch.Tensor, sigma_t: t
 
 @dataclass
 class Surrogate:
-    """The clipped policy loss of one step and what is logged about it: loss (scalar); ratio
-    and log_ratio: (B,) at image level or (B, P) per region; clip: the ε applied."""
+    """The policy term of one step's loss and what is logged about it: loss (scalar); ratio and
+    log_ratio: (B,) at image level or (B, P) per region; clip: the ε applied; transition: the
+    step's Gaussian under θ (policy gradient only, for the KL term)."""
 
     loss: torch.Tensor
     ratio: torch.Tensor
     log_ratio: torch.Tensor
     clip: float
+    transition: StepDistribution | None = None
 
 
 class PolicyGradientObjective:
@@ -144,30 +150,35 @@ class PolicyGradientObjective:
         weights = allocate(self.mode, inputs, self.allocation, shape)
         return Targets(advantages, informative_groups(advantages, rollouts.group_ids), weights)
 
-    def surrogate(self, log_prob: torch.Tensor, old: torch.Tensor, targets: Targets, t: int) -> Surrogate:
-        """The clipped loss of step t from the per-element log-probs (B, C, h, w) under θ and
-        under the sampling policy (method §4)."""
+    def policy_term(
+        self, policy: Policy, velocity: torch.Tensor, rollouts: Rollouts, targets: Targets, t: int
+    ) -> Surrogate:
+        """The clipped loss of step t (method §4) given the policy's guided velocity (B, C, h, w)
+        at x_t: per-element log-probs of x_{t+1} under θ against the sampling policy's."""
+        dist = policy.transition(velocity, rollouts.latents[:, t], rollouts.sigmas, t)
+        log_prob, old = dist.log_prob(rollouts.latents[:, t + 1]), rollouts.log_probs[:, t]
         advantage = targets.advantages.to(log_prob)
         if self.mode == "none":
             log_ratio = (log_prob - old).mean(dim=(1, 2, 3))
             ratio = torch.exp(log_ratio)
-            return Surrogate(clipped_surrogate(ratio, advantage, self.clip_range).mean(), ratio, log_ratio, self.clip_range)
-        assert targets.weights is not None
-        log_ratio = region_mean(log_prob, self.patch) - region_mean(old, self.patch)
-        ratio = torch.exp(log_ratio)
-        allocated = advantage[:, None] * targets.weights[:, t].to(log_prob)
-        return Surrogate(clipped_surrogate(ratio, allocated, self.clip_range).mean(), ratio, log_ratio, self.clip_range)
+            loss = clipped_surrogate(ratio, advantage, self.clip_range).mean()
+        else:
+            assert targets.weights is not None
+            log_ratio = region_mean(log_prob, self.patch) - region_mean(old, self.patch)
+            ratio = torch.exp(log_ratio)
+            allocated = advantage[:, None] * targets.weights[:, t].to(log_prob)
+            loss = clipped_surrogate(ratio, allocated, self.clip_range).mean()
+        return Surrogate(loss, ratio, log_ratio, self.clip_range, dist)
 
     def step_loss(
         self, policy: Policy, rollouts: Rollouts, targets: Targets, t: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of step t for the minibatch ``rollouts`` (method §4); stats are detached."""
-        x, x_next = rollouts.latents[:, t], rollouts.latents[:, t + 1]
-        sigma = rollouts.sigmas[t]
-        dist = policy.transition(policy.velocity(x, sigma, rollouts.cond), x, rollouts.sigmas, t)
-        surrogate = self.surrogate(dist.log_prob(x_next), rollouts.log_probs[:, t], targets, t)
-        loss, kl = surrogate.loss, torch.zeros(())
+        x, sigma = rollouts.latents[:, t], rollouts.sigmas[t]
+        surrogate = self.policy_term(policy, policy.velocity(x, sigma, rollouts.cond), rollouts, targets, t)
+        loss, kl, dist = surrogate.loss, torch.zeros(()), surrogate.transition
         if self.kl_beta > 0:
+            assert dist is not None
             ref = policy.transition(policy.reference_velocity(x, sigma, rollouts.cond), x, rollouts.sigmas, t)
             kl = kl_to_reference(dist.mean, ref.mean, dist.sigma_t).mean()
             loss = loss + self.kl_beta * kl
@@ -206,25 +217,34 @@ class FdfoObjective:
         directions = torch.stack([dx, -dx], dim=1).flatten(0, 1)
         return Targets(advantages, advantages != 0, directions=directions)
 
+    def policy_term(
+        self, policy: Policy, velocity: torch.Tensor, rollouts: Rollouts, targets: Targets, t: int
+    ) -> Surrogate:
+        """loss = −dR·ρ + |dR| / (2·clip)·(ρ − 1)², ρ = exp(ps − ps_ref) (method §6), given the
+        policy's guided velocity (B, C, h, w) at x_t."""
+        assert rollouts.velocities is not None and targets.directions is not None
+        dx = targets.directions.to(velocity)
+        target = (rollouts.velocities[:, t] - dx).detach()
+        ps = -((velocity - target) ** 2).mean(dim=(1, 2, 3))
+        ps_ref = -(dx**2).mean(dim=(1, 2, 3))
+        ratio = torch.exp(ps - ps_ref)
+        d_reward = targets.advantages.to(velocity)
+        loss = (-d_reward * ratio + d_reward.abs() / (2 * self.clip) * (ratio - 1) ** 2).mean()
+        return Surrogate(loss, ratio, ps - ps_ref, self.clip)
+
     def step_loss(
         self, policy: Policy, rollouts: Rollouts, targets: Targets, t: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """loss = −dR·ρ + |dR| / (2·clip)·(ρ − 1)², ρ = exp(ps − ps_ref) (method §6)."""
-        assert rollouts.velocities is not None and targets.directions is not None
+        """The policy term (method §6), plus w_b · mean ‖v_θ − v_base‖² when w_b > 0."""
         x, sigma = rollouts.latents[:, t], rollouts.sigmas[t]
         v = policy.velocity(x, sigma, rollouts.cond)
-        dx = targets.directions.to(x)
-        target = (rollouts.velocities[:, t] - dx).detach()
-        ps = -((v - target) ** 2).mean(dim=(1, 2, 3))
-        ps_ref = -(dx**2).mean(dim=(1, 2, 3))
-        ratio = torch.exp(ps - ps_ref)
-        d_reward = targets.advantages.to(x)
-        loss = (-d_reward * ratio + d_reward.abs() / (2 * self.clip) * (ratio - 1) ** 2).mean()
+        surrogate = self.policy_term(policy, v, rollouts, targets, t)
+        loss = surrogate.loss
         if self.base_weight > 0:
             loss = loss + self.base_weight * ((v - policy.reference_velocity(x, sigma, rollouts.cond)) ** 2).mean()
         stats = {
             "policy_loss": loss.detach(),
-            "clip_fraction": ((ratio - 1).abs() > self.clip).float().mean().detach(),
-            "approx_kl": (0.5 * (ps - ps_ref).detach() ** 2).mean(),
+            "clip_fraction": ((surrogate.ratio.detach() - 1).abs() > self.clip).float().mean(),
+            "approx_kl": (0.5 * surrogate.log_ratio.detach() ** 2).mean(),
         }
         return loss, stats

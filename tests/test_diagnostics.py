@@ -1,5 +1,5 @@
 """Diagnostics on a micro model: caption sensitivity, the commitment curve, reward variance per
-step and the agreement of independent gradient estimates."""
+step, and the signal-to-noise table of training gradients (star.gradient_snr)."""
 
 import numpy as np
 import pytest
@@ -10,13 +10,13 @@ from star.config import load_config
 from star.diagnostics import (
     caption_sensitivity,
     commitment_curve,
-    gradient_agreement,
     noised,
     reward_variance_by_step,
 )
 from star.lora import trainable_state
 from star.models import images_from_latents, latents_from_images
-from star.trainer import Trainer
+from star.gradient_snr import cosine, gradient_table, objective_gradients
+from star.trainer import Trainer, build_objective
 from star.world.prompts import colors_record, render_records
 
 
@@ -86,32 +86,67 @@ def test_reward_variance_is_largest_for_the_noise_of_the_first_step(scenes) -> N
 
 
 class ConstantReward:
+    name = "constant"
+
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor:
         return torch.ones(len(images))
 
 
-def _trainer(tmp_path, reward) -> Trainer:
-    cfg = load_config(MICRO, overrides={"train": {"group_size": 4, "steps": 3, "prompts_per_iteration": 2}})
+def _trainer(tmp_path, reward, allocation: str = "star") -> Trainer:
+    train = {"group_size": 4, "steps": 3, "prompts_per_iteration": 2, "allocation": allocation, "train_fraction": 0.99}
+    cfg = load_config(MICRO, overrides={"train": train})
     return Trainer(cfg, micro_pipeline(), reward, GENEVAL_RECORDS, tmp_path, progress=False)
 
 
-def test_gradient_agreement_is_one_for_the_same_noise_and_below_for_independent_noise(tmp_path) -> None:
+def _objectives(trainer: Trainer) -> dict:
+    train = trainer.train_cfg
+    return {
+        "none": build_objective(train.model_copy(update={"allocation": "none"}), 2),
+        "uniform_region": build_objective(train.model_copy(update={"allocation": "uniform_region"}), 2),
+        "star": build_objective(train.model_copy(update={"allocation": "star", "gamma": 4.0}), 2),
+        "fdfo": build_objective(train.model_copy(update={"algorithm": "fdfo"}), 2),
+    }
+
+
+def test_objective_gradients_share_the_rollouts(tmp_path) -> None:
+    trainer = _trainer(tmp_path, BrightnessReward())
+    rollouts = trainer.sample(GENEVAL_RECORDS)
+    rewards = trainer.score(rollouts)
+    objectives = {k: v for k, v in _objectives(trainer).items() if k != "fdfo"}
+    first = objective_gradients(trainer, rollouts, rewards, objectives, torch.Generator().manual_seed(0))
+    again = objective_gradients(trainer, rollouts, rewards, objectives, torch.Generator().manual_seed(0))
+    for name in objectives:
+        torch.testing.assert_close(first[name][0], again[name][0])
+        assert first[name][0].norm() > 0
+    # at θ = θ_old the mean over regions of region means is the mean over elements (method §5)
+    assert cosine(first["none"][0], first["uniform_region"][0]) == pytest.approx(1.0, abs=1e-5)
+    assert cosine(first["none"][0], first["star"][0]) < 0.999
+    assert all(p.grad is None for p in trainer.params)
+
+
+def test_gradient_table_measures_every_objective_against_the_reference(tmp_path) -> None:
     trainer = _trainer(tmp_path, BrightnessReward())
     before = trainable_state(trainer.transformer)
-    same = gradient_agreement(trainer, GENEVAL_RECORDS, batches=1, seeds=[3, 3])
-    independent = gradient_agreement(trainer, GENEVAL_RECORDS, batches=1, seeds=[3, 4, 5])
-    assert same.cosines == [pytest.approx(1.0, abs=1e-5)] and min(same.norms) > 0
-    assert len(independent.cosines) == 3 and all(-1 < c < 0.999 for c in independent.cosines)
-    assert independent.norms[0] == pytest.approx(same.norms[0])
-    assert independent.cosine_mean == pytest.approx(sum(independent.cosines) / 3) and independent.cosine_sem > 0
-    assert independent.rollouts_per_estimate == 2 * 4
+    rows = gradient_table(trainer, GENEVAL_RECORDS, _objectives(trainer), "none", estimates=3, batches=1, progress=False)
+    by_name = {row.name: row for row in rows}
+    assert list(by_name) == ["none", "uniform_region", "star", "fdfo"]
+    for row in rows:
+        assert len(row.pairwise) == 3 and len(row.with_reference) == 3 and min(row.norms) > 0
+        assert all(-1 <= c < 0.999 for c in row.pairwise), (row.name, row.pairwise)
+    assert by_name["none"].with_reference == [pytest.approx(1.0)] * 3
+    assert by_name["uniform_region"].reference[0] == pytest.approx(1.0, abs=1e-4)
+    assert -1 < by_name["fdfo"].reference[0] < 0.999  # against none's gradient on FDFO's paired rollouts
+    mean, sem = by_name["star"].agreement
+    assert mean == pytest.approx(sum(by_name["star"].pairwise) / 3) and sem > 0
     after = trainable_state(trainer.transformer)
     assert all(torch.equal(before[k], after[k]) for k in before)  # no optimizer step
-    assert all(p.grad is None for p in trainer.params)
-    with pytest.raises(ValueError, match="at least two seeds"):
-        gradient_agreement(trainer, GENEVAL_RECORDS, seeds=[1])
+    assert trainer.objective.noise_share == "none"  # the trainer's own objective is back
+    with pytest.raises(ValueError, match="at least two estimates"):
+        gradient_table(trainer, GENEVAL_RECORDS, _objectives(trainer), "none", estimates=1)
 
 
-def test_gradient_agreement_is_zero_without_reward_spread(tmp_path) -> None:
-    result = gradient_agreement(_trainer(tmp_path, ConstantReward()), GENEVAL_RECORDS, batches=1, seeds=[1, 2])
-    assert result.cosines == [0.0] and result.norms == [0.0, 0.0] and result.reward_mean == 1.0
+def test_gradient_table_is_zero_without_reward_spread(tmp_path) -> None:
+    trainer = _trainer(tmp_path, ConstantReward(), allocation="none")
+    objectives = {"none": _objectives(trainer)["none"]}
+    (row,) = gradient_table(trainer, GENEVAL_RECORDS, objectives, "none", estimates=2, batches=1, progress=False)
+    assert row.pairwise == [0.0] and row.norms == [0.0, 0.0] and row.rewards == [1.0, 1.0]
