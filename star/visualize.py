@@ -45,15 +45,23 @@ def sample_grid(
 
 
 def allocation_overlay(
-    images: torch.Tensor, maps: torch.Tensor, steps: list[int], prompts: list[str], path: Path
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    steps: list[int],
+    prompts: list[str],
+    path: Path,
+    localisation: torch.Tensor | None = None,
+    vmax: float | None = None,
+    title: str | None = None,
 ) -> Path:
     """Save each (N, 3, H, W) image beside its allocation maps at ``steps`` drawn over it.
 
     maps: (N, T, P) with P a square patch grid; each map is upsampled to the image with nearest
-    neighbours and shown with a shared colour scale (1 = the uniform allocation).
+    neighbours and shown on one colour scale from 0 to ``vmax`` (default: the largest weight
+    shown; 1 = the uniform allocation). localisation: (N, T) scores printed under each map.
     """
     count, side = len(images), int(round(maps.shape[-1] ** 0.5))
-    vmax = float(maps[:, steps].max())
+    vmax = float(maps[:, steps].max()) if vmax is None else vmax
     fig, axes = plt.subplots(count, len(steps) + 1, figsize=(1.9 * (len(steps) + 1), 2.0 * count), squeeze=False)
     for row in range(count):
         picture = images[row].permute(1, 2, 0).float().clamp(0, 1).numpy()
@@ -65,9 +73,14 @@ def allocation_overlay(
             ax.imshow(picture, interpolation="nearest")
             grid = maps[row, step].reshape(side, side).float().numpy()
             shown = ax.imshow(grid, cmap="magma", alpha=0.6, vmin=0, vmax=vmax, extent=extent, interpolation="nearest")
-            ax.set_title(f"step {step}", fontsize=7)
+            label = f"step {step}"
+            if localisation is not None and localisation[row, step] == localisation[row, step]:
+                label += f"\nloc. {float(localisation[row, step]):.2f}"
+            ax.set_title(label, fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="allocation weight")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
