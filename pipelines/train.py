@@ -41,11 +41,16 @@ def run_name(variant: str, seed: int) -> str:
 
 
 def curve_summary(history: list[dict[str, float]]) -> dict[str, float]:
-    """Training reward at the start and the end: means over the first and last 10% of iterations."""
+    """Training reward at the start and the end (means over the first and last 10% of
+    iterations) and, for allocating variants, the maps' mean localisation on the core objects."""
     rewards = [h["reward_mean"] for h in history]
     k = max(1, len(rewards) // 10)
     start, end = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
-    return {"reward_start": start, "reward_end": end, "reward_gain": end - start, "iterations": float(len(rewards))}
+    summary = {"reward_start": start, "reward_end": end, "reward_gain": end - start, "iterations": float(len(rewards))}
+    scores = [v for h in history for key, v in h.items() if key.startswith("localisation_t")]
+    if scores:
+        summary["localisation"] = sum(scores) / len(scores)
+    return summary
 
 
 def write_outputs(cfg: Config, name: str, history: list[dict[str, float]], seconds: float) -> dict[str, float]:
@@ -54,7 +59,8 @@ def write_outputs(cfg: Config, name: str, history: list[dict[str, float]], secon
     out.mkdir(parents=True, exist_ok=True)
     summary = curve_summary(history) | {"train_seconds": round(seconds, 1)}
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    columns = ["iteration", "reward_mean", "reward_std", "loss", "kl", "clip_fraction", "approx_kl"]
+    steps = sorted({key for h in history for key in h if key.startswith("localisation_t")})
+    columns = ["iteration", "reward_mean", "reward_std", "loss", "kl", "clip_fraction", "approx_kl", *steps]
     with (out / f"{name}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

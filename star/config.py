@@ -121,6 +121,7 @@ class BaseConfig(_Section):
     vae_batch_size: int = _knob(16, "images per VAE step", ge=1)
     vae_lr: float = _knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
+    vae_crop: int = _knob(0, "train the VAE on random crops of this many px (0: whole images)", ge=0)
     steps: int = _knob(4500, "transformer flow-matching steps", ge=0)
     batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(5e-4, "transformer AdamW learning rate (cosine decay after warm-up)", gt=0)
@@ -350,6 +351,16 @@ class Config(_Section):
     paths: PathsConfig = _knob(PathsConfig(), "output locations")
     study: StudyConfig = _knob(StudyConfig(), "the variants x seeds comparison")
 
+    @model_validator(mode="after")
+    def _crop_fits_the_vae(self) -> Config:
+        crop, factor = self.base.vae_crop, 2 ** (len(self.model.mini.vae_channels) - 1)
+        if crop and (crop % factor or crop > self.world.image_size):
+            raise ValueError(
+                f"base.vae_crop = {crop} must be a multiple of the VAE's downsampling {factor} "
+                f"and at most world.image_size = {self.world.image_size}"
+            )
+        return self
+
     def for_variant(self, variant: str, seed: int | None = None) -> Config:
         """This config with ``study.variants[variant]`` applied to ``train`` (and ``seed`` set)."""
         if variant not in self.study.variants:
@@ -364,8 +375,11 @@ class Config(_Section):
 def _describe(error: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        lines.append(f"  {key} = {item.get('input')!r}: {item['msg']}")
+        key = ".".join(str(part) for part in item["loc"])
+        if not key:  # a check across sections: its message names the keys
+            lines.append(f"  {item['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {key} = {item.get('input')!r}: {item['msg']}")
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ COLUMNS: dict[str, str] = {
     "pickscore_mean": "PickScore",
     "reward_start": "train reward start",
     "reward_end": "train reward end",
+    "localisation": "map loc.",
 }
 """Metric key -> column header, in table order (missing metrics are left blank)."""
 

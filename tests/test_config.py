@@ -118,3 +118,18 @@ def test_transformer_token_must_be_as_wide_as_a_latent_patch(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"heads \* head_dim = 128 is narrower than a latent patch .* = 200"):
         load_config(write(tmp_path, text))
     assert load_config(write(tmp_path, text.replace("heads: 4", "heads: 8"))).model.mini.heads == 8
+
+
+def test_train_fraction_must_train_a_step(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train_fraction = 0\.2 trains floor\(0\.2 \* 4\) = 0 of the 4 steps"):
+        load_config(write(tmp_path, "train: {steps: 4, train_fraction: 0.2}\n"))
+    assert load_config(write(tmp_path, "train: {steps: 4, train_fraction: 0.25}\n")).train.train_fraction == 0.25
+
+
+def test_vae_crop_must_fit_the_vae_and_the_image(tmp_path: Path) -> None:
+    """A check across sections names its keys and prints no dump of the whole config."""
+    with pytest.raises(ConfigError, match=r"base\.vae_crop = 33 must be a multiple of the VAE's downsampling 2") as error:
+        load_config(write(tmp_path, "base: {vae_crop: 33}\nmodel: {mini: {vae_channels: [32, 64]}}\n"))
+    assert "'seed'" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"at most world\.image_size = 40"):
+        load_config(write(tmp_path, "base: {vae_crop: 48}\nworld: {image_size: 40}\n"))
