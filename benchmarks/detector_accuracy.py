@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards.detection import Detection  # noqa: E402
 from star.world.detector import detect  # noqa: E402
-from star.world.render import ObjectSpec, Scene, render_array, sample_scene  # noqa: E402
+from star.world.render import Layout, ObjectSpec, Scene, render_array, sample_scene  # noqa: E402
 from star.world.vocab import COLOR_NAMES, SHAPES  # noqa: E402
 
 SCORE_THRESHOLD = 0.3
@@ -82,7 +82,7 @@ def random_scene(rng: np.random.Generator, image_size: int, cell: int = 0) -> Sc
     """1-4 objects with uniformly random shapes and colours (``cell``: ``world.layout_cell``)."""
     n = int(rng.integers(1, 5))
     specs = [(SHAPES[rng.integers(len(SHAPES))], COLOR_NAMES[rng.integers(len(COLOR_NAMES))]) for _ in range(n)]
-    return sample_scene(rng, specs, image_size, cell=cell)
+    return sample_scene(rng, specs, image_size, layout=Layout(cell))
 
 
 def degrade(pixels: np.ndarray, rng: np.random.Generator, blur: float = 0.7, noise: float = 8.0) -> np.ndarray:

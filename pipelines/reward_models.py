@@ -18,6 +18,7 @@ from pipelines.cli import run_stage, stage_config
 from pipelines.tracking import log_metrics, stage_run
 from rewards.pickscore import PickScoreReward
 from rewards.world_clip import WORLD_CLIP_DIR, WorldClip, heldout_accuracy, heldout_set, train_world_clip
+from star.world.render import world_layout
 from star.config import Config, fingerprint
 
 SECTIONS = ["world", "rewards"]
@@ -32,7 +33,7 @@ def _log_progress(phase: str, metrics: dict[str, float], step: int) -> None:
 def train(cfg: Config, work_dir: Path) -> WorldClip:
     return train_world_clip(
         cfg.rewards.world_clip, cfg.world.image_size, cfg.seed, work_dir,
-        on_metrics=_log_progress, cell=cfg.world.layout_cell,
+        on_metrics=_log_progress, layout=world_layout(cfg.world),
     )
 
 
@@ -40,7 +41,7 @@ def train(cfg: Config, work_dir: Path) -> WorldClip:
 def evaluate(model_dir: Path, cfg: Config) -> float:
     """Scored through ``PickScoreReward`` from the saved folder: the path training rewards take."""
     images, captions, keys = heldout_set(
-        cfg.rewards.world_clip.eval_size, cfg.world.image_size, cfg.seed, cfg.world.layout_cell
+        cfg.rewards.world_clip.eval_size, cfg.world.image_size, cfg.seed, world_layout(cfg.world)
     )
     return heldout_accuracy(PickScoreReward(model_dir, model_dir, device=cfg.rewards.device), images, captions, keys)
 

@@ -26,6 +26,7 @@ from star.config import WorldClipConfig
 from star.models import BOS, EOS, PAD, SPECIAL_TOKENS, build_world_tokenizer
 from star.pretrain import MetricsCallback, WorldDataset, lr_factor, render_world_dataset
 from star.world.prompts import Metadata, combination_keys, generate_prompt_sets, render_records, vocabulary
+from star.world.render import FREE, Layout
 from star.world.vocab import TEXT_CHARSET
 
 WORLD_CLIP_DIR = "world_clip"
@@ -78,18 +79,18 @@ def build_world_clip(cfg: WorldClipConfig, image_size: int, seed: int) -> WorldC
     return WorldClip(model, CLIPProcessor(image_processor=images, tokenizer=tokenizer))
 
 
-def _render(records: list[Metadata], image_size: int, rng: np.random.Generator, cell: int = 0) -> torch.Tensor:
+def _render(records: list[Metadata], image_size: int, rng: np.random.Generator, layout: Layout = FREE) -> torch.Tensor:
     """A ground-truth picture per record: (N, 3, H, W) uint8."""
-    return torch.from_numpy(render_records(records, image_size, rng, cell)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(render_records(records, image_size, rng, layout)).permute(0, 3, 1, 2).contiguous()
 
 
-def render_clip_dataset(n: int, image_size: int, seed: int, cell: int = 0) -> WorldDataset:
+def render_clip_dataset(n: int, image_size: int, seed: int, layout: Layout = FREE) -> WorldDataset:
     """``n`` (image, caption) pairs of train combinations only: ``CAPTION_SHARE`` of them distinct
-    caption-family records, the rest the pretraining mixture; ``cell``: ``world.layout_cell``."""
+    caption-family records, the rest the pretraining mixture; ``layout``: the world's object layout."""
     k = int(n * CAPTION_SHARE)
-    mixture = render_world_dataset(n - k, image_size, seed=seed, cell=cell)
+    mixture = render_world_dataset(n - k, image_size, seed=seed, layout=layout)
     records = generate_prompt_sets(seed, n_train=k, n_test=0)["pickscore"]["train"]
-    images = _render(records, image_size, np.random.default_rng([seed, 4]), cell)
+    images = _render(records, image_size, np.random.default_rng([seed, 4]), layout)
     return WorldDataset(torch.cat([mixture.images, images]), mixture.captions + [r["prompt"] for r in records])
 
 
@@ -121,7 +122,7 @@ def _logits(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: tor
 
 def train_world_clip(
     cfg: WorldClipConfig, image_size: int, seed: int, work_dir: Path,
-    on_metrics: MetricsCallback | None = None, checkpoint_every: int = 250, cell: int = 0,
+    on_metrics: MetricsCallback | None = None, checkpoint_every: int = 250, layout: Layout = FREE,
 ) -> WorldClip:
     """Train the world CLIP on ``cfg.dataset_size`` rendered train-combination images.
 
@@ -131,7 +132,7 @@ def train_world_clip(
     generator = checkpoint.seed_everything(seed)
     clip = build_world_clip(cfg, image_size, seed)
     model, ckpt_path = clip.model, Path(work_dir) / "world_clip.ckpt"
-    data = render_clip_dataset(cfg.dataset_size, image_size, seed, cell)
+    data = render_clip_dataset(cfg.dataset_size, image_size, seed, layout)
     tokens = clip.processor.tokenizer(data.captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                                       return_tensors="pt")
     caption_ids = torch.tensor(np.unique(data.captions, return_inverse=True)[1])
@@ -161,13 +162,13 @@ def train_world_clip(
     return clip
 
 
-def heldout_set(n: int, image_size: int, seed: int, cell: int = 0) -> tuple[torch.Tensor, list[str], list[str]]:
+def heldout_set(n: int, image_size: int, seed: int, layout: Layout = FREE) -> tuple[torch.Tensor, list[str], list[str]]:
     """``n`` caption prompts of the world's test split (every one shows a combination unseen in
     training), rendered: (n, 3, H, W) float images in [0, 1], the n distinct captions and their
     content keys ("a red circle" and "a drawing of a red circle" share one; so do mirrored
     relations)."""
     records = generate_prompt_sets(seed, n_train=0, n_test=n)["pickscore"]["test"]
-    images = _render(records, image_size, np.random.default_rng([seed, 3]), cell).float() / 255
+    images = _render(records, image_size, np.random.default_rng([seed, 3]), layout).float() / 255
     return images, [r["prompt"] for r in records], [combination_keys(r)[0] for r in records]
 
 

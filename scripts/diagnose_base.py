@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rewards.geneval import GenEvalReward, world_detector  # noqa: E402
 from rewards.registry import build_reward  # noqa: E402
 from star.config import Config, load_config  # noqa: E402
+from star.world.render import world_layout  # noqa: E402
 from star.diagnostics import caption_sensitivity, commitment_curve, reward_variance_by_step  # noqa: E402
 from star.models import load_pipeline  # noqa: E402
 from star.prompt_source import load_task_prompts  # noqa: E402
@@ -42,7 +43,7 @@ def main() -> None:
     size = pipe.vae.config.sample_size
     records = [colors_record(shape, "red") for shape in SHAPES for _ in range(args.per_shape)]
     rng = np.random.default_rng(0)
-    images = torch.from_numpy(render_records(records, size, rng, cfg.world.layout_cell)).permute(0, 3, 1, 2).float() / 255
+    images = torch.from_numpy(render_records(records, size, rng, world_layout(cfg.world))).permute(0, 3, 1, 2).float() / 255
     prompts = [r["prompt"] for r in records]
     other_shape = [p.replace(s, SHAPES[(SHAPES.index(s) + 3) % len(SHAPES)]) for p, s in zip(prompts, (r["include"][0]["class"] for r in records))]
     variants = {"shape word swapped": other_shape, "colour word swapped": [p.replace("red", "blue") for p in prompts], "empty caption": [""] * len(prompts)}

@@ -93,6 +93,9 @@ class WorldConfig(_Section):
     layout_cell: int = _knob(
         10, "objects sit one per cell of this many pixels (one transformer token; 0: anywhere)", ge=0
     )
+    layout_stride: int = _knob(
+        1, "objects only in every k-th row and column of cells (2: a 4x4 lattice on an 8x8 grid)", ge=1, le=4
+    )
     train_prompts: int = _knob(600, "prompts per task family in each train split", ge=6)
     test_prompts: int = _knob(120, "prompts per task family in each test split", ge=6)
 
@@ -102,6 +105,11 @@ class WorldConfig(_Section):
             raise ValueError(
                 f"layout_cell={self.layout_cell} must be 0 or 8..image_size/3={self.image_size // 3}: "
                 "objects need at least 8 px, and four objects with a free cell between them a 3x3 grid"
+            )
+        if self.layout_cell and self.layout_stride > 1 and self.image_size // (self.layout_cell * self.layout_stride) < 2:
+            raise ValueError(
+                f"layout_stride={self.layout_stride} leaves fewer than 2x2 places for objects of "
+                f"layout_cell={self.layout_cell} px in {self.image_size} px images"
             )
         return self
 

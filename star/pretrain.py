@@ -23,6 +23,7 @@ from star.config import BaseConfig, Config
 from star.ema import EMA
 from star.models import build_mini_sd3, encode_prompts, latents_from_images
 from star.world.prompts import sample_training_example, vocabulary
+from star.world.render import FREE, Layout, world_layout
 from star.world.vocab import TEXT_CHARSET
 
 MetricsCallback = Callable[[str, dict[str, float], int], None]
@@ -42,15 +43,15 @@ class WorldDataset:
 
 
 def render_world_dataset(
-    n: int, image_size: int, seed: int, progress: bool = True, cell: int = 0
+    n: int, image_size: int, seed: int, progress: bool = True, layout: Layout = FREE
 ) -> WorldDataset:
     """Render ``n`` random training scenes (train combinations only) with their captions;
-    ``cell`` > 0 lays objects out one per grid cell (``world.layout_cell``)."""
+    ``layout`` places objects on a grid (``world.layout_cell``, ``world.layout_stride``)."""
     rng = np.random.default_rng(seed)
     images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
     captions = []
     for i in tqdm(range(n), desc="rendering world", disable=not progress, leave=False):
-        image, caption, _ = sample_training_example(rng, image_size, cell)
+        image, caption, _ = sample_training_example(rng, image_size, layout)
         images[i] = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
         captions.append(caption)
     return WorldDataset(images, captions)
@@ -251,7 +252,7 @@ def pretrain_base(
     for encoder in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
         encoder.requires_grad_(False)
     data = render_world_dataset(
-        cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed, cell=cfg.world.layout_cell
+        cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed, layout=world_layout(cfg.world)
     )
     train_vae(pipe.vae, data, cfg.base, generator, work_dir / "vae.ckpt", on_metrics)
     pipe.vae.requires_grad_(False)

@@ -13,6 +13,7 @@ from scipy import ndimage
 from star.world import prompts as P
 from star.world.detector import detect
 from star.world.render import (
+    Layout,
     MIN_GAP,
     ObjectSpec,
     Scene,
@@ -429,12 +430,14 @@ def test_detector_speed() -> None:
     assert (time.perf_counter() - start) / len(images) < 5e-3
 
 
-@pytest.mark.parametrize("image_size, cell", [(40, 10), (48, 12)])
-def test_cell_layout_puts_each_object_centred_in_its_own_cell(sets: dict, image_size: int, cell: int) -> None:
+@pytest.mark.parametrize("image_size, cell, stride", [(40, 10, 1), (48, 12, 1), (80, 10, 2)])
+def test_cell_layout_puts_each_object_centred_in_its_own_cell(
+    sets: dict, image_size: int, cell: int, stride: int
+) -> None:
     rng = np.random.default_rng(17)
     seen_cells = set()
     for record in sets["geneval"]["test"] + sets["geneval"]["train"][::5]:
-        scene = P.scene_for_metadata(record, rng, image_size, cell)
+        scene = P.scene_for_metadata(record, rng, image_size, Layout(cell, stride))
         assert scene_satisfies(scene, record), record
         cells = []
         for obj in scene.objects:
@@ -443,13 +446,14 @@ def test_cell_layout_puts_each_object_centred_in_its_own_cell(sets: dict, image_
             assert side == y1 - y0 and side <= cell
             assert x0 % cell == y0 % cell == (cell - side) // 2, obj.box
             cells.append((x0 // cell, y0 // cell))
+            assert cells[-1][0] % stride == cells[-1][1] % stride == 0, "objects only on the lattice"
         assert len(set(cells)) == len(cells)
         seen_cells.update(cells)
         detected = sorted((d.class_name, d.color) for d in detect(render_array(scene)))
         assert detected == sorted((o.shape, o.color) for o in scene.objects), record
-    assert len(seen_cells) == (image_size // cell) ** 2  # every cell gets used
+    assert len(seen_cells) == (image_size // cell // stride) ** 2  # every place of the lattice gets used
 
 
 def test_cell_layout_rejects_objects_larger_than_the_cell() -> None:
     with pytest.raises(ValueError, match="do not fit in layout cells of 10 px"):
-        sample_scene(np.random.default_rng(0), [("circle", "red")], 40, size_range=(10, 12), cell=10)
+        sample_scene(np.random.default_rng(0), [("circle", "red")], 40, size_range=(10, 12), layout=Layout(10))

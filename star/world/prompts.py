@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from star.world.render import Scene, render_scene, sample_objects, sample_sign_scene
+from star.world.render import FREE, Layout, Scene, render_scene, sample_objects, sample_sign_scene
 from star.world.vocab import (
     COLOR_NAMES,
     GENEVAL_TASKS,
@@ -552,9 +552,9 @@ def _include_layout(
     return specs, relations
 
 
-def scene_for_metadata(metadata: Metadata, rng: np.random.Generator, image_size: int = 64, cell: int = 0) -> Scene:
+def scene_for_metadata(metadata: Metadata, rng: np.random.Generator, image_size: int = 64, layout: Layout = FREE) -> Scene:
     """A ground-truth scene satisfying ``metadata`` (GenEval, "ocr" or "caption" records);
-    ``cell`` > 0 puts each object in its own cell of a grid (``render.sample_boxes``)."""
+    A ``layout`` with a cell puts each object in its own cell of a grid (``render.sample_boxes``)."""
     tag = metadata["tag"]
     if tag == "ocr":
         return sample_sign_scene(rng, metadata["text"], image_size)
@@ -564,18 +564,18 @@ def scene_for_metadata(metadata: Metadata, rng: np.random.Generator, image_size:
         relations = [(int(rel[1]), rel[0], int(rel[2]))] if rel else []
     else:
         specs, relations = _include_layout(metadata["include"], rng)
-    return Scene(sample_objects(rng, specs, image_size, relations=relations, cell=cell), image_size=image_size)
+    return Scene(sample_objects(rng, specs, image_size, relations=relations, layout=layout), image_size=image_size)
 
 
 def render_records(
-    records: Sequence[Metadata], image_size: int, rng: np.random.Generator, cell: int = 0
+    records: Sequence[Metadata], image_size: int, rng: np.random.Generator, layout: Layout = FREE
 ) -> np.ndarray:
     """A ground-truth picture per record, drawn with ``scene_for_metadata``: (N, H, W, 3) uint8."""
-    return np.stack([np.asarray(render_scene(scene_for_metadata(r, rng, image_size, cell))) for r in records])
+    return np.stack([np.asarray(render_scene(scene_for_metadata(r, rng, image_size, layout))) for r in records])
 
 
 def sample_training_example(
-    rng: np.random.Generator, image_size: int = 64, cell: int = 0
+    rng: np.random.Generator, image_size: int = 64, layout: Layout = FREE
 ) -> tuple[Image.Image, str, Metadata]:
     """One pretraining ``(image, caption, metadata)`` from TRAIN combinations only.
 
@@ -590,5 +590,5 @@ def sample_training_example(
     else:
         pool = geneval_pool(family, "train", with_count_one=True)
         metadata = json.loads(json.dumps(pool[int(rng.integers(len(pool)))]))
-    scene = scene_for_metadata(metadata, rng, image_size, cell)
+    scene = scene_for_metadata(metadata, rng, image_size, layout)
     return render_scene(scene), metadata["prompt"], metadata

@@ -11,11 +11,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from star.world.vocab import BACKGROUND_RGB, COLORS, MAX_TEXT_LEN, SHAPES
+
+if TYPE_CHECKING:  # annotations only
+    from star.config import WorldConfig
 
 Box = tuple[int, int, int, int]
 
@@ -38,6 +42,31 @@ TEXT_RGB: tuple[int, int, int] = COLORS["black"]
 # erosion), yet thin enough that a small cross does not look like a small circle.
 _CROSS_HALF_ARM = 0.17
 _STAR_INNER_RATIO = 0.47  # fatter than the classic 0.38 so the points survive at ~10 px
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where objects may sit: anywhere (``cell`` 0), or centred one per ``cell``-pixel cell of a
+    grid, only in every ``stride``-th row and column of cells (the others stay background).
+
+    With ``cell`` the transformer's token footprint, each object is one token; a ``stride`` of 2
+    keeps the 4 x 4 lattice of places of a 4 x 4 token world on an 8 x 8 token grid."""
+
+    cell: int = 0
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.cell < 0 or self.stride < 1:
+            raise ValueError(f"layout cell {self.cell} must be >= 0 and stride {self.stride} >= 1")
+
+
+FREE = Layout()
+"""Objects anywhere in the image."""
+
+
+def world_layout(world: WorldConfig) -> Layout:
+    """The ``Layout`` of a ``WorldConfig`` (``layout_cell``, ``layout_stride``)."""
+    return Layout(world.layout_cell, world.layout_stride)
 
 
 @dataclass(frozen=True)
@@ -312,18 +341,20 @@ def sample_boxes(
     relations: Sequence[tuple[int, str, int]] = (),
     gap: int = MIN_GAP,
     shapes: Sequence[str] | None = None,
-    cell: int = 0,
+    layout: Layout = FREE,
 ) -> list[Box]:
     """``n`` square boxes inside the image, pairwise ``gap`` apart, satisfying ``relations``.
 
-    With ``cell`` > 0 the image is a grid of ``cell``-pixel cells and each box sits centred in
-    one cell, at most ``cell`` pixels wide (see ``cell_size_range``). Each relation
+    With a ``layout`` cell the image is a grid of ``cell``-pixel cells and each box sits centred
+    in one cell of its lattice (every ``stride``-th row and column), at most ``cell`` pixels wide
+    (see ``cell_size_range``). Each relation
     ``(i, rel, j)`` asks that box i be ``rel`` box j under GenEval's rule with
     ``RELATION_MARGIN``. With ``shapes`` (one per box), each side is bumped to the nearest size
     at which that shape touches all four box edges (``fitted_side``), so painted extents equal
     the boxes. Boxes are placed one by one, each uniformly among its valid positions; when one
     has none the layout restarts, its upper size shrunk every few restarts so crowded scenes fit.
     """
+    cell = layout.cell
     low, high = size_range or (cell_size_range(cell) if cell else default_size_range(image_size))
     if low > image_size:
         raise ValueError(f"min object size {low} exceeds image size {image_size}")
@@ -331,7 +362,7 @@ def sample_boxes(
         raise ValueError(f"object sizes {low}..{high} do not fit in layout cells of {cell} px")
     for restart in range(40):
         shrunk_high = max(low, round(high * 0.85 ** (restart // 4)))
-        boxes = _try_layout(rng, n, image_size, (low, shrunk_high), relations, gap, shapes, cell)
+        boxes = _try_layout(rng, n, image_size, (low, shrunk_high), relations, gap, shapes, layout)
         if boxes is not None:
             return boxes
     raise RuntimeError(f"could not place {n} objects in {image_size}px with sizes {low}..{high}")
@@ -345,9 +376,10 @@ def _try_layout(
     relations: Sequence[tuple[int, str, int]],
     gap: int,
     shapes: Sequence[str] | None,
-    cell: int = 0,
+    layout: Layout = FREE,
 ) -> list[Box] | None:
     """One attempt of ``sample_boxes``; None when some box found no valid place."""
+    cell = layout.cell
     placed: dict[int, Box] = {}
     for index in range(n):
         for _ in range(8):  # a few sides before giving up on this layout
@@ -356,7 +388,7 @@ def _try_layout(
                 side = min(fitted_side(shapes[index], side), cell or image_size)
             free = _free_positions(index, side, placed, relations, gap, image_size)
             if cell:
-                free &= _cell_corners(side, cell, image_size)
+                free &= _cell_corners(side, layout, image_size)
             ys, xs = np.nonzero(free)
             if ys.size:
                 pick = int(rng.integers(ys.size))
@@ -372,11 +404,13 @@ def cell_size_range(cell: int) -> tuple[int, int]:
     return min(cell, max(MIN_OBJECT_SIZE, cell - 2)), cell
 
 
-def _cell_corners(side: int, cell: int, image_size: int) -> np.ndarray:
-    """Corners that centre a ``side`` box in a layout cell: bool (m, m), m = image_size - side + 1."""
+def _cell_corners(side: int, layout: Layout, image_size: int) -> np.ndarray:
+    """Corners that centre a ``side`` box in a cell of the layout's lattice: bool (m, m),
+    m = image_size - side + 1."""
     m = image_size - side + 1
     corners = np.zeros((m, m), dtype=bool)
-    starts = np.arange(0, image_size - cell + 1, cell) + (cell - side) // 2
+    cell = layout.cell
+    starts = np.arange(0, image_size - cell + 1, cell * layout.stride) + (cell - side) // 2
     corners[np.ix_(starts, starts)] = True
     return corners
 
@@ -431,11 +465,11 @@ def sample_objects(
     image_size: int = 64,
     size_range: tuple[int, int] | None = None,
     relations: Sequence[tuple[int, str, int]] = (),
-    cell: int = 0,
+    layout: Layout = FREE,
 ) -> tuple[ObjectSpec, ...]:
     """Objects for the given ``(shape, colour)`` specs, laid out by ``sample_boxes``."""
     shapes = [shape for shape, _ in specs]
-    boxes = sample_boxes(rng, len(specs), image_size, size_range, relations, shapes=shapes, cell=cell)
+    boxes = sample_boxes(rng, len(specs), image_size, size_range, relations, shapes=shapes, layout=layout)
     return tuple(ObjectSpec(shape, color, box) for (shape, color), box in zip(specs, boxes))
 
 
@@ -444,10 +478,10 @@ def sample_scene(
     specs: Sequence[tuple[str, str]],
     image_size: int = 64,
     size_range: tuple[int, int] | None = None,
-    cell: int = 0,
+    layout: Layout = FREE,
 ) -> Scene:
-    """A scene of N objects with the given ``(shape, colour)`` each (``cell``: ``sample_boxes``)."""
-    return Scene(sample_objects(rng, specs, image_size, size_range, cell=cell), image_size=image_size)
+    """A scene of N objects with the given ``(shape, colour)`` each (``layout``: ``sample_boxes``)."""
+    return Scene(sample_objects(rng, specs, image_size, size_range, layout=layout), image_size=image_size)
 
 
 def sample_relation_scene(
