@@ -130,7 +130,11 @@ class BaseConfig(_Section):
     vae_lr: float = _knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
     vae_crop: int = _knob(0, "train the VAE on random crops of this many px (0: whole images)", ge=0)
-    steps: int = _knob(4500, "transformer flow-matching steps", ge=0)
+    steps: int = _knob(4500, "transformer flow-matching steps (low-resolution ones included)", ge=0)
+    low_res_size: int = _knob(
+        0, "first train the transformer on world images of this size (fewer tokens; 0: off), as SD3 does", ge=0
+    )
+    low_res_steps: int = _knob(0, "transformer steps at low_res_size before the full size", ge=0)
     batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(5e-4, "transformer AdamW learning rate (cosine decay after warm-up)", gt=0)
     warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)
@@ -358,6 +362,19 @@ class Config(_Section):
     tracking: TrackingConfig = _knob(TrackingConfig(), "MLflow tracking")
     paths: PathsConfig = _knob(PathsConfig(), "output locations")
     study: StudyConfig = _knob(StudyConfig(), "the variants x seeds comparison")
+
+    @model_validator(mode="after")
+    def _low_resolution_fits(self) -> Config:
+        size, mini = self.base.low_res_size, self.model.mini
+        token = 2 ** (len(mini.vae_channels) - 1) * mini.patch_size
+        if size and (size % token or size >= self.world.image_size or self.world.layout_cell > size // 3):
+            raise ValueError(
+                f"base.low_res_size = {size} must be a multiple of the {token} px token, smaller than "
+                f"world.image_size = {self.world.image_size}, and hold 3x3 layout cells of {self.world.layout_cell} px"
+            )
+        if self.base.low_res_steps > self.base.steps:
+            raise ValueError(f"base.low_res_steps = {self.base.low_res_steps} exceeds base.steps = {self.base.steps}")
+        return self
 
     @model_validator(mode="after")
     def _crop_fits_the_vae(self) -> Config:

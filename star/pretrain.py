@@ -118,14 +118,20 @@ def train_vae(
 
 
 @torch.no_grad()
-def calibrate_latents(vae: AutoencoderKL, data: WorldDataset, batch_size: int = 256) -> torch.Tensor:
-    """Set SD3's shift_factor/scaling_factor so latents have mean 0, std 1; returns all
-    normalised latent means, (N, C, h, w)."""
-    vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
-    raw = torch.cat([
+def encode_dataset(vae: AutoencoderKL, data: WorldDataset, batch_size: int = 256) -> torch.Tensor:
+    """The normalised latent means (N, C, h, w) of every image of ``data``."""
+    return torch.cat([
         latents_from_images(vae, data.images[i : i + batch_size].float() / 255)
         for i in range(0, len(data.captions), batch_size)
     ])
+
+
+@torch.no_grad()
+def calibrate_latents(vae: AutoencoderKL, data: WorldDataset) -> torch.Tensor:
+    """Set SD3's shift_factor/scaling_factor so latents have mean 0, std 1; returns all
+    normalised latent means, (N, C, h, w)."""
+    vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+    raw = encode_dataset(vae, data)
     shift, std = raw.mean().item(), raw.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
     return (raw - shift) / std
@@ -191,32 +197,42 @@ def _drop_captions(captions: list[str], p: float, generator: torch.Generator) ->
     return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
 
+@dataclass
+class LatentSet:
+    """Clean normalised latents (N, C, h, w) of rendered scenes at one resolution, and their N captions."""
+
+    latents: torch.Tensor
+    captions: list[str]
+
+
 def train_transformer(
     pipe: StableDiffusion3Pipeline,
-    latents: torch.Tensor,
-    captions: list[str],
+    data: LatentSet,
     cfg: BaseConfig,
     generator: torch.Generator,
     ckpt_path: Path,
     on_metrics: MetricsCallback | None = None,
+    low_res: LatentSet | None = None,
 ) -> None:
-    """Phase 2: flow matching on precomputed (N, C, h, w) latents; leaves the EMA weights in
-    ``pipe.transformer``."""
+    """Phase 2: flow matching on precomputed latents; the first ``cfg.low_res_steps`` steps on
+    the ``low_res`` set (fewer tokens, as SD3 pretrains at a lower resolution first), the rest
+    on ``data``. Leaves the EMA weights in ``pipe.transformer``."""
     transformer = pipe.transformer
     shift = pipe.scheduler.config.shift
     transformer.train()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(transformer, cfg.ema_decay)
-    text = CaptionEmbeddings(pipe, captions)
+    text = CaptionEmbeddings(pipe, data.captions + (low_res.captions if low_res else []))
     start = checkpoint.resume_progress(ckpt_path, generator, transformer=transformer, optimizer=optimizer, ema=ema)
     bar = tqdm(range(start, cfg.steps), desc="base: transformer", initial=start, total=cfg.steps)
     for step in bar:
-        index = torch.randint(len(captions), (cfg.batch_size,), generator=generator)
-        batch_captions = _drop_captions([captions[i] for i in index.tolist()], cfg.caption_dropout, generator)
+        stage = low_res if low_res is not None and step < cfg.low_res_steps else data
+        index = torch.randint(len(stage.captions), (cfg.batch_size,), generator=generator)
+        batch_captions = _drop_captions([stage.captions[i] for i in index.tolist()], cfg.caption_dropout, generator)
         embeds, pooled = text.lookup(batch_captions)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps)
-        loss = flow_matching_loss(transformer, latents[index], embeds, pooled, generator, shift)
+        loss = flow_matching_loss(transformer, stage.latents[index], embeds, pooled, generator, shift)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), cfg.grad_clip)
@@ -256,8 +272,13 @@ def pretrain_base(
     )
     train_vae(pipe.vae, data, cfg.base, generator, work_dir / "vae.ckpt", on_metrics)
     pipe.vae.requires_grad_(False)
-    latents = calibrate_latents(pipe.vae, data)
-    train_transformer(
-        pipe, latents, data.captions, cfg.base, generator, work_dir / "transformer.ckpt", on_metrics
-    )
+    latents = LatentSet(calibrate_latents(pipe.vae, data), data.captions)
+    low_res = None
+    if cfg.base.low_res_size:
+        # the same world at a lower resolution, objects one per token as at full size
+        small = render_world_dataset(
+            cfg.base.dataset_size, cfg.base.low_res_size, seed=cfg.seed + 1, layout=Layout(cfg.world.layout_cell)
+        )
+        low_res = LatentSet(encode_dataset(pipe.vae, small), small.captions)
+    train_transformer(pipe, latents, cfg.base, generator, work_dir / "transformer.ckpt", on_metrics, low_res)
     return pipe

@@ -11,7 +11,7 @@ import torch
 from star import checkpoint
 from star.config import BaseConfig
 from star.models import build_mini_sd3
-from star.pretrain import WorldDataset, flow_matching_loss, lr_factor, train_transformer, train_vae
+from star.pretrain import LatentSet, WorldDataset, flow_matching_loss, lr_factor, train_transformer, train_vae
 from tests.test_models import CHARSET, TINY, WORDS
 
 
@@ -21,13 +21,15 @@ def tiny_data(n: int = 16) -> WorldDataset:
     return WorldDataset(images, [["a red circle", "a blue square"][i % 2] for i in range(n)])
 
 
-def run_transformer(cfg: BaseConfig, ckpt: Path, latents: torch.Tensor, data: WorldDataset) -> dict:
+def run_transformer(
+    cfg: BaseConfig, ckpt: Path, latents: torch.Tensor, data: WorldDataset, low_res: LatentSet | None = None
+) -> dict:
     pipe = build_mini_sd3(TINY, WORDS, CHARSET, image_size=32, seed=0)
     generator = checkpoint.seed_everything(0)
     state = checkpoint.load(ckpt)
     if state is not None:  # the generator is restored from the checkpoint as a real resume would
         generator = torch.Generator()
-    train_transformer(pipe, latents, data.captions, cfg, generator, ckpt)
+    train_transformer(pipe, LatentSet(latents, data.captions), cfg, generator, ckpt, low_res=low_res)
     return pipe.transformer.state_dict()
 
 
@@ -39,6 +41,21 @@ def test_transformer_resume_is_bit_identical(tmp_path: Path) -> None:
     run_transformer(BaseConfig(steps=2, batch_size=4, checkpoint_every=2), tmp_path / "b.ckpt", latents, data)
     resumed = run_transformer(BaseConfig(steps=4, batch_size=4, checkpoint_every=2), tmp_path / "b.ckpt", latents, data)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_low_resolution_steps_come_first_and_resume_across_the_switch(tmp_path: Path) -> None:
+    """SD3's transformer takes fewer tokens (its position embedding is cropped): the first
+    low_res_steps see the 4x4-token set, then the 8x8 one; a resume at the switch is exact."""
+    data = tiny_data()
+    latents = torch.randn(len(data.captions), 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    small = LatentSet(torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(2)), ["a red circle"] * 8)
+    cfg = dict(batch_size=4, checkpoint_every=2, low_res_steps=2)
+    straight = run_transformer(BaseConfig(steps=4, **cfg), tmp_path / "a.ckpt", latents, data, small)
+    run_transformer(BaseConfig(steps=2, **cfg), tmp_path / "b.ckpt", latents, data, small)
+    resumed = run_transformer(BaseConfig(steps=4, **cfg), tmp_path / "b.ckpt", latents, data, small)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    without = run_transformer(BaseConfig(steps=4, **cfg), tmp_path / "c.ckpt", latents, data)
+    assert any(not torch.equal(straight[k], without[k]) for k in straight), "the low-resolution set was used"
 
 
 def test_vae_resume_is_bit_identical(tmp_path: Path) -> None:
