@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     args = parser.parse_args(argv)
     cfg = load_config(args.params, parse_overrides(args.set))
-    chosen = {name: ROWS[name] for name in args.rows} if args.rows else dict(ROWS)
     unknown = set(args.rows or []) - set(ROWS)
     if unknown:
         parser.error(f"--rows {sorted(unknown)}: not default rows ({', '.join(ROWS)}); add them with --row")
+    chosen = {name: ROWS[name] for name in args.rows} if args.rows else dict(ROWS)
     chosen = {REFERENCE: ROWS[REFERENCE]} | chosen | parse_rows(args.row)
     configs = {name: row_config(cfg, overrides, name) for name, overrides in chosen.items()}
     use_threads(cfg)

@@ -93,15 +93,33 @@ def test_prepare_names_malformed_public_lines(prefect_server, bench: Path, tmp_p
         prepare(params=str(MICRO), overrides=overrides)
 
 
-def test_diagnose_rl_prints_a_row_per_variant(micro_run, capsys) -> None:
+def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_path: Path) -> None:
     from scripts.diagnose_rl import main
 
     root, _, _ = micro_run
     paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
-    main(["--params", str(MICRO), "--prompts", "2", "--batches", "1", "--estimates", "2", "--variants", "none", "star",
-          *[arg for path in paths for arg in ("-S", path)]])
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert [row[0].strip() for row in rows[1:]] == ["none", "star"]
-    for _, rollouts, cosine, _, norm, reward in rows[1:]:
-        assert int(rollouts) == 2 * 2 and -1 <= float(cosine) <= 1 and 0 <= float(reward) <= 1
-        assert float(norm) >= 0
+    main(["--params", str(MICRO), "--prompts", "2", "--batches", "1", "--estimates", "2",
+          "--rows", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "--row", "sharp={allocation: star, gamma: 8}",
+          "--json", str(tmp_path / "table.json"), *[arg for path in paths for arg in ("-S", path)]])
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
+    names = [row[0].strip() for row in rows[1:]]
+    assert names == ["none", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "sharp"]
+    for name, agreement, _, reference, _, localisation, norm in rows[1:]:
+        assert -1 <= float(agreement) <= 1 and -1 <= float(reference) <= 1 and float(norm) >= 0, name
+    assert float(rows[1][3]) in (0.0, 1.0)  # none against itself (0: the micro base scores no reward spread)
+    saved = json.loads((tmp_path / "table.json").read_text())
+    assert saved["rollouts_per_estimate"] == 2 * 2 and len(saved["results"]) == 7
+    with pytest.raises(SystemExit):
+        main(["--params", str(MICRO), "--rows", "nope"])
+
+
+def test_diagnose_maps_prints_localisation_per_setting(micro_run, capsys) -> None:
+    from scripts.diagnose_maps import main
+
+    root, _, _ = micro_run
+    paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
+    main(["--params", str(MICRO), "--prompts", "2", "--per-prompt", "2", *[arg for path in paths for arg in ("-S", path)]])
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "step" not in line]
+    assert len(rows) >= 6 and any("T5 segment only" in row[0] for row in rows)
