@@ -197,6 +197,16 @@ def _drop_captions(captions: list[str], p: float, generator: torch.Generator) ->
     return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
 
+def phase_lr_factor(step: int, cfg: BaseConfig, two_phases: bool) -> float:
+    """``lr_factor`` over the whole run, or, with a low-resolution phase, one warm-up and
+    cosine per phase: the full-size phase adapts at the peak rate, not at the tail of one decay."""
+    if not two_phases or cfg.low_res_steps == 0:
+        return lr_factor(step, cfg.steps, cfg.warmup_steps)
+    if step < cfg.low_res_steps:
+        return lr_factor(step, cfg.low_res_steps, cfg.warmup_steps)
+    return lr_factor(step - cfg.low_res_steps, cfg.steps - cfg.low_res_steps, cfg.warmup_steps)
+
+
 @dataclass
 class LatentSet:
     """Clean normalised latents (N, C, h, w) of rendered scenes at one resolution, and their N captions."""
@@ -231,7 +241,7 @@ def train_transformer(
         batch_captions = _drop_captions([stage.captions[i] for i in index.tolist()], cfg.caption_dropout, generator)
         embeds, pooled = text.lookup(batch_captions)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps)
+            group["lr"] = cfg.lr * phase_lr_factor(step, cfg, low_res is not None)
         loss = flow_matching_loss(transformer, stage.latents[index], embeds, pooled, generator, shift)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

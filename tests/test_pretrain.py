@@ -121,3 +121,13 @@ def test_random_crop_takes_one_window_of_every_image() -> None:
     y, x = divmod(int(crop[0, 0, 0, 0]), 8)
     torch.testing.assert_close(crop, images[..., y : y + 4, x : x + 4])
     assert random_crop(images, 0, torch.Generator()) is images and random_crop(images, 8, torch.Generator()) is images
+
+
+def test_each_resolution_phase_has_its_own_warm_up_and_decay() -> None:
+    from star.pretrain import phase_lr_factor
+
+    cfg = BaseConfig(steps=300, low_res_steps=200, warmup_steps=10)
+    assert phase_lr_factor(199, cfg, two_phases=True) == pytest.approx(lr_factor(199, 200, 10))
+    assert phase_lr_factor(200, cfg, two_phases=True) == pytest.approx(0.1)  # warm-up again
+    assert phase_lr_factor(210, cfg, two_phases=True) == pytest.approx(1.0, abs=1e-3)
+    assert phase_lr_factor(250, cfg, two_phases=False) == lr_factor(250, 300, 10)
