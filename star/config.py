@@ -129,10 +129,9 @@ class BaseConfig(_Section):
     vae_batch_size: int = _knob(16, "images per VAE step", ge=1)
     vae_lr: float = _knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
-    vae_crop: int = _knob(0, "train the VAE on random crops of this many px (0: whole images)", ge=0)
     steps: int = _knob(4500, "transformer flow-matching steps (low-resolution ones included)", ge=0)
     low_res_size: int = _knob(
-        0, "first train the transformer on world images of this size (fewer tokens; 0: off), as SD3 does", ge=0
+        0, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0
     )
     low_res_steps: int = _knob(0, "transformer steps at low_res_size before the full size", ge=0)
     batch_size: int = _knob(32, "images per transformer step", ge=1)
@@ -374,16 +373,6 @@ class Config(_Section):
             )
         if self.base.low_res_steps > self.base.steps:
             raise ValueError(f"base.low_res_steps = {self.base.low_res_steps} exceeds base.steps = {self.base.steps}")
-        return self
-
-    @model_validator(mode="after")
-    def _crop_fits_the_vae(self) -> Config:
-        crop, factor = self.base.vae_crop, 2 ** (len(self.model.mini.vae_channels) - 1)
-        if crop and (crop % factor or crop > self.world.image_size):
-            raise ValueError(
-                f"base.vae_crop = {crop} must be a multiple of the VAE's downsampling {factor} "
-                f"and at most world.image_size = {self.world.image_size}"
-            )
         return self
 
     def for_variant(self, variant: str, seed: int | None = None) -> Config:

@@ -73,17 +73,6 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> tupl
     return mse + kl_weight * posterior.kl().mean(), mse.item()
 
 
-def random_crop(images: torch.Tensor, side: int, generator: torch.Generator) -> torch.Tensor:
-    """One random ``side`` x ``side`` window of (B, 3, H, W) images (all at the same place);
-    the whole images when ``side`` is 0 or not smaller than them."""
-    height, width = images.shape[-2:]
-    if not 0 < side < min(height, width):
-        return images
-    y = int(torch.randint(height - side + 1, (1,), generator=generator))
-    x = int(torch.randint(width - side + 1, (1,), generator=generator))
-    return images[..., y : y + side, x : x + side]
-
-
 def train_vae(
     vae: AutoencoderKL,
     data: WorldDataset,
@@ -92,17 +81,14 @@ def train_vae(
     ckpt_path: Path,
     on_metrics: MetricsCallback | None = None,
 ) -> None:
-    """Phase 1: fit the VAE on random ``cfg.vae_crop`` crops (0: whole images), checkpointing
-    every ``cfg.checkpoint_every`` steps."""
+    """Phase 1: fit the VAE, checkpointing every ``cfg.checkpoint_every`` steps."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     start = checkpoint.resume_progress(ckpt_path, generator, vae=vae, optimizer=optimizer)
     vae.train()
     bar = tqdm(range(start, cfg.vae_steps), desc="base: VAE", initial=start, total=cfg.vae_steps)
     for step in bar:
         index = torch.randint(len(data.captions), (cfg.vae_batch_size,), generator=generator)
-        # the VAE is convolutional (no mid-block attention by default): crops teach it the
-        # same local appearance at a fraction of the cost of whole large images
-        images = random_crop(data.batch(index)[0], cfg.vae_crop, generator)
+        images, _ = data.batch(index)
         for group in optimizer.param_groups:
             group["lr"] = cfg.vae_lr * lr_factor(step, cfg.vae_steps, cfg.warmup_steps)
         loss, mse = vae_loss(vae, images, cfg.vae_kl_weight)
@@ -280,15 +266,18 @@ def pretrain_base(
     data = render_world_dataset(
         cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed, layout=world_layout(cfg.world)
     )
-    train_vae(pipe.vae, data, cfg.base, generator, work_dir / "vae.ckpt", on_metrics)
-    pipe.vae.requires_grad_(False)
-    latents = LatentSet(calibrate_latents(pipe.vae, data), data.captions)
-    low_res = None
+    small = None
     if cfg.base.low_res_size:
         # the same world at a lower resolution, objects one per token as at full size
         small = render_world_dataset(
             cfg.base.dataset_size, cfg.base.low_res_size, seed=cfg.seed + 1, layout=Layout(cfg.world.layout_cell)
         )
-        low_res = LatentSet(encode_dataset(pipe.vae, small), small.captions)
+    # The convolutional VAE learns the objects' appearance where they are dense: on the small
+    # images when there are some (4x fewer pixels per object; sparse full-size images, or crops
+    # of them, left halos around objects), and applies to any size.
+    train_vae(pipe.vae, small or data, cfg.base, generator, work_dir / "vae.ckpt", on_metrics)
+    pipe.vae.requires_grad_(False)
+    latents = LatentSet(calibrate_latents(pipe.vae, data), data.captions)
+    low_res = LatentSet(encode_dataset(pipe.vae, small), small.captions) if small is not None else None
     train_transformer(pipe, latents, cfg.base, generator, work_dir / "transformer.ckpt", on_metrics, low_res)
     return pipe

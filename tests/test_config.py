@@ -125,11 +125,3 @@ def test_train_fraction_must_train_a_step(tmp_path: Path) -> None:
         load_config(write(tmp_path, "train: {steps: 4, train_fraction: 0.2}\n"))
     assert load_config(write(tmp_path, "train: {steps: 4, train_fraction: 0.25}\n")).train.train_fraction == 0.25
 
-
-def test_vae_crop_must_fit_the_vae_and_the_image(tmp_path: Path) -> None:
-    """A check across sections names its keys and prints no dump of the whole config."""
-    with pytest.raises(ConfigError, match=r"base\.vae_crop = 33 must be a multiple of the VAE's downsampling 2") as error:
-        load_config(write(tmp_path, "base: {vae_crop: 33}\nmodel: {mini: {vae_channels: [32, 64]}}\n"))
-    assert "'seed'" not in str(error.value)
-    with pytest.raises(ConfigError, match=r"at most world\.image_size = 40"):
-        load_config(write(tmp_path, "base: {vae_crop: 48}\nworld: {image_size: 40}\n"))

@@ -112,17 +112,6 @@ def test_training_sigmas_use_the_samplers_shift() -> None:
     assert torch.allclose(shifted_sigmas(linear, 3.0), scheduler.sigmas[:-1], atol=1e-5)
 
 
-def test_random_crop_takes_one_window_of_every_image() -> None:
-    from star.pretrain import random_crop
-
-    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    crop = random_crop(images, 4, torch.Generator().manual_seed(0))
-    assert crop.shape == (2, 3, 4, 4)
-    y, x = divmod(int(crop[0, 0, 0, 0]), 8)
-    torch.testing.assert_close(crop, images[..., y : y + 4, x : x + 4])
-    assert random_crop(images, 0, torch.Generator()) is images and random_crop(images, 8, torch.Generator()) is images
-
-
 def test_each_resolution_phase_has_its_own_warm_up_and_decay() -> None:
     from star.pretrain import phase_lr_factor
 
