@@ -29,7 +29,7 @@ class MiniModelConfig(_Section):
     """Sizes of the embedded miniature SD3 (same diffusers/transformers classes as SD3.5)."""
 
     vae_channels: list[int] = _knob(
-        [32, 64], "VAE block widths; the latent is downsampled 2**(len-1) times ([32]: full resolution)", min_length=1
+        [16, 32], "VAE block widths; the latent is downsampled 2**(len-1) times ([32]: full resolution)", min_length=1
     )
     vae_layers_per_block: int = _knob(1, "ResNet layers per VAE block", ge=1, le=4)
     vae_mid_attention: bool = _knob(
@@ -89,12 +89,12 @@ class ModelConfig(_Section):
 class WorldConfig(_Section):
     """The procedural shapes world: image size and prompt-set sizes."""
 
-    image_size: int = _knob(40, "side of rendered and generated images, pixels", ge=32, le=512)
+    image_size: int = _knob(80, "side of rendered and generated images, pixels", ge=32, le=512)
     layout_cell: int = _knob(
         10, "objects sit one per cell of this many pixels (one transformer token; 0: anywhere)", ge=0
     )
     layout_stride: int = _knob(
-        1, "objects only in every k-th row and column of cells (2: a 4x4 lattice on an 8x8 grid)", ge=1, le=4
+        2, "objects only in every k-th row and column of cells (2: a 4x4 lattice on an 8x8 grid)", ge=1, le=4
     )
     train_prompts: int = _knob(600, "prompts per task family in each train split", ge=6)
     test_prompts: int = _knob(120, "prompts per task family in each test split", ge=6)
@@ -131,9 +131,9 @@ class BaseConfig(_Section):
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
     steps: int = _knob(4500, "transformer flow-matching steps (low-resolution ones included)", ge=0)
     low_res_size: int = _knob(
-        0, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0
+        40, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0
     )
-    low_res_steps: int = _knob(0, "transformer steps at low_res_size before the full size", ge=0)
+    low_res_steps: int = _knob(2500, "transformer steps at low_res_size before the full size", ge=0)
     batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(5e-4, "transformer AdamW learning rate (cosine decay after warm-up)", gt=0)
     warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)
@@ -240,7 +240,7 @@ class WorldClipConfig(_Section):
     width: int = _knob(64, "hidden width of the text and vision towers", ge=8)
     layers: int = _knob(2, "transformer layers of each tower", ge=1, le=12)
     heads: int = _knob(2, "attention heads of each tower", ge=1, le=16)
-    patch_size: int = _knob(4, "vision patch size in pixels", ge=1)
+    patch_size: int = _knob(8, "vision patch size in pixels", ge=1)
     projection_dim: int = _knob(64, "shared embedding width", ge=8)
     steps: int = _knob(1500, "contrastive training steps", ge=0)
     batch_size: int = _knob(64, "image-caption pairs per step", ge=2)

@@ -131,27 +131,28 @@ def test_default_text_segments_hold_every_world_prompt() -> None:
 
 
 @pytest.mark.parametrize(
-    "world, grid",
+    "world, grid, tokens_per_object",
     [
-        ({"image_size": 80, "vae_channels": [16, 32], "layout_stride": 2}, 8),  # the embedded default
-        ({"image_size": 40, "vae_channels": [32, 64], "layout_stride": 1}, 4),  # the 4x4 world, by params
+        ({"image_size": 40, "vae_channels": [32]}, 8, 4),  # the embedded default: objects of 2x2 tokens
+        ({"image_size": 40, "vae_channels": [32, 64]}, 4, 1),  # the 4x4 world, by params
     ],
     ids=["8x8", "4x4"],
 )
-def test_world_geometry_one_object_per_token(world: dict, grid: int) -> None:
-    """Each layout cell is one transformer token (VAE downsampling x patch = layout_cell), so a
-    GenEval scene's core objects cover 1-4 whole tokens of the grid."""
+def test_world_geometry_objects_on_whole_tokens(world: dict, grid: int, tokens_per_object: int) -> None:
+    """Each layout cell is a whole block of transformer tokens (VAE downsampling x patch divides
+    layout_cell), so a 4-object GenEval scene covers 4 x tokens_per_object whole tokens of the
+    grid: a minority of the 8x8 default's 64, all but none of the 4x4 world's 16."""
     from star.config import config_from_dict
     from star.regions import token_coverage
     from star.world.prompts import counting_record, scene_for_metadata
     from star.world.render import world_layout
 
-    cfg = config_from_dict({"world": {"image_size": world["image_size"], "layout_stride": world["layout_stride"]},
+    cfg = config_from_dict({"world": {"image_size": world["image_size"]},
                             "model": {"mini": {"vae_channels": world["vae_channels"]}}})
     pipe = build_mini_sd3(cfg.model.mini, vocabulary(), TEXT_CHARSET, cfg.world.image_size, seed=0)
     transformer = pipe.transformer.config
     assert transformer.sample_size // transformer.patch_size == grid
-    assert cfg.world.image_size // grid == cfg.world.layout_cell
+    assert (cfg.world.layout_cell * grid // cfg.world.image_size) ** 2 == tokens_per_object
     scene = scene_for_metadata(counting_record("star", 4), np.random.default_rng(0), cfg.world.image_size, world_layout(cfg.world))
     coverage = token_coverage([[o.box for o in scene.objects]], cfg.world.image_size, grid)[0]
-    assert sorted(coverage.unique().tolist()) == [0.0, 1.0] and coverage.sum() == 4
+    assert sorted(coverage.unique().tolist()) == [0.0, 1.0] and coverage.sum() == 4 * tokens_per_object
