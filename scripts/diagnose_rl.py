@@ -41,7 +41,6 @@ ROWS: dict[str, dict[str, Any]] = {
     "uniform_region": {"allocation": "uniform_region"},
     "temporal map_change": {"allocation": "temporal", "temporal_rule": "map_change"},
     "temporal sigma": {"allocation": "temporal", "temporal_rule": "sigma"},
-    "temporal concentration": {"allocation": "temporal", "temporal_rule": "concentration"},
     "spatial": {"allocation": "spatial"},
     "star γ1": {"allocation": "star", "gamma": 1.0},
     "star γ2": {"allocation": "star", "gamma": 2.0},
@@ -53,8 +52,19 @@ ROWS: dict[str, dict[str, Any]] = {
 """Default rows: train overrides on top of the params' train section (the issue's table)."""
 
 
+SAMPLING_KNOBS = ("steps", "noise_level", "guidance_scale", "sde_window", "capture_blocks", "core_segments",
+                  "same_noise_per_group", "group_size", "train_fraction")
+"""Train knobs the shared rollouts (and their captured maps) are sampled with: one value per table."""
+
+
 def row_config(cfg: Config, overrides: dict[str, Any], name: str) -> TrainConfig:
-    """The params' train section with a row's overrides, validated (errors name the row)."""
+    """The params' train section with a row's overrides, validated (errors name the row).
+
+    A row cannot change how the shared rollouts are sampled or captured (their maps would be
+    silently the table's): set such knobs for the whole table with ``-S train.<knob>=...``."""
+    sampled = sorted(set(overrides) & set(SAMPLING_KNOBS))
+    if sampled:
+        raise SystemExit(f"error: row {name!r} sets {sampled}: the rows share rollouts; set it with -S train.<knob>=…")
     data = cfg.model_dump()
     data["train"] = data["train"] | overrides
     return config_from_dict(data, f"row {name!r}").train
@@ -110,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--prompts {args.prompts}: choose 1 … {len(records)} (the training prompts)")
     records = prompt_pool(records, args.prompts, cfg.seed)
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
-    sampler = cfg.model_copy(update={"train": configs[REFERENCE].model_copy(update={"allocation": "star"})})
+    # The records already are the chosen pool: the trainer must not draw a pool from them again.
+    sampler = cfg.model_copy(update={"train": configs[REFERENCE].model_copy(update={"allocation": "star", "prompt_pool": 0})})
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:

@@ -74,11 +74,6 @@ def allocation_maps(attention: torch.Tensor, params: AllocationParams) -> torch.
     return _mean_one(w.clamp(params.w_min, params.w_max))
 
 
-def concentration(maps: torch.Tensor) -> torch.Tensor:
-    """How peaked each mean-1 map is: mean_p w² = 1 + Var_p(w). (B, T, P) -> (B, T)."""
-    return (maps**2).mean(dim=-1)
-
-
 def map_change(maps: torch.Tensor) -> torch.Tensor:
     """How much step t's transition changes the map: mean_p |m_{t+1} − m_t|, (B, T, P) -> (B, T).
 
@@ -96,8 +91,6 @@ def temporal_weights(maps: torch.Tensor, inputs: AllocationInputs, params: Alloc
         score = map_change(maps)
     elif params.temporal_rule == "sigma":
         score = inputs.sigmas[:-1].float().cpu().expand(maps.shape[0], -1)
-    elif params.temporal_rule == "concentration":
-        score = concentration(maps)
     else:
         raise ValueError(f"unknown temporal rule {params.temporal_rule!r}; expected one of {get_args(TemporalRule)}")
     trained = list(inputs.trained_steps)

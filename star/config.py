@@ -147,7 +147,7 @@ class BaseConfig(_Section):
 
 AllocationMode = Literal["none", "uniform_region", "temporal", "spatial", "star", "oracle", "shuffled"]
 """Advantage allocation (docs/method.md §5); ``oracle`` and ``shuffled`` are diagnostic controls."""
-TemporalRule = Literal["map_change", "sigma", "concentration"]
+TemporalRule = Literal["map_change", "sigma"]
 """How STAR weighs the denoising steps (docs/method.md §5)."""
 CoreSegments = Literal["both", "clip", "t5"]
 """Which segments of SD3's text sequence carry the core-token positions (docs/method.md §3.1)."""
@@ -161,7 +161,7 @@ class TrainConfig(_Section):
     allocation: AllocationMode = _knob(
         "star", "advantage allocation (method §5): 'none' is Flow-GRPO; 'oracle'/'shuffled' are diagnostic controls"
     )
-    iterations: int = _knob(384, "RL iterations: sample -> score -> advantages -> update", ge=1)
+    iterations: int = _knob(96, "RL iterations: sample -> score -> advantages -> update", ge=1)
     prompts_per_iteration: int = _knob(16, "prompts (groups) sampled per iteration", ge=1)
     prompt_pool: int = _knob(
         16, "train on a fixed seeded subset of this many training prompts (0: all of them)", ge=0
@@ -192,12 +192,12 @@ class TrainConfig(_Section):
     kl_beta: float = _knob(0.0, "KL-to-reference weight beta (method §4)", ge=0)
     global_std: bool = _knob(True, "normalise advantages by the batch's std (Flow-GRPO's configs) instead of the group's")
     advantage_clip: float = _knob(5.0, "advantages are clipped to +-this", gt=0)
-    gamma: float = _knob(1.0, "sharpening exponent of allocation maps (method §3)", gt=0)
+    gamma: float = _knob(2.0, "sharpening exponent of allocation maps (method §3.3; 2 chosen in §4.1)", gt=0)
     mix: float = _knob(1.0, "strength lambda of the map vs uniform (method §3)", ge=0, le=1)
     w_min: float = _knob(0.25, "lower clamp of allocation weights", ge=0, le=1)
     w_max: float = _knob(4.0, "upper clamp of allocation weights", ge=1)
     temporal_rule: TemporalRule = _knob(
-        "map_change", "temporal weight of 'temporal'/'star' (method §5): map_change, sigma or concentration"
+        "map_change", "temporal weight of 'temporal'/'star' (method §5): map_change or sigma"
     )
     capture_blocks: list[int] | None = _knob(None, "joint blocks read by the capture (None: the middle half)")
     core_segments: CoreSegments = _knob("both", "text segments whose core tokens the capture reads: both, clip or t5")

@@ -19,8 +19,8 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_repo_params_load_and_missing_keys_take_defaults(tmp_path: Path) -> None:
     cfg = load_config(REPO / "params.yaml")
     assert cfg == Config(), "params.yaml and the defaults in star/config.py drifted apart"
-    partial = load_config(write(tmp_path, "seed: 3\nbase: {steps: 7}\n"))
-    assert partial.seed == 3 and partial.base.steps == 7
+    partial = load_config(write(tmp_path, "seed: 3\nbase: {steps: 2700}\n"))
+    assert partial.seed == 3 and partial.base.steps == 2700
     assert partial.base.lr == Config().base.lr
 
 
@@ -56,7 +56,7 @@ def test_bad_files(tmp_path: Path) -> None:
 
 
 def test_overrides_merge_and_validate(tmp_path: Path) -> None:
-    path = write(tmp_path, "base: {steps: 7, lr: 0.1}\n")
+    path = write(tmp_path, "base: {steps: 7, lr: 0.1, low_res_steps: 0}\n")
     cfg = load_config(path, parse_overrides(["base.steps=9", "seed=4"]))
     assert (cfg.base.steps, cfg.base.lr, cfg.seed) == (9, 0.1, 4)
     with pytest.raises(ConfigError, match="key.path=value"):
@@ -74,7 +74,7 @@ def test_every_knob_has_a_description() -> None:
 def test_fingerprint_tracks_only_named_sections() -> None:
     a = Config()
     b = Config(train={"lr": 1.0})
-    c = Config(base={"steps": 1})
+    c = Config(base={"steps": 1, "low_res_steps": 0})
     assert fingerprint(a, ["base"]) == fingerprint(b, ["base"])
     assert fingerprint(a, ["base"]) != fingerprint(c, ["base"])
 
@@ -96,8 +96,8 @@ def test_variants_override_train_and_are_validated(tmp_path: Path) -> None:
 
 def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"layout_cell=20 must be 0 or 8\.\.image_size/3=13"):
-        load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\n"))
-    assert load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 0}\n")).world.layout_cell == 0
+        load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\nbase: {low_res_size: 0}\n"))
+    assert load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 0}\nbase: {low_res_size: 0}\n")).world.layout_cell == 0
 
 
 def test_sde_window_must_fit_the_steps(tmp_path: Path) -> None:

@@ -131,28 +131,31 @@ def test_default_text_segments_hold_every_world_prompt() -> None:
 
 
 @pytest.mark.parametrize(
-    "world, grid, tokens_per_object",
+    "overrides, grid",
     [
-        ({"image_size": 40, "vae_channels": [32]}, 8, 4),  # the embedded default: objects of 2x2 tokens
-        ({"image_size": 40, "vae_channels": [32, 64]}, 4, 1),  # the 4x4 world, by params
+        ({}, 8),  # the embedded default: 80 px, objects on every other 10 px token of the 8x8 grid
+        ({"world": {"image_size": 40, "layout_stride": 1}, "model": {"mini": {"vae_channels": [32, 64]}},
+          "base": {"low_res_size": 0, "low_res_steps": 0}}, 4),  # the earlier 4x4 world, by params
     ],
     ids=["8x8", "4x4"],
 )
-def test_world_geometry_objects_on_whole_tokens(world: dict, grid: int, tokens_per_object: int) -> None:
-    """Each layout cell is a whole block of transformer tokens (VAE downsampling x patch divides
-    layout_cell), so a 4-object GenEval scene covers 4 x tokens_per_object whole tokens of the
-    grid: a minority of the 8x8 default's 64, all but none of the 4x4 world's 16."""
+def test_world_geometry_one_object_per_token(overrides: dict, grid: int) -> None:
+    """Each layout cell is one transformer token (VAE downsampling x patch = layout_cell), so a
+    4-object GenEval scene covers 4 whole tokens: a minority of the default's 64, all but none of
+    the 4x4 world's 16 (the reason for the 8x8 default)."""
     from star.config import config_from_dict
     from star.regions import token_coverage
     from star.world.prompts import counting_record, scene_for_metadata
     from star.world.render import world_layout
 
-    cfg = config_from_dict({"world": {"image_size": world["image_size"]},
-                            "model": {"mini": {"vae_channels": world["vae_channels"]}}})
+    cfg = config_from_dict(overrides)
     pipe = build_mini_sd3(cfg.model.mini, vocabulary(), TEXT_CHARSET, cfg.world.image_size, seed=0)
     transformer = pipe.transformer.config
     assert transformer.sample_size // transformer.patch_size == grid
-    assert (cfg.world.layout_cell * grid // cfg.world.image_size) ** 2 == tokens_per_object
+    assert cfg.world.image_size // grid == cfg.world.layout_cell
     scene = scene_for_metadata(counting_record("star", 4), np.random.default_rng(0), cfg.world.image_size, world_layout(cfg.world))
     coverage = token_coverage([[o.box for o in scene.objects]], cfg.world.image_size, grid)[0]
-    assert sorted(coverage.unique().tolist()) == [0.0, 1.0] and coverage.sum() == 4 * tokens_per_object
+    assert sorted(coverage.unique().tolist()) == [0.0, 1.0] and coverage.sum() == 4
+    rows, cols = (coverage.view(grid, grid) > 0).nonzero(as_tuple=True)
+    stride = cfg.world.layout_stride
+    assert (rows % stride == 0).all() and (cols % stride == 0).all()  # only every stride-th cell holds objects

@@ -100,7 +100,8 @@ def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_pat
     paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
     main(["--params", str(MICRO), "--prompts", "2", "--batches", "1", "--estimates", "2",
           "--rows", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "--row", "sharp={allocation: star, gamma: 8}",
-          "--json", str(tmp_path / "table.json"), *[arg for path in paths for arg in ("-S", path)]])
+          "--json", str(tmp_path / "table.json"), "-S", "train.prompt_pool=3",  # a pool larger than --prompts
+          *[arg for path in paths for arg in ("-S", path)]])
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
     names = [row[0].strip() for row in rows[1:]]
@@ -112,6 +113,8 @@ def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_pat
     assert saved["rollouts_per_estimate"] == 2 * 2 and len(saved["results"]) == 7
     with pytest.raises(SystemExit):
         main(["--params", str(MICRO), "--rows", "nope"])
+    with pytest.raises(SystemExit, match="core_segments"):  # the rows share rollouts and their captured maps
+        main(["--params", str(MICRO), "--row", "t5={allocation: star, core_segments: t5}"])
 
 
 def test_diagnose_maps_prints_localisation_per_setting(micro_run, capsys) -> None:
