@@ -141,7 +141,7 @@ def test_default_text_segments_hold_every_world_prompt() -> None:
 )
 def test_world_geometry_one_object_per_token(overrides: dict, grid: int) -> None:
     """Each layout cell is one transformer token (VAE downsampling x patch = layout_cell), so a
-    4-object GenEval scene covers 4 whole tokens: a minority of the default's 64, all but none of
+    4-object GenEval scene covers 4 whole tokens: a sixteenth of the default's 64, a quarter of
     the 4x4 world's 16 (the reason for the 8x8 default)."""
     from star.config import config_from_dict
     from star.regions import token_coverage
