@@ -21,7 +21,7 @@ from star.config import Config, fingerprint
 from star.evaluation import TaskReport, balanced_subset, evaluate_geneval
 from star.pretrain import pretrain_base
 from star.prompt_sets import load_geneval_metadata
-from star.visualize import report_grid
+from star.visualize import note_image, report_grid
 
 SECTIONS = ["model", "world", "base", "eval"]
 
@@ -47,10 +47,34 @@ def evaluate(pipe: Any, records: list[dict[str, Any]], cfg: Config) -> TaskRepor
     return evaluate_geneval(pipe, records, cfg.eval, GenEvalReward(world_detector(), partial_credit=False))
 
 
+def record_pretrained_source(cfg: Config) -> dict[str, float]:
+    """With ``model.source: pretrained`` there is nothing to pretrain: the stage records which
+    model the study uses (``paths.base_model``/pretrained.json) and writes its outputs, so the
+    DAG runs unchanged and re-runs only when ``model`` changes."""
+    source = {"source": "pretrained", "pretrained": cfg.model.pretrained, "revision": cfg.model.revision,
+              "dtype": cfg.model.dtype}
+
+    def write(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        (staging / "pretrained.json").write_text(json.dumps(source, indent=2) + "\n")
+
+    checkpoint.atomic_directory(cfg.paths.base_model, write)
+    metrics = {"embedded_pretraining": 0.0, "train_seconds": 0.0}
+    cfg.paths.metrics.mkdir(parents=True, exist_ok=True)
+    (cfg.paths.metrics / "base.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    note_image(cfg.paths.metrics / "base_samples.png",
+               f"base stage skipped: model.source is 'pretrained'\nthe study uses {cfg.model.pretrained}")
+    return metrics
+
+
 @flow(name="base")
 def base(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
     cfg = stage_config(params, overrides)
     logger = get_run_logger()
+    if cfg.model.source != "embedded":
+        logger.info("model.source is %r: no embedded pretraining; the study uses %s",
+                    cfg.model.source, cfg.model.pretrained)
+        return record_pretrained_source(cfg)
     work_dir = cfg.paths.work / "base" / fingerprint(cfg, SECTIONS)
     start = time.perf_counter()
     with stage_run(cfg, "base", SECTIONS, tags={"variant": "base"}):

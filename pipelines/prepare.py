@@ -1,4 +1,10 @@
-"""Stage ``prepare``: write the world's prompt sets; validate the public sets when configured."""
+"""Stage ``prepare``: write every task's training and evaluation prompts to ``paths.prompts``.
+
+Per task, ``prompt_sets`` picks the embedded world's generated set or a file (GenEval metadata,
+OCR or plain prompts; GenEval training prompts may also come from GenEval's templates); files
+are validated line by line and copied in one layout, so ``train`` and ``evaluate`` read only
+what this stage wrote (docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -12,37 +18,31 @@ from prefect import flow, get_run_logger, task
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import run_stage
 from pipelines.tracking import log_metrics, stage_run
-from star.config import load_config
-from star.prompt_sets import validate_benchmarks
-from star.world.prompts import generate_prompt_sets, write_prompt_sets
-
-
-@task
-def write_world_sets(seed: int, train: int, test: int, out_dir: Path) -> dict[str, int]:
-    sets = generate_prompt_sets(seed=seed, n_train=train, n_test=test)
-    write_prompt_sets(sets, out_dir)
-    return {f"world_{family}_{split}": len(rows) for family, splits in sets.items() for split, rows in splits.items()}
+from star.config import Config, load_config
+from star.task_prompts import check_prompt_files, materialise_prompt_sets, sources
+from star.world.prompts import generate_prompt_sets
 
 
 @task(retries=2, retry_delay_seconds=5)  # a copy on a network filesystem may hiccup
-def validate_public_sets(root: Path) -> dict[str, int]:
-    return {f"public_{name}": count for name, count in validate_benchmarks(root).items()}
+def write_prompt_sets(cfg: Config) -> dict[str, int]:
+    world = generate_prompt_sets(seed=cfg.seed, n_train=cfg.world.train_prompts, n_test=cfg.world.test_prompts)
+    return materialise_prompt_sets(cfg.prompt_sets, world, cfg.paths.prompts)
 
 
 @flow(name="prepare")
 def prepare(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, int]:
     cfg = load_config(params, overrides)
+    check_prompt_files(cfg.prompt_sets)  # before any run is opened
     logger = get_run_logger()
     with stage_run(cfg, "prepare", ["world", "prompt_sets", "paths"]):
-        counts = write_world_sets(cfg.seed, cfg.world.train_prompts, cfg.world.test_prompts, cfg.paths.prompts)
-        if cfg.prompt_sets.benchmarks_dir is not None:
-            counts |= validate_public_sets(cfg.prompt_sets.benchmarks_dir)
-        else:
-            logger.info("prompt_sets.benchmarks_dir is null: public prompt sets not validated")
-        (cfg.paths.prompts / "counts.json").write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
+        counts = write_prompt_sets(cfg)
+        path: Path = cfg.paths.prompts / "counts.json"
+        path.write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
         log_metrics(counts)
         mlflow.log_artifacts(str(cfg.paths.prompts), "prompts")
-    logger.info("prompt sets: %s", counts)
+    for name, value in sources(cfg.prompt_sets).items():
+        logger.info("prompt set %s: %s", name, value)
+    logger.info("prompt counts: %s", counts)
     return counts
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -28,15 +28,25 @@ class GenEvalReward:
 
     name = "geneval"
 
-    def __init__(self, detector: Detector, partial_credit: bool = True) -> None:
+    def __init__(self, detector: Detector, partial_credit: bool = True, classes: Collection[str] | None = None) -> None:
+        """``classes``: every class the detector can find, when it is a closed set (the world's
+        shapes); a prompt asking for another class is an error, not a silent 0."""
         self.detector = detector
         self.partial_credit = partial_credit
+        self.classes = frozenset(classes) if classes is not None else None
 
     def evaluate(self, images: torch.Tensor, metadata: list[dict[str, Any]]) -> list[GenEvalResult]:
         """Per-image results; images (B, 3, H, W) in [0, 1]."""
         for index, record in enumerate(metadata):
             if "include" not in record or "tag" not in record:
                 raise ValueError(f"metadata[{index}] is not GenEval metadata (needs 'tag' and 'include'): {record}")
+            unknown = {c["class"] for c in record["include"]} - self.classes if self.classes is not None else set()
+            if unknown:
+                raise ValueError(
+                    f"metadata[{index}] ({record.get('prompt')!r}) asks for {sorted(unknown)}, which this "
+                    f"detector cannot find (it knows {sorted(self.classes or [])}); for COCO classes set "
+                    "rewards.geneval_detector: mask2former"
+                )
         arrays = to_uint8_arrays(images)
         batched = getattr(self.detector, "detect_batch", None)  # batched backends (Mask2Former) run faster
         detections = batched(arrays) if batched is not None else [self.detector(image) for image in arrays]

@@ -89,11 +89,12 @@ def _build_one(name: str, cfg: RewardsConfig, reward_models_dir: Path) -> Reward
         from rewards.geneval import GenEvalReward, world_detector
 
         if cfg.geneval_detector == "world":
-            detector = world_detector()
-        else:
-            from rewards.mask2former import mask2former_detector
+            from star.world.vocab import SHAPES
 
-            detector = mask2former_detector(cfg.detector_model, cfg.color_model, cfg.device)
+            return GenEvalReward(world_detector(), cfg.geneval_partial_credit, classes=SHAPES)
+        from rewards.mask2former import mask2former_detector
+
+        detector = mask2former_detector(cfg.detector_model, cfg.color_model, cfg.device)
         return GenEvalReward(detector, partial_credit=cfg.geneval_partial_credit)
     if name == "ocr":
         from rewards.ocr import OcrReward

@@ -65,3 +65,21 @@ def test_second_repro_is_a_no_op(project: Path) -> None:
     out = _run(["dvc", "repro"], project)
     assert "Running stage" not in out, out[-2000:]
     assert "up to date" in _run(["dvc", "status"], project).lower()
+
+
+def test_pretrained_model_skips_the_embedded_pretraining(project: Path) -> None:
+    """With ``model.source: pretrained`` the base stage records the model instead of training
+    one, and the stages after it load that model by ``from_pretrained`` (here: a saved copy of
+    the micro base, standing in for a hub id). Runs last: it changes the project's params."""
+    saved = project.parent / "saved_model"
+    shutil.copytree(project / "models/base", saved)
+    cfg = load_config(project / "params.yaml", overrides={"model": {"source": "pretrained", "pretrained": str(saved)}})
+    write_params(cfg, project / "params.yaml")
+    out = _run(["dvc", "repro", "evaluate_base"], project)
+    assert "Running stage 'base'" in out and "Running stage 'evaluate_base'" in out
+    assert "Running stage 'prepare'" not in out
+    assert json.loads((project / "models/base/pretrained.json").read_text())["pretrained"] == str(saved)
+    assert not (project / "models/base/transformer").exists()
+    assert json.loads((project / "metrics/base.json").read_text()) == {"embedded_pretraining": 0.0, "train_seconds": 0.0}
+    assert 0 <= json.loads((project / "metrics/eval/base.json").read_text())["geneval_overall"] <= 1
+    assert "up to date" in _run(["dvc", "status", "base"], project).lower()

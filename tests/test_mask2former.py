@@ -11,17 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers.pre_tokenizers import ByteLevel
-from transformers import (
-    CLIPConfig,
-    CLIPImageProcessorPil,
-    CLIPModel,
-    CLIPTokenizer,
-    Mask2FormerConfig,
-    Mask2FormerForUniversalSegmentation,
-    Mask2FormerImageProcessorPil,
-    SwinConfig,
-)
+from transformers import CLIPImageProcessorPil
 
 from rewards.detection import Detection
 from rewards.geneval import GenEvalReward
@@ -36,41 +26,16 @@ from rewards.mask2former import (
     resized_shape,
 )
 from star.models import ModelLoadError
+from tests.tiny_models import TINY_LABELS, save_tiny_detector
 
-LABELS = ["dog", "cat", "car", "apple"]
+LABELS = TINY_LABELS
 SCALE = (48, 96)  # tiny inputs: 40x56 images become 48x67, padded to 64x96
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """Paths of a tiny Mask2Former (biased towards 'dog') and a tiny CLIP, saved as on the hub."""
-    root = tmp_path_factory.mktemp("m2f")
-    torch.manual_seed(0)
-    swin = SwinConfig(image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
-                      out_features=["stage1", "stage2", "stage3", "stage4"])
-    config = Mask2FormerConfig(
-        backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32,
-        encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=6,
-        id2label=dict(enumerate(LABELS)), label2id={name: i for i, name in enumerate(LABELS)},
-    )
-    segmenter = Mask2FormerForUniversalSegmentation(config).eval()
-    with torch.no_grad():  # 'dog' gets ~0.93 probability, every other class < 0.3
-        segmenter.class_predictor.bias.copy_(torch.tensor([4.0, 0.0, 0.0, 0.0, 0.0]))
-    segmenter.save_pretrained(root / "seg")
-    Mask2FormerImageProcessorPil(size={"shortest_edge": 384}).save_pretrained(root / "seg")
-
-    chars = sorted(ByteLevel.alphabet())
-    vocab = ["<|startoftext|>", *chars, *(c + "</w>" for c in chars), "<|endoftext|>"]
-    tokenizer = CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=[], model_max_length=48)
-    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    text = dict(tower, vocab_size=len(vocab), max_position_embeddings=48, bos_token_id=0,
-                eos_token_id=len(vocab) - 1, pad_token_id=len(vocab) - 1)  # pool at the first <|endoftext|>
-    vision = dict(tower, image_size=32, patch_size=8)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(root / "clip")
-    tokenizer.save_pretrained(root / "clip")
-    clip_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    clip_processor.save_pretrained(root / "clip")
-    return str(root / "seg"), str(root / "clip")
+    return save_tiny_detector(tmp_path_factory.mktemp("m2f"))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ RL diagnostic script on the stage's base model."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -67,30 +66,6 @@ def test_mlflow_holds_both_stage_runs(micro_run) -> None:
     assert [Path(a.path).name for a in artifacts] == ["base_samples.png"]
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(base_run.info.run_id, "transformer/fm_loss")) >= 1
-
-
-def test_prepare_validates_configured_public_sets(prefect_server, bench: Path, tmp_path: Path) -> None:
-    from pipelines.prepare import prepare
-
-    overrides = micro_overrides(tmp_path) | {"prompt_sets": {"benchmarks_dir": str(bench)}}
-    counts = prepare(params=str(MICRO), overrides=overrides)
-    assert counts["public_geneval_evaluation_metadata"] == 553
-    assert counts["public_pickscore_train"] == 25432
-
-
-def test_prepare_names_malformed_public_lines(prefect_server, bench: Path, tmp_path: Path) -> None:
-    from pipelines.prepare import prepare
-    from star.prompt_sets import PromptSetError
-
-    copy = tmp_path / "benchmarks"
-    shutil.copytree(bench, copy)
-    ocr = copy / "ocr" / "test.txt"
-    lines = ocr.read_text().splitlines()
-    lines[4] = "a sign without any quoted text"
-    ocr.write_text("\n".join(lines) + "\n")
-    overrides = micro_overrides(tmp_path) | {"prompt_sets": {"benchmarks_dir": str(copy)}}
-    with pytest.raises(PromptSetError, match=r"ocr/test\.txt.*\n.*line 5"):
-        prepare(params=str(MICRO), overrides=overrides)
 
 
 def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_path: Path) -> None:

@@ -299,19 +299,6 @@ def test_ocr_and_caption_records(sets: dict) -> None:
             assert f"{obj['color']} {obj['shape']}" in record["prompt"]
 
 
-def test_write_prompt_sets(sets: dict, tmp_path: Path) -> None:
-    written = P.write_prompt_sets(sets, tmp_path)
-    expected = {
-        "geneval/train_metadata.jsonl", "geneval/test_metadata.jsonl",
-        "ocr/train.txt", "ocr/test.txt", "ocr/train_metadata.jsonl", "ocr/test_metadata.jsonl",
-        "pickscore/train.txt", "pickscore/test.txt", "pickscore/train_metadata.jsonl", "pickscore/test_metadata.jsonl",
-    }  # fmt: skip
-    assert set(written) == expected and all(p.exists() for p in written.values())
-    rows = [json.loads(line) for line in (tmp_path / "geneval/test_metadata.jsonl").read_text().splitlines()]
-    assert rows == sets["geneval"]["test"]
-    assert (tmp_path / "ocr/test.txt").read_text().splitlines() == [r["prompt"] for r in sets["ocr"]["test"]]
-
-
 def test_vocabulary_covers_prompts(sets: dict) -> None:
     vocab = set(P.vocabulary())
     assert all(w == w.lower() and w.isalpha() for w in vocab)

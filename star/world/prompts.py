@@ -23,8 +23,7 @@ import json
 import math
 import re
 import string
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -491,38 +490,6 @@ def generate_prompt_sets(seed: int, n_train: int, n_test: int) -> dict[str, dict
         sets["ocr"][split] = _distinct_set(np.random.default_rng([seed, 1, s]), split, n, _draw_ocr)
         sets["pickscore"][split] = _distinct_set(np.random.default_rng([seed, 2, s]), split, n, _draw_caption)
     return sets
-
-
-def _write_jsonl(path: Path, records: Iterable[Metadata]) -> Path:
-    """One JSON object per line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-def _write_lines(path: Path, lines: Iterable[str]) -> Path:
-    """One string per line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
-
-
-def write_prompt_sets(sets: dict[str, dict[str, list[Metadata]]], out_dir: Path) -> dict[str, Path]:
-    """Write the sets in the public formats; returns ``{"geneval/train_metadata.jsonl": path, ...}``.
-
-    geneval: ``{split}_metadata.jsonl``; ocr and pickscore: ``{split}.txt`` (one prompt a line)
-    plus ``{split}_metadata.jsonl`` with the full records.
-    """
-    out_dir = Path(out_dir)
-    written: dict[str, Path] = {}
-    for family, splits in sets.items():
-        for split, records in splits.items():
-            name = f"{family}/{split}_metadata.jsonl"
-            written[name] = _write_jsonl(out_dir / name, records)
-            if family != "geneval":
-                name = f"{family}/{split}.txt"
-                written[name] = _write_lines(out_dir / name, (r["prompt"] for r in records))
-    return written
 
 
 # ------------------------------------------------------------------------------ scenes
