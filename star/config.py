@@ -83,6 +83,10 @@ class ModelConfig(_Section):
     )
     revision: str | None = _knob(None, "hub revision of `pretrained` (None: the default branch)")
     dtype: Literal["float32", "bfloat16", "float16"] = _knob("float32", "weights dtype for inference")
+    resolution: int | None = _knob(
+        None, "image side in px for training and evaluation (None: the model's own; SD3.5-M 1024, Flow-GRPO trains at 512)",
+        ge=8,
+    )
     mini: MiniModelConfig = _knob(MiniModelConfig(), "sizes of the embedded miniature SD3")
 
 

@@ -83,7 +83,14 @@ def load_pipeline(
 def pipeline_for(model: ModelConfig, base_model_dir: Path) -> StableDiffusion3Pipeline:
     """The pipeline ``params.yaml`` asks for: the embedded base model or a real SD3."""
     source = base_model_dir if model.source == "embedded" else model.pretrained
-    return load_pipeline(source, dtype=model.dtype, revision=model.revision)
+    pipe = load_pipeline(source, dtype=model.dtype, revision=model.revision)
+    if model.resolution is not None:
+        multiple = pipe.vae_scale_factor * pipe.transformer.config.patch_size
+        if model.resolution % multiple:
+            raise ValueError(f"model.resolution = {model.resolution} is not a multiple of {multiple} "
+                             f"(VAE downsampling {pipe.vae_scale_factor} x patch {pipe.transformer.config.patch_size}) for {source}")
+        pipe.default_sample_size = model.resolution // pipe.vae_scale_factor  # what diffusers' own calls default to
+    return pipe
 
 
 def build_world_tokenizer(

@@ -52,9 +52,10 @@ def condition(
 
 
 def latent_shape(pipe: StableDiffusion3Pipeline, resolution: int | None = None) -> tuple[int, int, int]:
-    """(C, h, w) of the latent for square images of ``resolution`` px (default: the model's)."""
+    """(C, h, w) of the latent for square images of ``resolution`` px (default: the pipeline's
+    ``default_sample_size``, which ``model.resolution`` sets; diffusers' own default size)."""
     scale = pipe.vae_scale_factor
-    side = (resolution // scale) if resolution else pipe.transformer.config.sample_size
+    side = (resolution // scale) if resolution else pipe.default_sample_size
     return pipe.transformer.config.in_channels, side, side
 
 

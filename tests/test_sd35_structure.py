@@ -150,3 +150,17 @@ def test_star_training_step_and_evaluation_sampling(pipe, saved: Path, tmp_path:
     assert any(p.abs().sum() > 0 for p in lora_b), "the step moved the adapters"
     images = sample_ode(pipe, [RECORD["prompt"], SECOND["prompt"]], [0, 1], 2, 4.5, 2, progress=False)
     assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
+
+
+def test_model_resolution_sets_the_image_size(saved: Path) -> None:
+    """``model.resolution`` (Flow-GRPO trains SD3.5-M at 512 px, not its native 1024) sets
+    diffusers' ``default_sample_size``, which rollouts and evaluation sample at."""
+    cfg = config(saved)
+    cfg.model.resolution = 128
+    pipe = pipeline_for(cfg.model, Path("unused"))
+    assert pipe.default_sample_size == 16
+    images = sample_ode(pipe, [SECOND["prompt"]], [0], 1, 4.5, 1, progress=False)
+    assert images.shape == (1, 3, 128, 128)
+    cfg.model.resolution = 100
+    with pytest.raises(ValueError, match=r"model\.resolution = 100 is not a multiple of 16"):
+        pipeline_for(cfg.model, Path("unused"))
