@@ -1,4 +1,8 @@
-"""Stage ``base``: pretrain the embedded miniature SD3 and score it on the world GenEval test set."""
+"""Stage ``base``: pretrain the embedded miniature SD3 (``evaluate_base`` then scores it).
+
+With ``model.source: pretrained`` there is nothing to pretrain: the stage records which model
+the study uses, so the DAG runs unchanged.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import run_stage, stage_config
 from pipelines.tracking import log_metrics, stage_run
-from rewards.geneval import GenEvalReward, world_detector
 from star import checkpoint
 from star.config import Config, fingerprint
-from star.evaluation import TaskReport, balanced_subset, evaluate_geneval
 from star.pretrain import pretrain_base
-from star.prompt_sets import load_geneval_metadata
-from star.visualize import note_image, report_grid
 
-SECTIONS = ["model", "world", "base", "eval"]
+SECTIONS = ["model", "world", "base"]
 
 
 def _log_progress(phase: str, metrics: dict[str, float], step: int) -> None:
@@ -42,15 +41,13 @@ def save_model(pipe: Any, out_dir: Path) -> None:
     checkpoint.atomic_directory(out_dir, pipe.save_pretrained)
 
 
-@task(cache_policy=NO_CACHE)
-def evaluate(pipe: Any, records: list[dict[str, Any]], cfg: Config) -> TaskReport:
-    return evaluate_geneval(pipe, records, cfg.eval, GenEvalReward(world_detector(), partial_credit=False))
+def write_metrics(cfg: Config, metrics: dict[str, float]) -> None:
+    cfg.paths.metrics.mkdir(parents=True, exist_ok=True)
+    (cfg.paths.metrics / "base.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def record_pretrained_source(cfg: Config) -> dict[str, float]:
-    """With ``model.source: pretrained`` there is nothing to pretrain: the stage records which
-    model the study uses (``paths.base_model``/pretrained.json) and writes its outputs, so the
-    DAG runs unchanged and re-runs only when ``model`` changes."""
+    """``paths.base_model``/pretrained.json names the pretrained model the study uses."""
     source = {"source": "pretrained", "pretrained": cfg.model.pretrained, "revision": cfg.model.revision,
               "dtype": cfg.model.dtype}
 
@@ -60,10 +57,7 @@ def record_pretrained_source(cfg: Config) -> dict[str, float]:
 
     checkpoint.atomic_directory(cfg.paths.base_model, write)
     metrics = {"embedded_pretraining": 0.0, "train_seconds": 0.0}
-    cfg.paths.metrics.mkdir(parents=True, exist_ok=True)
-    (cfg.paths.metrics / "base.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    note_image(cfg.paths.metrics / "base_samples.png",
-               f"base stage skipped: model.source is 'pretrained'\nthe study uses {cfg.model.pretrained}")
+    write_metrics(cfg, metrics)
     return metrics
 
 
@@ -81,17 +75,10 @@ def base(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -
         pipe = pretrain(cfg, work_dir)
         train_seconds = time.perf_counter() - start
         save_model(pipe, cfg.paths.base_model)
-        records = load_geneval_metadata(cfg.paths.prompts / "geneval" / "test_metadata.jsonl")
-        records = balanced_subset(records, cfg.eval.geneval_per_tag)
-        report = evaluate(pipe, records, cfg)
-        metrics = dict(report.metrics)
-        metrics |= {"train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - start, 1)}
+        metrics = {"embedded_pretraining": 1.0, "train_seconds": round(train_seconds, 1),
+                   "wall_seconds": round(time.perf_counter() - start, 1)}
         log_metrics(metrics)
-        cfg.paths.metrics.mkdir(parents=True, exist_ok=True)
-        (cfg.paths.metrics / "base.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        grid = report_grid(report, cfg.eval.grid, cfg.paths.metrics / "base_samples.png",
-                           f"base model, world GenEval {metrics['geneval_overall']:.3f}")
-        mlflow.log_artifact(str(grid), "samples")
+        write_metrics(cfg, metrics)
     shutil.rmtree(work_dir, ignore_errors=True)  # the model is saved: checkpoints are spent
     logger.info("base: %s", metrics)
     return metrics

@@ -95,13 +95,3 @@ def report_grid(report: Any, side: int, path: Path, title: str) -> Path:
     marks = [report.marks[i] for i in shown] if report.marks is not None else None
     return sample_grid(report.images[shown], [report.prompts[i] for i in shown], path, columns=side, marks=marks, title=title)
 
-
-def note_image(path: Path, text: str) -> Path:
-    """A small picture holding only ``text``: where a stage has no samples to show (a stage
-    skipped by the config), its declared image says why."""
-    fig = plt.figure(figsize=(6, 1.6))
-    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=11)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -80,6 +80,6 @@ def test_pretrained_model_skips_the_embedded_pretraining(project: Path) -> None:
     assert "Running stage 'prepare'" not in out
     assert json.loads((project / "models/base/pretrained.json").read_text())["pretrained"] == str(saved)
     assert not (project / "models/base/transformer").exists()
-    assert json.loads((project / "metrics/base.json").read_text()) == {"embedded_pretraining": 0.0, "train_seconds": 0.0}
+    assert json.loads((project / "metrics/base.json").read_text())["embedded_pretraining"] == 0.0
     assert 0 <= json.loads((project / "metrics/eval/base.json").read_text())["geneval_overall"] <= 1
     assert "up to date" in _run(["dvc", "status", "base"], project).lower()

@@ -31,8 +31,8 @@ def test_prepare_writes_world_prompt_sets(micro_run) -> None:
     prompts = root / "data" / "prompts"
     test_set = load_geneval_metadata(prompts / "geneval" / "test_metadata.jsonl")
     train_set = load_geneval_metadata(prompts / "geneval" / "train_metadata.jsonl")
-    assert len(test_set) == counts["world_geneval_test"] == 6
-    assert len(train_set) == counts["world_geneval_train"] == 12
+    assert len(test_set) == counts["geneval_test"] == 6
+    assert len(train_set) == counts["geneval_train"] == 12
     assert {r["prompt"] for r in test_set}.isdisjoint(r["prompt"] for r in train_set)
     for family in ("ocr", "pickscore"):
         assert (prompts / family / "test.txt").read_text().strip()
@@ -47,9 +47,7 @@ def test_base_saves_a_loadable_model_and_metrics(micro_run) -> None:
     assert pipe.vae.config.scaling_factor != 1.0
     written = json.loads((root / "metrics" / "base.json").read_text())
     assert written == metrics
-    assert 0.0 <= written["geneval_overall"] <= 1.0
-    assert written["train_seconds"] > 0
-    assert (root / "metrics" / "base_samples.png").stat().st_size > 1000
+    assert written["embedded_pretraining"] == 1.0 and 0 < written["train_seconds"] <= written["wall_seconds"]
     assert not any((root / "outputs" / "base").iterdir()), "spent checkpoints are removed"
 
 
@@ -61,9 +59,7 @@ def test_mlflow_holds_both_stage_runs(micro_run) -> None:
     assert set(by_stage) == {"prepare", "base"}
     base_run = by_stage["base"]
     assert base_run.data.params["base.steps"] == "6"
-    assert base_run.data.metrics["geneval_overall"] == pytest.approx(metrics["geneval_overall"])
-    artifacts = mlflow.artifacts.list_artifacts(run_id=base_run.info.run_id, artifact_path="samples")
-    assert [Path(a.path).name for a in artifacts] == ["base_samples.png"]
+    assert base_run.data.metrics["train_seconds"] == pytest.approx(metrics["train_seconds"])
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(base_run.info.run_id, "transformer/fm_loss")) >= 1
 
