@@ -4,8 +4,10 @@ prompts of every task in ``study.eval_tasks``.
     python -m pipelines.evaluate --checkpoint base
     python -m pipelines.evaluate --checkpoint star-s0
 
-Writes ``metrics/eval/<checkpoint>.json`` (read by `dvc metrics show/diff`) and a sample grid
-per task under ``<paths.eval_samples>/<checkpoint>/``, and logs both to MLflow.
+Writes ``metrics/eval/<checkpoint>.json`` (read by `dvc metrics show/diff`), the score of every
+(task, prompt, noise) image in ``metrics/eval/<checkpoint>.scores.csv`` (the report's paired
+comparisons) and a sample grid per task under ``<paths.eval_samples>/<checkpoint>/``, and logs
+them to MLflow.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -62,13 +65,18 @@ def load_checkpoint(cfg: Config, checkpoint: str) -> Any:
 
 
 @task(retries=1, cache_policy=NO_CACHE)
-def evaluate_task(pipe: Any, cfg: Config, task_name: str, checkpoint: str, out_dir: Path) -> dict[str, float]:
+def evaluate_task(pipe: Any, cfg: Config, task_name: str, checkpoint: str, out_dir: Path) -> TaskReport:
     report = score_task(pipe, cfg, task_name)
     headline = next(iter(report.metrics))
     grid = report_grid(report, cfg.eval.grid, out_dir / f"{task_name}.png",
                        f"{checkpoint}: {headline} {report.metrics[headline]:.3f}")
     mlflow.log_artifact(str(grid), "samples")
-    return report.metrics
+    return report
+
+
+def scores_path(metrics_dir: Path, checkpoint: str) -> Path:
+    """Per-(task, prompt, noise) scores of a checkpoint, beside its summary metrics."""
+    return metrics_dir / "eval" / f"{checkpoint}.scores.csv"
 
 
 @flow(name="evaluate")
@@ -83,12 +91,17 @@ def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, 
     with stage_run(cfg, "evaluate", ["eval", "study"], tags=tags):
         pipe = load_checkpoint(cfg, checkpoint)
         metrics: dict[str, float] = {}
+        rows = []
         for task_name in cfg.study.eval_tasks:
-            metrics |= evaluate_task(pipe, cfg, task_name, checkpoint, out_dir)
+            report = evaluate_task(pipe, cfg, task_name, checkpoint, out_dir)
+            metrics |= report.metrics
+            rows += [{"task": task_name, **row} for row in report.rows]
         log_metrics(metrics)
-    path = cfg.paths.metrics / "eval" / f"{checkpoint}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        path = cfg.paths.metrics / "eval" / f"{checkpoint}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        pd.DataFrame(rows).to_csv(scores_path(cfg.paths.metrics, checkpoint), index=False)
+        mlflow.log_artifact(str(scores_path(cfg.paths.metrics, checkpoint)), "scores")
     get_run_logger().info("evaluate %s: %s", checkpoint, metrics)
     return metrics
 

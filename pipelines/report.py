@@ -6,6 +6,8 @@ curves and allocation-map figures, written to ``reports/`` and logged to MLflow.
 
 from __future__ import annotations
 
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,20 @@ from pipelines.cli import run_stage, stage_config
 from pipelines.evaluate import test_records
 from pipelines.tracking import stage_run
 from rewards.registry import build_reward
-from star.config import Config
+from star.config import Config, fingerprint
 from star.maps import model_allocation_maps
 from star.models import pipeline_for
-from star.report import collect_rows, html_page, markdown_table, plot_curves
+from star.report import (
+    collect_rows,
+    compare,
+    comparison_table,
+    expected_checkpoints,
+    html_page,
+    load_scores,
+    markdown_table,
+    plot_curves,
+    plot_differences,
+)
 from star.variants import load_variant
 from star.visualize import allocation_overlay
 
@@ -52,25 +64,57 @@ def map_figure(cfg: Config, variant: str, out: Path) -> Path | None:
                               scores, MAP_VMAX, title)
 
 
+def stamp(cfg: Config) -> str:
+    """What produced the page: the params hash, the git commit (with a mark if the tree had
+    uncommitted changes) and the date."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    sections = list(Config.model_fields)
+    return (f"params hash {fingerprint(cfg, sections)} · commit {commit}{dirty} · "
+            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
+
+
 @flow(name="report")
 def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> Path:
     cfg = stage_config(params, overrides)
     out = cfg.paths.reports
     out.mkdir(parents=True, exist_ok=True)
     order = list(cfg.study.variants)
-    rows = collect_rows(cfg.paths.metrics / "eval", cfg.paths.metrics / "train", order)
-    table = markdown_table(rows)
-    curves = plot_curves(cfg.paths.metrics / "train", order, out / "reward_curves.png")
+    checkpoints = expected_checkpoints(order, cfg.study.seeds)
+    eval_dir, train_dir = cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
+    comparison = compare(load_scores(eval_dir, checkpoints), cfg.study.eval_tasks, order, cfg.eval.bootstrap)
+    held_out = comparison_table(comparison)
+    details = markdown_table(collect_rows(eval_dir, train_dir, checkpoints))
+    figures = [(f"Held-out difference against {ref} (paired by prompt and noise)",
+                plot_differences(comparison, ref, out / f"difference_vs_{ref}.png"))
+               for ref in ("none", "base") if ref == "base" or "none" in order]
+    figures.append(("Training reward", plot_curves(train_dir, checkpoints, order, out / "reward_curves.png")))
     capturing = [v for v in order if cfg.for_variant(v).train.allocation in ("star", "spatial", "shuffled", "oracle")]
-    maps = [p for p in (map_figure(cfg, v, out) for v in capturing) if p is not None]
+    figures += [(f"Allocation maps of {v} across denoising steps", p)
+                for v, p in ((v, map_figure(cfg, v, out)) for v in capturing) if p is not None]
     title = f"STAR study: training task {cfg.rewards.task}, {len(cfg.study.seeds)} seed(s)"
-    (out / "table.md").write_text(f"# {title}\n\n{table}")
-    notes = "GenEval: strict accuracy (mean of six tasks); OCR NED: mean normalised edit distance (lower is better)."
-    (out / "report.html").write_text(html_page(title, table, [curves, *maps], notes))
+    page_stamp = stamp(cfg)
+    ci_note = (f"Mean over the test prompts × {cfg.eval.noises} noises [95 % bootstrap interval, {cfg.eval.bootstrap} "
+               "resamples of prompts within each GenEval task and of seeds]; Δ: paired difference; ✓: the interval "
+               "excludes 0 (resolved).")
+    (out / "table.md").write_text(f"# {title}\n\n{page_stamp}\n\n## Held-out scores\n\n{held_out}\n{ci_note}\n\n"
+                                  f"## Per GenEval task and training\n\n{details}")
+    notes = ("GenEval: strict accuracy (mean of six tasks); OCR NED: mean normalised edit distance (lower is better); "
+             "train reward: mean of the first and last 10 % of iterations; map loc.: allocation weight on the "
+             "detected core objects over their area share (1 = none).")
+    (out / "report.html").write_text(html_page(title, page_stamp, [("Held-out scores", held_out, ci_note),
+                                                                   ("Per GenEval task and training", details, notes)],
+                                               figures))
     with stage_run(cfg, "report", ["study"], tags={"variant": "all"}):
-        for path in [out / "table.md", out / "report.html", curves, *maps]:
+        for path in [out / "table.md", out / "report.html", *(p for _, p in figures)]:
             mlflow.log_artifact(str(path), "report")
-    get_run_logger().info("report written to %s\n%s", out, table)
+    get_run_logger().info("report written to %s\n%s", out, held_out)
     return out
 
 

@@ -348,6 +348,8 @@ class EvalConfig(_Section):
     guidance_scale: float = _knob(4.5, "classifier-free guidance scale (1 = off)", ge=1)
     batch_size: int = _knob(32, "images sampled per forward batch", ge=1)
     seed: int = _knob(2024, "seed of evaluation noise (fixed across checkpoints)")
+    noises: int = _knob(4, "initial noises per test prompt, the same for every checkpoint (paired comparisons)", ge=1)
+    bootstrap: int = _knob(2000, "bootstrap resamples of the confidence intervals (star/stats.py)", ge=100)
     geneval_per_tag: int = _knob(16, "GenEval test prompts per task (balanced subset, file order)", ge=1)
     ocr_prompts: int = _knob(16, "OCR test prompts (file order)", ge=1)
     pickscore_prompts: int = _knob(16, "preference-task test prompts (file order)", ge=1)

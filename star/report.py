@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
+
+from star.evaluation import HEADLINE
+from star.stats import Estimate, ScoreMatrix, bootstrap
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -32,6 +36,8 @@ COLUMNS: dict[str, str] = {
     "localisation": "map loc.",
 }
 """Metric key -> column header, in table order (missing metrics are left blank)."""
+TASK_NAMES: dict[str, str] = {"geneval": "GenEval", "ocr": "OCR acc.", "pickscore": "PickScore"}
+"""Each task's headline (star.evaluation.HEADLINE's prompt means) as a column title."""
 
 
 @dataclass
@@ -57,11 +63,24 @@ def split_checkpoint(name: str) -> tuple[str, int | None]:
     return (variant, int(seed)) if sep and seed.isdigit() else (name, None)
 
 
-def collect_rows(eval_dir: Path, train_dir: Path, order: list[str]) -> list[Row]:
-    """Rows from metrics/eval/<checkpoint>.json and metrics/train/<checkpoint>.json, base first,
-    then variants in ``order``."""
+def expected_checkpoints(variants: list[str], seeds: list[int]) -> list[str]:
+    """The checkpoints a study evaluates: the base, then every variant × seed (the report's
+    DVC dependencies; nothing else in ``metrics/`` is read)."""
+    return ["base", *(f"{variant}-s{seed}" for variant in variants for seed in seeds)]
+
+
+def _existing(paths: list[Path]) -> list[Path]:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the report needs files the study's stages write; missing: {', '.join(missing)}")
+    return paths
+
+
+def collect_rows(eval_dir: Path, train_dir: Path, checkpoints: list[str]) -> list[Row]:
+    """Rows from metrics/eval/<checkpoint>.json and metrics/train/<checkpoint>.json of the given
+    checkpoints, in their order (one row per variant, values over seeds)."""
     rows: dict[str, Row] = {}
-    for path in sorted(eval_dir.glob("*.json")):
+    for path in _existing([eval_dir / f"{c}.json" for c in checkpoints]):
         variant, _ = split_checkpoint(path.stem)
         row = rows.setdefault(variant, Row(variant, {}))
         metrics = json.loads(path.read_text())
@@ -70,8 +89,86 @@ def collect_rows(eval_dir: Path, train_dir: Path, order: list[str]) -> list[Row]
             metrics |= json.loads(train.read_text())
         for key, value in metrics.items():
             row.values.setdefault(key, []).append(float(value))
-    rank = {name: i for i, name in enumerate(["base", *order])}
-    return sorted(rows.values(), key=lambda r: (rank.get(r.variant, len(rank)), r.variant))
+    return list(rows.values())
+
+
+def load_scores(eval_dir: Path, checkpoints: list[str]) -> pd.DataFrame:
+    """Every (checkpoint, task, prompt, noise) score, with ``variant`` and ``seed`` columns
+    (the base is seed 0)."""
+    frames = []
+    for checkpoint, path in zip(checkpoints, _existing([eval_dir / f"{c}.scores.csv" for c in checkpoints])):
+        variant, seed = split_checkpoint(checkpoint)
+        frame = pd.read_csv(path)
+        frames.append(frame.assign(tag=frame["tag"].fillna("").astype(str), variant=variant, seed=seed or 0))
+    return pd.concat(frames, ignore_index=True)
+
+
+def compare(scores: pd.DataFrame, tasks: list[str], variants: list[str], resamples: int) -> pd.DataFrame:
+    """Per task and row (base, then variants): the headline with its 95 % interval, and the
+    paired differences against ``none`` and against the base (star/stats.py)."""
+    records = []
+    for task in tasks:
+        column = HEADLINE[task]
+        by_variant = {v: ScoreMatrix.from_rows(frame, column)
+                      for v, frame in scores[scores.task == task].groupby("variant", sort=False)}
+        for variant in ["base", *variants]:
+            if variant not in by_variant:
+                continue
+            matrix = by_variant[variant]
+            record = {"task": task, "variant": variant, "seeds": len(matrix.values),
+                      "value": bootstrap(matrix, resamples=resamples)}
+            for reference in ("none", "base"):
+                if reference in by_variant and reference != variant:
+                    record[f"vs {reference}"] = bootstrap(matrix, by_variant[reference], resamples=resamples)
+            records.append(record)
+    return pd.DataFrame(records)
+
+
+def _cell(value: object) -> str:
+    if not isinstance(value, Estimate):
+        return ""
+    return value.text() + (" ✓" if value.resolved else "")
+
+
+def comparison_table(comparison: pd.DataFrame) -> str:
+    """Markdown: one row per variant; per task its headline [95 % CI] and the differences
+    against none and the base, ✓ where the interval excludes 0."""
+    tasks = list(dict.fromkeys(comparison.task))
+    header = ["variant", "seeds"] + [f"{TASK_NAMES[t]}{part}" for t in tasks for part in ("", " Δ vs none", " Δ vs base")]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (3 * len(tasks))]
+    for variant, rows in comparison.groupby("variant", sort=False):
+        by_task = {row["task"]: row for row in rows.to_dict("records")}
+        cells = [str(variant), str(rows.seeds.iloc[0])]
+        for task in tasks:
+            row = by_task.get(task, {})
+            cells += [_cell(row.get("value")), _cell(row.get("vs none")), _cell(row.get("vs base"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_differences(comparison: pd.DataFrame, reference: str, path: Path) -> Path:
+    """One panel per task: each row's paired difference against ``reference`` with its 95 %
+    interval; filled markers where the interval excludes 0."""
+    tasks = list(dict.fromkeys(comparison.task))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = [r for r in comparison[comparison.task == task].to_dict("records") if isinstance(r.get(f"vs {reference}"), Estimate)]
+        for y, row in enumerate(rows):
+            est: Estimate = row[f"vs {reference}"]
+            ax.errorbar(est.mean, y, xerr=[[est.mean - est.low], [est.high - est.mean]], fmt="o", color=f"C{y}",
+                        markerfacecolor=f"C{y}" if est.resolved else "white", capsize=4)
+        ax.axvline(0, color="grey", linewidth=1)
+        ax.set_yticks(range(len(rows)), [r["variant"] for r in rows])
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.invert_yaxis()
+        ax.set_title(f"{TASK_NAMES[task]}: difference vs {reference}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("paired difference, 95 % bootstrap interval over prompts (and seeds); filled: excludes 0", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -101,21 +198,26 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_curves(train_dir: Path, order: list[str], path: Path, window: int = 5) -> Path:
-    """Training reward per iteration: one line per variant (mean over seeds), raw seeds faint."""
+def plot_curves(train_dir: Path, checkpoints: list[str], order: list[str], path: Path, window: int = 5) -> Path:
+    """Training reward per iteration of the given checkpoints: per variant the mean over seeds
+    (moving average) with a band of ± one standard deviation over seeds."""
     by_variant: dict[str, list[tuple[list[int], list[float]]]] = {}
-    for csv_path in sorted(train_dir.glob("*.csv")):
-        variant, _ = split_checkpoint(csv_path.stem)
-        by_variant.setdefault(variant, []).append(read_curve(csv_path))
+    for name in checkpoints:
+        if name != "base":
+            by_variant.setdefault(split_checkpoint(name)[0], []).append(read_curve(_existing([train_dir / f"{name}.csv"])[0]))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for index, variant in enumerate(sorted(by_variant, key=lambda v: order.index(v) if v in order else len(order))):
         colour = f"C{index}"
         curves = by_variant[variant]
         length = min(len(c[1]) for c in curves)
-        mean = [statistics.fmean(c[1][i] for c in curves) for i in range(length)]
-        for steps, values in curves:
-            ax.plot(steps, values, color=colour, alpha=0.15, linewidth=0.8)
-        ax.plot(curves[0][0][:length], smooth(mean, window), color=colour, label=f"{variant} (n={len(curves)})")
+        runs = [smooth(c[1][:length], window) for c in curves]
+        steps = curves[0][0][:length]
+        mean = [statistics.fmean(r[i] for r in runs) for i in range(length)]
+        ax.plot(steps, mean, color=colour, label=f"{variant} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        if len(runs) > 1:
+            spread = [statistics.stdev(r[i] for r in runs) for i in range(length)]
+            ax.fill_between(steps, [m - d for m, d in zip(mean, spread)], [m + d for m, d in zip(mean, spread)],
+                            color=colour, alpha=0.15, linewidth=0)
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"training reward (moving average of {window})")
     ax.grid(alpha=0.3)
@@ -132,16 +234,23 @@ def _embed(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}" style="max-width:100%">'
 
 
-def html_page(title: str, table_markdown: str, figures: list[Path], notes: str = "") -> str:
-    """A self-contained page: the table as HTML and every figure inlined as base64 PNG."""
-    lines = [line for line in table_markdown.splitlines() if line.startswith("|")]
+def _html_table(markdown: str) -> str:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body) + "</table>"
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}")
-    figures_html = "".join(f"<h2>{html.escape(p.stem)}</h2>{_embed(p)}" for p in figures if p.is_file())
+    return table + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body) + "</table>"
+
+
+def html_page(title: str, stamp: str, tables: list[tuple[str, str, str]], figures: list[tuple[str, Path]]) -> str:
+    """A self-contained page: ``tables`` as (heading, markdown table, note) and ``figures`` as
+    (caption, PNG) inlined as base64, under a stamp saying what produced it."""
+    style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
+             ".stamp{color:#555;font-size:90%}")
+    parts = [f"<h1>{html.escape(title)}</h1><p class='stamp'>{html.escape(stamp)}</p>"]
+    for heading, markdown, note in tables:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{_html_table(markdown)}<p>{html.escape(note)}</p>")
+    parts += [f"<h2>{html.escape(caption)}</h2>{_embed(path)}" for caption, path in figures if path.is_file()]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{table}<p>{html.escape(notes)}</p>"
-            f"{figures_html}</body></html>")
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

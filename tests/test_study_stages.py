@@ -4,8 +4,10 @@ test server, after prepare and base (tests/test_stages.py's fixture)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlflow
+import pandas as pd
 import pytest
 
 from tests.conftest import MICRO, micro_overrides
@@ -24,6 +26,8 @@ def study(micro_run):  # noqa: F811
     reward_models(params=str(MICRO), overrides=overrides)
     trained = {v: train(variant=v, params=str(MICRO), overrides=overrides) for v in ("none", "star")}
     evaluated = {c: evaluate(checkpoint=c, params=str(MICRO), overrides=overrides) for c in ("base", "none-s0", "star-s0")}
+    for suffix in (".json", ".scores.csv"):  # a stale file of a variant no longer in the study
+        shutil.copy(root / "metrics" / "eval" / f"star-s0{suffix}", root / "metrics" / "eval" / f"ghost-s0{suffix}")
     out = report(params=str(MICRO), overrides=overrides)
     return root, trained, evaluated, out
 
@@ -51,14 +55,32 @@ def test_evaluate_scores_every_task(study) -> None:
             assert (root / "eval" / checkpoint / f"{task}.png").stat().st_size > 1000
 
 
-def test_report_has_table_curves_and_maps(study) -> None:
+def test_evaluate_writes_one_score_per_prompt_and_noise(study) -> None:
+    root = study[0]
+    scores = pd.read_csv(root / "metrics" / "eval" / "star-s0.scores.csv")
+    # eval.noises 4 x (6 GenEval prompts, one per tag; 2 OCR; 2 PickScore)
+    assert scores.groupby("task").size().to_dict() == {"geneval": 24, "ocr": 8, "pickscore": 8}
+    assert sorted(scores.noise.unique()) == [0, 1, 2, 3]
+    geneval = scores[scores.task == "geneval"]
+    summary = json.loads((root / "metrics" / "eval" / "star-s0.json").read_text())
+    assert summary["geneval_overall"] == pytest.approx(geneval.groupby("tag").correct.mean().mean())
+
+
+def test_report_has_intervals_differences_curves_and_maps(study) -> None:
     root, _, _, out = study
     table = (out / "table.md").read_text()
     for variant in ("base", "none", "star"):
         assert f"| {variant} |" in table
+    assert "ghost" not in table, "only the study's declared checkpoints enter the report"
+    held_out = table.split("## Held-out scores")[1].split("##")[0]
+    star_row = next(line for line in held_out.splitlines() if line.startswith("| star |"))
+    assert star_row.count("[") == 3 * 3  # per task: value, vs none, vs base, each with an interval
+    assert "params hash" in table and "commit" in table
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2  # curves + STAR maps (no spatial variant here)
-    assert (out / "reward_curves.png").is_file() and (out / "maps_star.png").is_file()
+    # differences vs none and vs base, reward curves, STAR maps (no spatial variant here)
+    assert page.count("data:image/png;base64,") == 4
+    for name in ("difference_vs_none.png", "difference_vs_base.png", "reward_curves.png", "maps_star.png"):
+        assert (out / name).is_file(), name
 
 
 def test_mlflow_runs_are_tagged_for_comparison(study) -> None:
