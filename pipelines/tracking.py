@@ -34,13 +34,25 @@ def experiment_id(cfg: Config) -> str:
     return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
 
 
+def run_name(stage: str, tags: dict[str, str]) -> str:
+    """What the run is, for the runs table and chart legends: ``train-star-s0``,
+    ``evaluate-star-s0``, ``evaluate-base``, ``base``, ``report``."""
+    if "checkpoint" in tags:
+        return f"{stage}-{tags['checkpoint']}"
+    if stage == "train" and "variant" in tags and "seed" in tags:
+        return f"{stage}-{tags['variant']}-s{tags['seed']}"
+    return stage
+
+
 @contextmanager
 def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str] | None = None) -> Iterator[Any]:
     """An MLflow run for ``stage`` logging the config ``sections`` it depends on as params."""
     dump = cfg.model_dump(mode="json")
     params = _flatten({name: dump[name] for name in sections})
     params["seed"] = cfg.seed
-    with mlflow.start_run(experiment_id=experiment_id(cfg), run_name=stage, tags={"stage": stage, **(tags or {})}) as run:
+    tags = tags or {}
+    with mlflow.start_run(experiment_id=experiment_id(cfg), run_name=run_name(stage, tags),
+                          tags={"stage": stage, **tags}) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         yield run
 

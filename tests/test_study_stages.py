@@ -90,6 +90,8 @@ def test_mlflow_runs_are_tagged_for_comparison(study) -> None:
     stages = [(r.data.tags["stage"], r.data.tags.get("variant")) for r in runs]
     for expected in [("train", "none"), ("train", "star"), ("evaluate", "base"), ("evaluate", "star"), ("report", "all")]:
         assert expected in stages
+    names = {r.info.run_name for r in runs}
+    assert {"train-none-s0", "train-star-s0", "evaluate-base", "evaluate-star-s0", "report"} <= names
     train_run = next(r for r in runs if r.data.tags["stage"] == "train" and r.data.tags["variant"] == "star")
     assert train_run.data.tags["seed"] == "0" and train_run.data.tags["task"] == "geneval"
     assert "reward_mean" in train_run.data.metrics and "final/reward_end" in train_run.data.metrics
