@@ -74,7 +74,9 @@ def stamp(cfg: Config) -> str:
             return ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    # the stages' own outputs change during `dvc repro`; only edited sources make the tree dirty
+    outputs = [":!dvc.lock", ":!metrics", ":!reports"]
+    dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs) else ""
     sections = list(Config.model_fields)
     return (f"params hash {fingerprint(cfg, sections)} · commit {commit}{dirty} · "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")

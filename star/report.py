@@ -124,10 +124,11 @@ def compare(scores: pd.DataFrame, tasks: list[str], variants: list[str], resampl
     return pd.DataFrame(records)
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, difference: bool = True) -> str:
+    """An estimate with its interval; a difference whose interval excludes 0 gets a ✓."""
     if not isinstance(value, Estimate):
         return ""
-    return value.text() + (" ✓" if value.resolved else "")
+    return value.text() + (" ✓" if difference and value.resolved else "")
 
 
 def comparison_table(comparison: pd.DataFrame) -> str:
@@ -141,7 +142,7 @@ def comparison_table(comparison: pd.DataFrame) -> str:
         cells = [str(variant), str(rows.seeds.iloc[0])]
         for task in tasks:
             row = by_task.get(task, {})
-            cells += [_cell(row.get("value")), _cell(row.get("vs none")), _cell(row.get("vs base"))]
+            cells += [_cell(row.get("value"), difference=False), _cell(row.get("vs none")), _cell(row.get("vs base"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

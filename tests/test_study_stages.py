@@ -75,6 +75,8 @@ def test_report_has_intervals_differences_curves_and_maps(study) -> None:
     held_out = table.split("## Held-out scores")[1].split("##")[0]
     star_row = next(line for line in held_out.splitlines() if line.startswith("| star |"))
     assert star_row.count("[") == 3 * 3  # per task: value, vs none, vs base, each with an interval
+    base_row = next(line for line in held_out.splitlines() if line.startswith("| base |"))
+    assert base_row.split("|")[3].strip().endswith("]"), "a value is not marked as a resolved difference"
     assert "params hash" in table and "commit" in table
     page = (out / "report.html").read_text()
     # differences vs none and vs base, reward curves, STAR maps (no spatial variant here)
