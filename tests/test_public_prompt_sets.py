@@ -175,7 +175,7 @@ def test_micro_model_trains_and_evaluates_on_public_prompts(public_study, bench:
     train_prompts = {r["prompt"] for r in load_task_prompts(prompts, "geneval", "train")}
     assert train_prompts.isdisjoint(r["prompt"] for r in load_task_prompts(prompts, "geneval", "test"))
     assert trained["iterations"] == 1 and 0 <= trained["reward_start"] <= 1
-    assert evaluated["geneval_n_images"] == 6  # eval.geneval_per_tag 1: the first public prompt of each tag
+    assert evaluated["geneval_n_images"] == 6 * 4  # the first public prompt of each tag x eval.noises
     assert 0 <= evaluated["geneval_overall"] <= 1 and 0 <= evaluated["ocr_accuracy"] <= 1
     assert evaluated["pickscore_mean"] == evaluated["pickscore_mean"]  # not NaN
     for task in ("geneval", "ocr", "pickscore"):
