@@ -100,8 +100,9 @@ def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, 
         path = cfg.paths.metrics / "eval" / f"{checkpoint}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        pd.DataFrame(rows).to_csv(scores_path(cfg.paths.metrics, checkpoint), index=False)
-        mlflow.log_artifact(str(scores_path(cfg.paths.metrics, checkpoint)), "scores")
+        scores = scores_path(cfg.paths.metrics, checkpoint)
+        pd.DataFrame(rows).to_csv(scores, index=False)
+        mlflow.log_artifact(str(scores), "scores")
     get_run_logger().info("evaluate %s: %s", checkpoint, metrics)
     return metrics
 

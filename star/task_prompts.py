@@ -55,9 +55,11 @@ def _load_file(task: str, path: Path, classes: set[str] | None) -> list[Record]:
 
 
 def _task_records(
-    task: str, sets: TaskPromptSets, world: dict[str, list[Record]], classes: set[str] | None, names: list[str] | None
+    task: str, sets: TaskPromptSets, world: dict[str, list[Record]], names: list[str] | None
 ) -> tuple[dict[str, list[Record]], dict[str, int]]:
-    """``{"train", "test"}`` records of one task, and extra counts (template tags)."""
+    """``{"train", "test"}`` records of one task, and extra counts (template tags). ``names``:
+    GenEval's class names, when given (templates draw from them, files are checked against them)."""
+    classes = set(names) if names else None
     records = {split: world[split] if value == WORLD_SET else _load_file(task, Path(value), classes)
                for split, value in (("test", sets.test), ("train", sets.train)) if value != GENEVAL_TEMPLATES}
     extra: dict[str, int] = {}
@@ -102,10 +104,9 @@ def materialise_prompt_sets(
     """
     check_prompt_files(sets)
     names = load_object_names(sets.geneval.object_names) if sets.geneval.object_names else None
-    classes = set(names) if names else None
     counts: dict[str, int] = {}
     for task in TASKS:
-        records, extra = _task_records(task, getattr(sets, task), world[task], classes, names)
+        records, extra = _task_records(task, getattr(sets, task), world[task], names)
         write_task_sets(task, records, out_dir)
         test_prompts = {r["prompt"] for r in records["test"]}
         counts |= {f"{task}_{split}": len(records[split]) for split in SPLITS} | extra

@@ -91,8 +91,7 @@ def allocation_overlay(
 def report_grid(report: Any, side: int, path: Path, title: str) -> Path:
     """A ``side`` x ``side`` grid of evenly spaced prompts of an evaluation ``TaskReport``, each
     with its first noise (so every checkpoint's grid shows the same prompts and noises)."""
-    count = len(report.prompts) // getattr(report, "noises", 1)
+    count = len(report.prompts) // report.noises
     shown = torch.linspace(0, count - 1, min(count, side * side)).long().tolist()
     marks = [report.marks[i] for i in shown] if report.marks is not None else None
     return sample_grid(report.images[shown], [report.prompts[i] for i in shown], path, columns=side, marks=marks, title=title)
-
