@@ -97,3 +97,19 @@ def test_diagnose_maps_prints_localisation_per_setting(micro_run, capsys) -> Non
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "step" not in line]
     assert len(rows) >= 6 and any("T5 segment only" in row[0] for row in rows)
+
+
+def test_diagnose_sampler_prints_one_row_per_setting(micro_run, capsys) -> None:
+    from scripts.diagnose_sampler import main
+
+    root, _, _ = micro_run
+    paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
+    main(["--params", str(MICRO), "--settings", "4.5:2", "7:3", "--per-tag", "1", "--seeds", "1", "2",
+          *[arg for path in paths for arg in ("-S", path)]])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert [(float(r[0]), int(r[1])) for r in rows] == [(4.5, 2), (7.0, 3)]
+    for row in rows:
+        seeds = [float(v) for v in row[2:4]]
+        assert all(0 <= v <= 1 for v in seeds) and float(row[4]) == pytest.approx(sum(seeds) / 2, abs=1e-3)
+    with pytest.raises(SystemExit):
+        main(["--params", str(MICRO), "--settings", "seven"])

@@ -1,0 +1,69 @@
+"""The evaluation sampler's share of a checkpoint's GenEval score, measured on *training* prompts
+(the test set stays untouched): strict GenEval per (CFG scale, ODE steps) setting, each at
+several noise seeds (docs/method.md §0).
+
+    python scripts/diagnose_sampler.py [--settings 4.5:20 7:20 10:20 4.5:40 7:40] [--per-tag 16]
+                                       [--seeds 11 12] [-S key=value]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.cli import parse_overrides, use_threads  # noqa: E402
+from pipelines.evaluate import strict_rewards  # noqa: E402
+from rewards.registry import build_reward  # noqa: E402
+from star.config import load_config  # noqa: E402
+from star.evaluation import balanced_subset, evaluate_geneval  # noqa: E402
+from star.models import pipeline_for  # noqa: E402
+from star.prompt_source import load_task_prompts  # noqa: E402
+
+
+def setting(text: str) -> tuple[float, int]:
+    """'7:40' -> (7.0, 40)."""
+    scale, _, steps = text.partition(":")
+    try:
+        return float(scale), int(steps)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CFG:STEPS such as 4.5:20, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--settings", type=setting, nargs="+", default=[setting(s) for s in
+                                                                        ("4.5:20", "7:20", "10:20", "4.5:40", "7:40")])
+    parser.add_argument("--per-tag", type=int, default=16, help="GenEval training prompts per tag")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12], help="noise seeds (x 1000)")
+    parser.add_argument("--checkpoint", default="base", help="'base' or a trained variant directory name")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params, parse_overrides(args.set))
+    use_threads(cfg)
+    pipe = pipeline_for(cfg.model, cfg.paths.base_model)
+    if args.checkpoint != "base":
+        from star.variants import load_variant
+
+        load_variant(pipe, cfg.paths.checkpoints / args.checkpoint)
+    rewards = strict_rewards(cfg).rewards.model_copy(update={"task": "geneval", "weights": None})
+    reward = build_reward(rewards, cfg.paths.reward_models)
+    records = balanced_subset(load_task_prompts(cfg.paths.prompts, "geneval", "train"), args.per_tag)
+    print(f"{args.checkpoint}: strict GenEval on {len(records)} training prompts, one noise per prompt and seed\n")
+    print("| CFG | steps | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
+    print("|---:|---:|" + "---:|" * (len(args.seeds) + 1))
+    for scale, steps in args.settings:
+        scores = []
+        for seed in args.seeds:
+            sampler = cfg.eval.model_copy(update={"guidance_scale": scale, "steps": steps, "seed": seed * 1000, "noises": 1})
+            scores.append(evaluate_geneval(pipe, records, sampler, reward, progress=False).metrics["geneval_overall"])
+        print(f"| {scale:g} | {steps} | " + " | ".join(f"{v:.3f}" for v in scores) + f" | {statistics.fmean(scores):.3f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
