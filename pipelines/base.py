@@ -16,7 +16,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines.cli import run_stage, stage_config
+from pipelines.cli import stage_config, stage_main
+from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from star import checkpoint
 from star.config import Config, fingerprint
@@ -31,7 +32,7 @@ def _log_progress(phase: str, metrics: dict[str, float], step: int) -> None:
 
 # A retry resumes from the last checkpoint in the work directory, so it loses at most
 # `base.checkpoint_every` steps.
-@task(retries=1, cache_policy=NO_CACHE)
+@task(retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def pretrain(cfg: Config, work_dir: Path) -> Any:
     return pretrain_base(cfg, work_dir, on_metrics=_log_progress)
 
@@ -80,9 +81,10 @@ def base(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -
         log_metrics(metrics)
         write_metrics(cfg, metrics)
     shutil.rmtree(work_dir, ignore_errors=True)  # the model is saved: checkpoints are spent
+    checkpoint.remove_empty_folders(work_dir.parent)
     logger.info("base: %s", metrics)
     return metrics
 
 
 if __name__ == "__main__":
-    run_stage(base, __doc__)
+    stage_main("base")

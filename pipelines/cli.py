@@ -1,21 +1,41 @@
-"""The command line every stage shares: ``python -m pipelines.<stage> [--params FILE] [-S key=value ...]``."""
+"""The command line of every stage:
+
+    python -m pipelines <stage> [--params FILE] [-S key=value ...] [--debug]
+    python -m pipelines train --variant star [--seed 0]
+    python -m pipelines evaluate --checkpoint star-s0
+
+(``python -m pipelines.<stage>`` runs the same code.) The configuration, the params file and
+the ``-S`` overrides in Hydra's override grammar (the one ``dvc exp run -S`` speaks: ``key=value``,
+``+key=value``, ``++key=value``, ``~key``) is validated before Prefect, MLflow or any model is
+imported: a bad value fails within a second or two naming the key, the value and its source.
+This module imports nothing heavy at load time for that reason.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-import torch
-import yaml
+from star.config import DELETE, Config, ConfigError, load_config
 
-from star.config import Config, ConfigError, load_config
+STAGES: dict[str, str] = {
+    "prepare": "write the train/test prompt sets of every task to paths.prompts",
+    "base": "pretrain the embedded miniature SD3 (or record the pretrained model used)",
+    "reward_models": "train the embedded reward models (world-CLIP)",
+    "train": "RL post-training of one variant and seed",
+    "evaluate": "score one checkpoint on every evaluation task",
+    "report": "the study report: tables with intervals, figures, HTML",
+}
 
 
 def use_threads(cfg: Config) -> None:
     """Apply ``threads`` (0 keeps torch's default) to this process."""
     if cfg.threads:
+        import torch
+
         torch.set_num_threads(cfg.threads)
 
 
@@ -27,28 +47,114 @@ def stage_config(params: str, overrides: dict[str, Any] | None) -> Config:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["base.steps=10", "seed=1"]`` -> ``{"base": {"steps": 10}, "seed": 1}`` (YAML values)."""
+    """``["base.steps=10", "+seed=1", "~train.lr"]`` -> ``{"base": {"steps": 10}, "seed": 1,
+    "train": {"lr": DELETE}}``, parsed by Hydra's override parser (values typed as Hydra types
+    them: ``[1,2]`` a list, ``null`` None, ``'1'`` a string). ``+``/``++`` set the key like a
+    plain override (every knob exists, with its default); ``~key`` drops it from the params file."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
     overrides: dict[str, Any] = {}
+    parser = OverridesParser.create()
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {pair!r} is not of the form key.path=value")
+        try:
+            (parsed,) = parser.parse_overrides([pair])
+        except HydraException as error:
+            raise ConfigError(f"-S {pair!r} is not an override of the form key.path=value: {error}") from None
+        if parsed.package is not None:
+            raise ConfigError(f"-S {pair!r}: config packages (@) do not apply to params.yaml")
+        value = DELETE if parsed.is_delete() else parsed.value()
         node = overrides
-        *parents, leaf = key.split(".")
+        *parents, leaf = parsed.key_or_group.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = value
     return overrides
 
 
-def run_stage(flow: Callable[..., Any], description: str) -> None:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one knob, e.g. -S base.steps=10 (repeatable)")
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, help_text in STAGES.items():
+        sub = stages.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+        sub.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override one knob in Hydra's grammar, e.g. -S base.steps=10 (repeatable)")
+        sub.add_argument("--debug", action="store_true", help="print tracebacks (also STAR_DEBUG=1)")
+        if name == "train":
+            sub.add_argument("--variant", required=True, help="a key of study.variants (e.g. star, none)")
+            sub.add_argument("--seed", type=int, default=None, help="training seed (default: the params' seed)")
+        if name == "evaluate":
+            sub.add_argument("--checkpoint", required=True, help="'base' or a trained variant, e.g. star-s0")
+    return parser
+
+
+def preflight(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+    """Everything that can be checked without Prefect or a model: the config (with the
+    variant), and that the inputs the stage reads exist. Raises ConfigError."""
+    overrides = parse_overrides(args.set)
+    cfg = load_config(args.params, overrides)
+    if args.stage == "train":
+        cfg = cfg.for_variant(args.variant, args.seed)
+    if args.stage in ("train", "evaluate"):
+        check_model_source(cfg)
+    if args.stage == "evaluate" and args.checkpoint != "base":
+        path = cfg.paths.checkpoints / args.checkpoint
+        if not path.is_dir():
+            variant, _, seed = args.checkpoint.rpartition("-s")
+            raise ConfigError(f"checkpoint {args.checkpoint!r} not found at {path}: train it first "
+                              f"(`dvc repro train@{variant}-{seed}` or `python -m pipelines train --variant "
+                              f"{variant} --seed {seed}`)")
+    return cfg, overrides
+
+
+def check_model_source(cfg: Config) -> None:
+    """The model a stage loads exists: the embedded base (built by the ``base`` stage), or a
+    local ``model.pretrained`` directory (anything that is not a hub id ``owner/name``)."""
+    from star.model_source import missing_model
+
+    problem = missing_model(cfg.model, cfg.paths.base_model)
+    if problem:
+        raise ConfigError(problem)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, then import the stage (Prefect, MLflow, torch) and run its flow; the exit code."""
+    from pipelines import failures
+
+    if args.debug:
+        os.environ[failures.DEBUG_ENV] = "1"
     try:
-        flow(params=args.params, overrides=parse_overrides(args.set))
+        cfg, overrides = preflight(args)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        return failures.report_failure(error)
+    failures.interrupt_on_signals()
+    failures.mark_stage_process()
+    failures.reap_orphaned_servers()
+    try:
+        module = importlib.import_module(f"pipelines.{args.stage}")
+        failures.quiet_prefect_tracebacks()
+        extra = {"variant": args.variant, "seed": args.seed} if args.stage == "train" else {}
+        extra |= {"checkpoint": args.checkpoint} if args.stage == "evaluate" else {}
+        entry = getattr(module, "run_cli", None) or getattr(module, args.stage)  # the stage's flow
+        entry(params=args.params, overrides=overrides, **extra)
+    except BaseException as error:  # noqa: BLE001  (signals included: one message, an exit code)
+        if isinstance(error, SystemExit):
+            raise
+        return failures.report_failure(error)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(build_parser().parse_args(argv)))
+
+
+def stage_main(stage: str) -> None:
+    """``python -m pipelines.<stage> ...``: the same as ``python -m pipelines <stage> ...``."""
+    main([stage, *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()
+

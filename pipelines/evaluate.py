@@ -12,9 +12,7 @@ them to MLflow.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines.cli import parse_overrides, stage_config
+from pipelines.cli import stage_config, stage_main
+from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
+from star.checkpoint import remove_if_left_empty
 from rewards.registry import build_reward
-from star.config import Config, ConfigError
+from star.config import Config
 from star.evaluation import TaskReport, balanced_subset, evaluate_geneval, evaluate_ocr, evaluate_pickscore
 from star.models import pipeline_for
 from star.prompt_source import load_task_prompts
@@ -64,7 +64,7 @@ def load_checkpoint(cfg: Config, checkpoint: str) -> Any:
     return pipe
 
 
-@task(retries=1, cache_policy=NO_CACHE)
+@task(retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def evaluate_task(pipe: Any, cfg: Config, task_name: str, checkpoint: str, out_dir: Path) -> TaskReport:
     report = score_task(pipe, cfg, task_name)
     headline = next(iter(report.metrics))
@@ -88,7 +88,7 @@ def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, 
             "task": str(info.get("task", "base"))}
     out_dir = cfg.paths.eval_samples / checkpoint
     out_dir.mkdir(parents=True, exist_ok=True)
-    with stage_run(cfg, "evaluate", ["eval", "study"], tags=tags):
+    with remove_if_left_empty(out_dir), stage_run(cfg, "evaluate", ["eval", "study"], tags=tags):
         pipe = load_checkpoint(cfg, checkpoint)
         metrics: dict[str, float] = {}
         rows = []
@@ -107,18 +107,5 @@ def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, 
     return metrics
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="'base' or a trained variant, e.g. star-s0")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
-    try:
-        evaluate(checkpoint=args.checkpoint, params=args.params, overrides=parse_overrides(args.set))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    main()
+    stage_main("evaluate")

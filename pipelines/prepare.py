@@ -16,14 +16,15 @@ import mlflow
 from prefect import flow, get_run_logger, task
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines.cli import run_stage
+from pipelines.cli import stage_main
+from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from star.config import Config, load_config
 from star.task_prompts import check_prompt_files, materialise_prompt_sets, sources
 from star.world.prompts import generate_prompt_sets
 
 
-@task(retries=2, retry_delay_seconds=5)  # a copy on a network filesystem may hiccup
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)  # a network filesystem may hiccup
 def write_prompt_sets(cfg: Config) -> dict[str, int]:
     world = generate_prompt_sets(seed=cfg.seed, n_train=cfg.world.train_prompts, n_test=cfg.world.test_prompts)
     return materialise_prompt_sets(cfg.prompt_sets, world, cfg.paths.prompts)
@@ -47,4 +48,4 @@ def prepare(params: str = "params.yaml", overrides: dict[str, Any] | None = None
 
 
 if __name__ == "__main__":
-    run_stage(prepare, __doc__)
+    stage_main("prepare")

@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines.cli import run_stage, stage_config
+from pipelines.cli import stage_config, stage_main
 from pipelines.evaluate import test_records
 from pipelines.tracking import stage_run
 from rewards.registry import build_reward
@@ -121,4 +121,4 @@ def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None)
 
 
 if __name__ == "__main__":
-    run_stage(report, __doc__)
+    stage_main("report")

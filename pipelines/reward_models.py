@@ -14,11 +14,13 @@ from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.base import save_model
-from pipelines.cli import run_stage, stage_config
+from pipelines.cli import stage_config, stage_main
+from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from rewards.pickscore import PickScoreReward
 from rewards.world_clip import WORLD_CLIP_DIR, WorldClip, heldout_accuracy, heldout_set, train_world_clip
 from star.world.render import world_layout
+from star import checkpoint
 from star.config import Config, fingerprint
 
 SECTIONS = ["world", "rewards"]
@@ -29,7 +31,7 @@ def _log_progress(phase: str, metrics: dict[str, float], step: int) -> None:
 
 
 # A retry resumes from the last checkpoint in the work directory.
-@task(retries=1, cache_policy=NO_CACHE)
+@task(retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def train(cfg: Config, work_dir: Path) -> WorldClip:
     return train_world_clip(
         cfg.rewards.world_clip, cfg.world.image_size, cfg.seed, work_dir,
@@ -66,9 +68,10 @@ def reward_models(params: str = "params.yaml", overrides: dict[str, Any] | None 
         cfg.paths.metrics.mkdir(parents=True, exist_ok=True)
         (cfg.paths.metrics / "reward_models.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(work_dir, ignore_errors=True)  # the model is saved: checkpoints are spent
+    checkpoint.remove_empty_folders(work_dir.parent)
     logger.info("reward_models: %s", metrics)
     return metrics
 
 
 if __name__ == "__main__":
-    run_stage(reward_models, __doc__)
+    stage_main("reward_models")

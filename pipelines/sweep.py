@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, task
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines import REPO_ROOT
+from pipelines.failures import retry_if_transient
 from star.config import load_config
 
 DEPLOYMENT_NAME = "scheduled-sweep"
@@ -30,7 +31,7 @@ def experiment_command(train_task: str, seeds: list[int], name: str | None = Non
     return command + (["--name", name] if name else [])
 
 
-@task(retries=1, retry_delay_seconds=30)
+@task(retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
 def run_experiment(train_task: str, seeds: list[int], name: str) -> str:
     """One experiment; a retry resumes (DVC skips stages whose outputs are already cached)."""
     result = subprocess.run(experiment_command(train_task, seeds, name), cwd=REPO_ROOT, capture_output=True, text=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 import mlflow
 
+from pipelines.failures import process_alive, this_process
 from star.config import Config
 
 
@@ -44,17 +45,47 @@ def run_name(stage: str, tags: dict[str, str]) -> str:
     return stage
 
 
+PROCESS_TAG = "star.process"
+"""``<pid>:<start time>`` of the process that owns a run, to find runs left RUNNING by a kill -9."""
+
+
+def end_orphaned_runs(experiment: str) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process no longer exists (killed with SIGKILL, it
+    could not end them); returns their ids."""
+    client = mlflow.MlflowClient()
+    ended = []
+    for run in client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'"):
+        owner = run.data.tags.get(PROCESS_TAG)
+        if owner and not process_alive(owner):
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
 @contextmanager
 def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """An MLflow run for ``stage`` logging the config ``sections`` it depends on as params."""
+    """An MLflow run for ``stage`` logging the config ``sections`` it depends on as params.
+
+    It ends FINISHED, FAILED on an error, or KILLED on SIGTERM/SIGINT; runs of processes that
+    were killed outright are marked KILLED when the next stage starts."""
     dump = cfg.model_dump(mode="json")
     params = _flatten({name: dump[name] for name in sections})
     params["seed"] = cfg.seed
     tags = tags or {}
-    with mlflow.start_run(experiment_id=experiment_id(cfg), run_name=run_name(stage, tags),
-                          tags={"stage": stage, **tags}) as run:
+    experiment = experiment_id(cfg)
+    end_orphaned_runs(experiment)
+    run = mlflow.start_run(experiment_id=experiment, run_name=run_name(stage, tags),
+                           tags={"stage": stage, PROCESS_TAG: this_process(), **tags})
+    try:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         yield run
+    except Exception:
+        mlflow.end_run("FAILED")
+        raise
+    except BaseException:  # SIGTERM/SIGINT (pipelines.failures.StageInterrupted), KeyboardInterrupt
+        mlflow.end_run("KILLED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:

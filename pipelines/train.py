@@ -8,29 +8,28 @@ Prefect (one flow per process would start one Prefect server per process); rank 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import shutil
-import sys
-import time
+from pathlib import Path
 from typing import Any
 
 import mlflow
-import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines.cli import parse_overrides, use_threads
+from pipelines.cli import stage_main, use_threads
+from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from rewards.registry import build_reward
 from star import checkpoint
-from star.config import Config, ConfigError, fingerprint, load_config
+from star.checkpoint import remove_if_left_empty
+from star.config import Config, fingerprint, load_config
 from star.models import pipeline_for
 from star.prompt_source import load_task_prompts
-from star.trainer import Trainer
+from star.trainer import TRAJECTORY_SECTIONS, Trainer
 from star.variants import save_variant
 
 SECTIONS = ["model", "train", "rewards"]
@@ -68,14 +67,18 @@ def write_outputs(cfg: Config, name: str, history: list[dict[str, float]], secon
     return summary
 
 
+def work_dir_for(cfg: Config, name: str) -> Path:
+    """The variant's resumable checkpoints, named by what determines its trajectory."""
+    return cfg.paths.work / "train" / name / fingerprint(cfg, list(TRAJECTORY_SECTIONS))
+
+
 def run_training(cfg: Config, name: str, log: bool = True) -> tuple[Trainer, float]:
     """Train ``cfg`` (already the variant's config) and save the EMA weights as the variant."""
     use_threads(cfg)
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
-    work_dir = cfg.paths.work / "train" / name / fingerprint(cfg, SECTIONS + ["seed"])
-    start = time.perf_counter()
+    work_dir = work_dir_for(cfg, name)
     trainer = Trainer(
         cfg, pipe, reward, records, work_dir,
         on_metrics=(lambda m, step: log_metrics(m, step=step)) if log else None,
@@ -86,15 +89,17 @@ def run_training(cfg: Config, name: str, log: bool = True) -> tuple[Trainer, flo
     if trainer.accelerator.is_main_process:
         info = {"variant": name, "seed": cfg.seed, "task": cfg.rewards.task, "train": cfg.train.model_dump(mode="json")}
         checkpoint.atomic_directory(cfg.paths.checkpoints / name, lambda path: save_variant(pipe, path, info))
-    return trainer, time.perf_counter() - start
+    return trainer, trainer.seconds()  # earlier, interrupted attempts included
 
 
 # A retry resumes from the last checkpoint in the work directory.
-@task(retries=1, cache_policy=NO_CACHE)
+@task(retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def train_variant(cfg: Config, name: str) -> dict[str, float]:
-    trainer, seconds = run_training(cfg, name)
-    summary = write_outputs(cfg, name, trainer.history, seconds)
-    shutil.rmtree(trainer.work_dir, ignore_errors=True)  # the variant is saved: checkpoints are spent
+    work_dir = work_dir_for(cfg, name)
+    with remove_if_left_empty(work_dir, work_dir.parent):
+        trainer, seconds = run_training(cfg, name)
+        summary = write_outputs(cfg, name, trainer.history, seconds)
+        shutil.rmtree(trainer.work_dir, ignore_errors=True)  # the variant is saved: checkpoints are spent
     return summary
 
 
@@ -112,27 +117,19 @@ def train(variant: str, seed: int | None = None, params: str = "params.yaml", ov
     return summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", required=True, help="a key of study.variants (e.g. star, none)")
-    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the params' seed)")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
-    try:
-        overrides = parse_overrides(args.set)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            cfg = load_config(args.params, overrides).for_variant(args.variant, args.seed)
-            name = run_name(args.variant, cfg.seed)
-            trainer, seconds = run_training(cfg, name, log=False)
-            if trainer.accelerator.is_main_process:
-                write_outputs(cfg, name, trainer.history, seconds)
-        else:
-            train(variant=args.variant, seed=args.seed, params=args.params, overrides=overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+def run_cli(variant: str, seed: int | None, params: str, overrides: dict[str, Any]) -> None:
+    """The command line's entry: the Prefect flow, or under ``accelerate launch`` with several
+    processes the same training without Prefect (one flow per process would start one Prefect
+    server per process); rank 0 writes the outputs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cfg = load_config(params, overrides).for_variant(variant, seed)
+        name = run_name(variant, cfg.seed)
+        trainer, seconds = run_training(cfg, name, log=False)
+        if trainer.accelerator.is_main_process:
+            write_outputs(cfg, name, trainer.history, seconds)
+    else:
+        train(variant=variant, seed=seed, params=params, overrides=overrides)
 
 
 if __name__ == "__main__":
-    main()
+    stage_main("train")

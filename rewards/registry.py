@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rewards.base import Box, Reward, can_locate, score_and_locate
+from rewards.base import Box, Reward, can_locate, check_batch, score_and_locate
 from star.config import RewardsConfig
 
 
@@ -45,6 +45,7 @@ class WeightedReward:
         self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
     ) -> dict[str, torch.Tensor]:
         """Each component's unweighted (B,) float32 CPU scores, by name; images (B, 3, H, W)."""
+        check_batch(images, prompts, metadata)
         return {name: reward.score(images, prompts, metadata).float().cpu() for name, reward in self.rewards.items()}
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
@@ -60,6 +61,7 @@ class WeightedReward:
         self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
     ) -> tuple[torch.Tensor, list[list[Box]]]:
         """The weighted score and the union of the boxes of every component that can locate."""
+        check_batch(images, prompts, metadata)
         boxes: list[list[Box]] = [[] for _ in range(len(images))]
         total = torch.zeros(len(images))
         if not self.can_locate():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,26 +16,76 @@ import numpy as np
 import torch
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint or model could not be written; names the path and the OS error."""
+
+
+def _write_failure(path: Path, error: BaseException) -> CheckpointWriteError:
+    """The error to raise when writing ``path`` failed: torch reports a full disk as
+    ``[enforce fail at inline_container.cc] unexpected pos``, which names neither."""
+    code = error.errno if isinstance(error, OSError) else None
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+    if code == errno.ENOSPC or "unexpected pos" in text:
+        code, text = errno.ENOSPC, f"no space left on the device ({text})"
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(folder).free / 2**20
+    return CheckpointWriteError(
+        code, f"cannot write {path}: {text}; {free:.0f} MiB free there. The previous version is kept"
+    )
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written
+    file; a failed write raises ``CheckpointWriteError`` and keeps the previous file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    except OSError as error:
+        raise _write_failure(path, error) from error
     os.close(handle)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        raise _write_failure(path, error) from error
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
 def atomic_directory(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """``write`` into ``<out_dir>.partial``, then swap it in: a crash never leaves half a model."""
+    """``write`` into ``<out_dir>.partial``, then swap it in: a crash never leaves half a
+    model, and a failed write leaves no ``.partial`` folder behind."""
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    write(staging)
+    try:
+        write(staging)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, (OSError, RuntimeError)):
+            raise _write_failure(out_dir, error) from error
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
+
+
+@contextmanager
+def remove_if_left_empty(*folders: Path) -> Iterator[None]:
+    """On the way out of the block, success or failure, remove each of ``folders`` (in order)
+    that holds nothing: a failed stage leaves no empty output or work folders behind."""
+    try:
+        yield
+    finally:
+        remove_empty_folders(*folders)
+
+
+def remove_empty_folders(*folders: Path) -> None:
+    """Remove each of ``folders`` (in order) that exists and is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
 
 
 def load(path: Path) -> dict[str, Any] | None:

@@ -204,6 +204,9 @@ class BaseConfig(_Section):
     grad_clip: float = _knob(1.0, "gradient-norm clip", gt=0)
     caption_dropout: float = _knob(0.1, "probability of the empty caption (for CFG)", ge=0, le=1)
     ema_decay: float = _knob(0.998, "EMA decay of transformer weights; the EMA is what is saved", ge=0, lt=1)
+    train_text_encoders: bool = _knob(
+        False, "train the miniature's CLIP and T5 encoders with the transformer (else frozen at init, as SD3)"
+    )
     dataset_size: int = _knob(20000, "world images rendered once and reused across steps", ge=64)
     checkpoint_every: int = _knob(500, "steps between resumable checkpoints", ge=1)
 
@@ -452,34 +455,62 @@ class Config(_Section):
         return config_from_dict(data, f"variant {variant!r}")
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+DELETE = object()
+"""An override value that removes the key from the params file, so it takes its default
+(Hydra's ``~key``)."""
+
+
+def _key_source(key: str, overridden: set[str], source: str) -> str:
+    """``-S`` when the key (or a section above it) was overridden, else the params file."""
+    parts = key.split(".")
+    from_override = any(".".join(parts[:n]) in overridden for n in range(1, len(parts) + 1))
+    return "-S" if from_override else source
+
+
+def _describe(error: ValidationError, source: str, overridden: set[str] = frozenset()) -> str:
+    lines = ["invalid configuration:"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if not key or message.startswith(f"{key}."):  # a check across knobs: its message names them
             lines.append(f"  {message}")
         else:
-            lines.append(f"  {key} = {item.get('input')!r}: {item['msg']}")
+            lines.append(f"  {key} = {item.get('input')!r} (from {_key_source(key, overridden, source)}): {item['msg']}")
+    if len(lines) == 2:  # one problem, one line
+        return f"{lines[0]} {lines[1].strip()}"
     return "\n".join(lines)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if value is DELETE:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value
     return merged
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
-    """Validate a nested dict; raises ConfigError naming every bad key and value."""
+def _dotted_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys of the leaves of a nested dict."""
+    keys = set()
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            keys |= _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>", overridden: set[str] = frozenset()) -> Config:
+    """Validate a nested dict; raises ConfigError naming every bad key, its value and its source
+    (``overridden``: the dotted keys that came from ``-S``)."""
     try:
         return Config.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
+        raise ConfigError(_describe(error, source, overridden)) from None
 
 
 def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
@@ -488,12 +519,18 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     if not path.is_file():
         raise ConfigError(f"configuration file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not data:  # an empty file would silently run every default: the full study
+        raise ConfigError(
+            f"{path} has no keys; pass the defaults explicitly (`python -m pipelines.knobs` lists them) "
+            "or use the shipped params.yaml"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
-    return config_from_dict(_merge(data, overrides or {}), source=str(path))
+    overrides = overrides or {}
+    return config_from_dict(_merge(data, overrides), source=str(path), overridden=_dotted_keys(overrides))
 
 
 def describe_knobs(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:

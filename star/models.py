@@ -35,6 +35,7 @@ from transformers import (
 )
 
 from star.config import MiniModelConfig, ModelConfig
+from star.model_source import missing_model
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ def load_pipeline(
 
 def pipeline_for(model: ModelConfig, base_model_dir: Path) -> StableDiffusion3Pipeline:
     """The pipeline ``params.yaml`` asks for: the embedded base model or a real SD3."""
+    problem = missing_model(model, base_model_dir)
+    if problem:  # not a hub id to download: say how to build or point at it
+        raise ModelLoadError(problem)
     source = base_model_dir if model.source == "embedded" else model.pretrained
     pipe = load_pipeline(source, dtype=model.dtype, revision=model.revision)
     if model.resolution is not None:
@@ -232,24 +236,25 @@ def text_sequence_length(pipe: StableDiffusion3Pipeline) -> int:
     return min(256, pipe.tokenizer_3.model_max_length) if pipe.tokenizer_3 is not None else 256
 
 
-@torch.no_grad()
 def encode_prompts(
-    pipe: StableDiffusion3Pipeline, prompts: list[str], device: torch.device | str = "cpu"
+    pipe: StableDiffusion3Pipeline, prompts: list[str], device: torch.device | str = "cpu", grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SD3 text conditioning through the pipeline's own ``encode_prompt``.
+    """SD3 text conditioning through the pipeline's own ``encode_prompt``; without gradients
+    unless ``grad`` (base pretraining with ``base.train_text_encoders``).
 
     Returns:
         prompt_embeds: (B, L_clip + L_t5, joint_attention_dim) — CLIP tokens, then T5 tokens.
         pooled: (B, pooled_projection_dim).
     """
-    embeds, _, pooled, _ = pipe.encode_prompt(
-        prompt=prompts,
-        prompt_2=prompts,
-        prompt_3=prompts,
-        device=torch.device(device),
-        do_classifier_free_guidance=False,
-        max_sequence_length=text_sequence_length(pipe),
-    )
+    with torch.set_grad_enabled(grad):
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompts,
+            prompt_2=prompts,
+            prompt_3=prompts,
+            device=torch.device(device),
+            do_classifier_free_guidance=False,
+            max_sequence_length=text_sequence_length(pipe),
+        )
     return embeds, pooled
 
 

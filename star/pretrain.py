@@ -201,6 +201,17 @@ class LatentSet:
     captions: list[str]
 
 
+def trained_modules(pipe: StableDiffusion3Pipeline, text_encoders: bool) -> torch.nn.ModuleDict:
+    """The modules base pretraining optimises: the transformer, and the three text encoders when
+    ``base.train_text_encoders`` (method §0); the others are frozen here."""
+    encoders = {"text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2,
+                "text_encoder_3": pipe.text_encoder_3}
+    for encoder in encoders.values():
+        encoder.requires_grad_(text_encoders)
+        encoder.eval()
+    return torch.nn.ModuleDict({"transformer": pipe.transformer, **(encoders if text_encoders else {})})
+
+
 def train_transformer(
     pipe: StableDiffusion3Pipeline,
     data: LatentSet,
@@ -215,34 +226,37 @@ def train_transformer(
     on ``data``. Leaves the EMA weights in ``pipe.transformer``."""
     transformer = pipe.transformer
     shift = pipe.scheduler.config.shift
-    transformer.train()
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = EMA(transformer, cfg.ema_decay)
-    text = CaptionEmbeddings(pipe, data.captions + (low_res.captions if low_res else []))
-    start = checkpoint.resume_progress(ckpt_path, generator, transformer=transformer, optimizer=optimizer, ema=ema)
+    trained = trained_modules(pipe, cfg.train_text_encoders)
+    trained.train()
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMA(trained, cfg.ema_decay)
+    captions = data.captions + (low_res.captions if low_res else [])
+    text = None if cfg.train_text_encoders else CaptionEmbeddings(pipe, captions)
+    start = checkpoint.resume_progress(ckpt_path, generator, transformer=trained, optimizer=optimizer, ema=ema)
     bar = tqdm(range(start, cfg.steps), desc="base: transformer", initial=start, total=cfg.steps)
     for step in bar:
         stage = low_res if low_res is not None and step < cfg.low_res_steps else data
         index = torch.randint(len(stage.captions), (cfg.batch_size,), generator=generator)
         batch_captions = _drop_captions([stage.captions[i] for i in index.tolist()], cfg.caption_dropout, generator)
-        embeds, pooled = text.lookup(batch_captions)
+        embeds, pooled = text.lookup(batch_captions) if text else encode_prompts(pipe, batch_captions, grad=True)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * phase_lr_factor(step, cfg, low_res is not None)
         loss = flow_matching_loss(transformer, stage.latents[index], embeds, pooled, generator, shift)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
         optimizer.step()
-        ema.update(transformer)
+        ema.update(trained)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if on_metrics and (step % 50 == 0 or step == cfg.steps - 1):
             on_metrics("transformer", {"fm_loss": loss.item(), "grad_norm": grad_norm.item()}, step)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             checkpoint.save_progress(
-                ckpt_path, step + 1, generator, transformer=transformer, optimizer=optimizer, ema=ema
+                ckpt_path, step + 1, generator, transformer=trained, optimizer=optimizer, ema=ema
             )
-    ema.copy_to(transformer)
-    transformer.eval()
+    ema.copy_to(trained)
+    trained.eval()
+    trained.requires_grad_(False)
 
 
 def pretrain_base(
@@ -261,8 +275,6 @@ def pretrain_base(
     pipe = build_mini_sd3(
         cfg.model.mini, vocabulary(), TEXT_CHARSET, cfg.world.image_size, seed=cfg.seed
     )
-    for encoder in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
-        encoder.requires_grad_(False)
     data = render_world_dataset(
         cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed, layout=world_layout(cfg.world)
     )

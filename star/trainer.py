@@ -38,6 +38,33 @@ from star.visualize import allocation_overlay, sample_grid
 MetricsCallback = Callable[[dict[str, float], int], None]
 ArtifactCallback = Callable[[Path, int], None]
 
+TRAJECTORY_SECTIONS = ("seed", "model", "train", "rewards")
+"""The config keys that determine a training trajectory: a checkpoint resumes only into a run
+that agrees on them (the stage's work folder is named by their hash); other keys (paths,
+tracking, evaluation, other variants) may change between a crash and its resume."""
+
+
+class ResumeMismatch(RuntimeError):
+    """A checkpoint written by a run with another trajectory config."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss, gradient or sample: the run stops, its last checkpoint is kept."""
+
+
+def trajectory_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``TRAJECTORY_SECTIONS`` of a ``Config.model_dump(mode="json")``."""
+    return {key: config[key] for key in TRAJECTORY_SECTIONS}
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf where two config dumps differ (dotted keys)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new), key=str)
+                for line in config_differences(old.get(key, "<absent>"), new.get(key, "<absent>"),
+                                               f"{prefix}{key}." if prefix or key else "")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} in the checkpoint, {new!r} now"]
+
 
 def build_objective(cfg: TrainConfig, patch_size: int) -> Objective:
     """The objective named by ``train.algorithm`` and ``train.allocation``."""
@@ -86,6 +113,7 @@ class Trainer:
         self.iteration = 0
         self.pending = 0  # minibatches accumulated since the last optimizer step
         self.history: list[dict[str, float]] = []
+        self.seconds_before, self._session_start = 0.0, time.perf_counter()
         self._resume()
 
     # -- setup ------------------------------------------------------------------------------
@@ -126,14 +154,22 @@ class Trainer:
             "prompts": self.prompts.state_dict(),
             "history": self.history,
             "config": self.cfg.model_dump(mode="json"),
+            "seconds": self.seconds(),
         }
 
     def _resume(self) -> None:
         state = checkpoint.load(self._checkpoint_path)
         if state is None:
             return
-        if state["config"] != self.cfg.model_dump(mode="json"):
-            raise RuntimeError(f"checkpoint {self._checkpoint_path} was written with another config; use a fresh work dir")
+        differences = config_differences(
+            trajectory_config(state["config"]), trajectory_config(self.cfg.model_dump(mode="json"))
+        )
+        if differences:
+            raise ResumeMismatch(
+                f"checkpoint {self._checkpoint_path} (iteration {state['iteration']}) was written with another "
+                "training config:\n  " + "\n  ".join(differences) + f"\nRestore those values to resume, or delete "
+                f"{self.work_dir} to start this run from iteration 0."
+            )
         load_trainable_state(self.transformer, state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema:
@@ -141,9 +177,14 @@ class Trainer:
         checkpoint.restore_rng_state(state["rng"], self.generator)
         self.prompts.load_state_dict(state["prompts"])
         self.iteration, self.history = state["iteration"], state["history"]
+        self.seconds_before = state.get("seconds", 0.0)
         self.pending = state["pending"]
         for parameter, gradient in zip(self.params, state["gradients"] or []):
             parameter.grad = gradient
+
+    def seconds(self) -> float:
+        """Wall seconds this training has spent in trainers, earlier (interrupted) runs included."""
+        return self.seconds_before + time.perf_counter() - self._session_start
 
     def save_checkpoint(self) -> None:
         checkpoint.atomic_save(self._state(), self._checkpoint_path)
@@ -193,6 +234,7 @@ class Trainer:
             self.generator, self.capture, core_mask, keep_velocities=self.objective.needs_velocities,
             sde_steps=sde_steps,
         )
+        self._check_finite("sampled latents", fields["latents"])
         trained = trained_steps(sde_steps, cfg.steps, cfg.train_fraction)
         return Rollouts(
             prompts, expanded, group_ids, cond, self.sigmas, core_mask=core_mask, sde_steps=sde_steps, trained=trained,
@@ -258,6 +300,7 @@ class Trainer:
             sync = apply and position == len(steps) - 1
             with (nullcontext() if sync else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
                 loss, stats = self.objective.step_loss(self.policy, rollouts, targets, t)
+                self._check_finite(f"loss of denoising step {t}", loss)
                 self.accelerator.backward(loss / (len(steps) * self.train_cfg.accumulation_steps))
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value) / len(steps)
@@ -269,12 +312,23 @@ class Trainer:
     def _optimizer_step(self) -> float:
         """Clip, step and clear the accumulated gradient, update the EMA; returns the gradient norm."""
         grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.train_cfg.grad_clip))
+        self._check_finite("gradient norm", torch.tensor(grad_norm))  # before the step: weights stay finite
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.pending = 0
         if self.ema:
             self.ema.update(self.transformer)
         return grad_norm
+
+    def _check_finite(self, what: str, values: torch.Tensor) -> None:
+        """Stop with ``TrainingDiverged`` naming the iteration when ``values`` hold NaN or inf."""
+        if not bool(torch.isfinite(values.detach()).all()):
+            self.optimizer.zero_grad(set_to_none=True)
+            kept = f"its last checkpoint ({self._checkpoint_path}) is kept" if self._checkpoint_path.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"training diverged at iteration {self.iteration}: the {what} is not finite (NaN or inf); "
+                f"{kept}. Try a smaller train.lr"
+            )
 
     # -- logging and output -----------------------------------------------------------------
     def _summarise(self, rewards: torch.Tensor, targets: Targets, stats: dict[str, float], seconds: float) -> dict[str, float]:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import parse_overrides
-from star.config import Config, ConfigError, describe_knobs, fingerprint, load_config
+from star.config import BaseConfig, Config, ConfigError, describe_knobs, fingerprint, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_repo_params_load_and_missing_keys_take_defaults(tmp_path: Path) -> None
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"base\.stepz = 5: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"base\.stepz = 5 \(from \S*params\.yaml\): Extra inputs are not permitted"):
         load_config(write(tmp_path, "base: {stepz: 5}\n"))
 
 
@@ -35,7 +35,7 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
 
 
 def test_out_of_range_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"base\.caption_dropout = 1\.5: Input should be less than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"base\.caption_dropout = 1\.5 \(from \S*\): Input should be less than or equal to 1"):
         load_config(write(tmp_path, "base: {caption_dropout: 1.5}\n"))
     with pytest.raises(ConfigError, match=r"train\.allocation = 'stars'"):
         load_config(write(tmp_path, "train: {allocation: stars}\n"))
@@ -63,6 +63,35 @@ def test_overrides_merge_and_validate(tmp_path: Path) -> None:
         parse_overrides(["base.steps"])
     with pytest.raises(ConfigError, match=r"base\.steps = -1"):
         load_config(path, parse_overrides(["base.steps=-1"]))
+
+
+def test_overrides_speak_hydras_grammar(tmp_path: Path) -> None:
+    """The grammar of `dvc exp run -S`: +key and ++key set, ~key falls back to the default,
+    values are typed as Hydra types them."""
+    path = write(tmp_path, "base: {steps: 7, lr: 0.1, low_res_steps: 0}\n")
+    overrides = parse_overrides(["+base.steps=3", "++seed=2", "~base.lr", "train.capture_blocks=[0,1]",
+                                 "tracking.experiment='5'", "model.revision=null"])
+    cfg = load_config(path, overrides)
+    assert (cfg.base.steps, cfg.seed, cfg.train.capture_blocks) == (3, 2, [0, 1])
+    assert cfg.base.lr == BaseConfig().lr and cfg.tracking.experiment == "5" and cfg.model.revision is None
+
+
+def test_a_bad_value_names_its_key_value_and_source(tmp_path: Path) -> None:
+    path = write(tmp_path, "train: {gamma: -1}\n")
+    with pytest.raises(ConfigError) as both:
+        load_config(path, parse_overrides(["train.allocation=spatail"]))
+    lines = str(both.value).splitlines()
+    assert lines[0] == "invalid configuration:"
+    assert any(line.startswith("  train.allocation = 'spatail' (from -S): Input should be 'none'") for line in lines)
+    assert any(line.startswith(f"  train.gamma = -1 (from {path}):") for line in lines)
+    with pytest.raises(ConfigError, match=r"^invalid configuration: train\.allocation = 'spatail' \(from -S\)"):
+        load_config(write(tmp_path, "seed: 0\n"), parse_overrides(["train.allocation=spatail"]))
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_a_params_file_without_keys_is_an_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="has no keys; pass the defaults explicitly"):
+        load_config(write(tmp_path, text))
 
 
 def test_every_knob_has_a_description() -> None:

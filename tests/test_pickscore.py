@@ -165,7 +165,7 @@ def test_reward_models_stage_on_micro_config(prefect_server, tmp_path: Path) -> 
     # saved where the reward registry (what training uses) reads it
     reward = build_reward(RewardsConfig(task="pickscore"), tmp_path / "models" / "rewards")
     assert reward.score(torch.rand(2, 3, 32, 32), ["a red circle", "a star"], [{}, {}]).isfinite().all()
-    assert not any((tmp_path / "outputs" / "reward_models").iterdir()), "spent checkpoints are removed"
+    assert not (tmp_path / "outputs" / "reward_models").exists(), "spent checkpoints and their folder are removed"
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
     (run,) = mlflow.search_runs(experiment_names=["star"], output_format="list")
     assert run.data.tags["stage"] == "reward_models"

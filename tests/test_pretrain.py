@@ -120,3 +120,29 @@ def test_each_resolution_phase_has_its_own_warm_up_and_decay() -> None:
     assert phase_lr_factor(200, cfg, two_phases=True) == pytest.approx(0.1)  # warm-up again
     assert phase_lr_factor(210, cfg, two_phases=True) == pytest.approx(1.0, abs=1e-3)
     assert phase_lr_factor(250, cfg, two_phases=False) == lr_factor(250, 300, 10)
+
+
+def test_text_encoders_train_only_when_asked_and_resume_exactly(tmp_path: Path) -> None:
+    """``base.train_text_encoders``: CLIP and T5 weights move (and resume bit for bit);
+    without it they stay at their initialisation."""
+    data = tiny_data()
+    latents = torch.randn(len(data.captions), 4, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def encoders_after(steps: int, ckpt: Path, **knobs: object) -> dict[str, torch.Tensor]:
+        pipe = build_mini_sd3(TINY, WORDS, CHARSET, image_size=32, seed=0)
+        generator = torch.Generator() if checkpoint.load(ckpt) is not None else checkpoint.seed_everything(0)
+        cfg = BaseConfig(steps=steps, batch_size=4, checkpoint_every=2, **knobs)
+        train_transformer(pipe, LatentSet(latents, data.captions), cfg, generator, ckpt)
+        assert not any(p.requires_grad for p in pipe.text_encoder_3.parameters()), "frozen after training"
+        return {f"{name}.{k}": v.clone() for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+                for k, v in getattr(pipe, name).state_dict().items()}
+
+    init = encoders_after(0, tmp_path / "none.ckpt")
+    frozen = encoders_after(4, tmp_path / "frozen.ckpt")
+    assert all(torch.equal(init[k], frozen[k]) for k in init)
+    trained = encoders_after(4, tmp_path / "a.ckpt", train_text_encoders=True)
+    for name in ("text_encoder.", "text_encoder_2.", "text_encoder_3."):
+        assert any(not torch.equal(init[k], trained[k]) for k in init if k.startswith(name)), name
+    encoders_after(2, tmp_path / "b.ckpt", train_text_encoders=True)
+    resumed = encoders_after(4, tmp_path / "b.ckpt", train_text_encoders=True)
+    assert all(torch.equal(trained[k], resumed[k]) for k in trained)

@@ -82,7 +82,7 @@ def test_template_training_set_excludes_every_evaluation_prompt(bench: Path, tmp
         ({"geneval": {"train": "g.jsonl"}}, r"prompt_sets\.geneval\.test is 'world'"),
         ({"geneval": {"train": "templates", "test": "g.jsonl"}}, r"needs prompt_sets\.geneval\.object_names"),
         ({"pickscore": {"train": "templates", "test": "p.txt"}}, r"prompt_sets\.pickscore\.train = 'templates'"),
-        ({"ocr": {"trian": "o.txt"}}, r"prompt_sets\.ocr\.trian = 'o.txt': Extra inputs"),
+        ({"ocr": {"trian": "o.txt"}}, r"prompt_sets\.ocr\.trian = 'o.txt' \(from \S*\): Extra inputs"),
     ],
 )
 def test_config_rejects_inconsistent_sets_naming_the_key(sets: dict, message: str) -> None:

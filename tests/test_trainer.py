@@ -19,7 +19,7 @@ from star.lora import trainable_state
 from star.prompt_source import prompt_pool
 from star.sampling import sample_ode
 from star.rollout import trained_steps
-from star.trainer import Trainer
+from star.trainer import ResumeMismatch, Trainer, config_differences
 from star.variants import load_variant, save_variant, sort_safetensors_metadata
 from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_pipeline
 
@@ -148,10 +148,40 @@ def test_accumulated_minibatches_equal_one_large_minibatch(tmp_path: Path) -> No
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
-    _trainer(tmp_path, iterations=1).train()
-    with pytest.raises(RuntimeError, match="another config"):
-        _trainer(tmp_path, iterations=1, lr=0.5)
+def test_checkpoint_of_another_training_config_is_refused_naming_each_key(tmp_path: Path) -> None:
+    first = _trainer(tmp_path, iterations=1)
+    first.train()
+    first.save_checkpoint()
+    with pytest.raises(ResumeMismatch) as refused:
+        _trainer(tmp_path, iterations=1, lr=0.5, group_size=3)
+    message = str(refused.value)
+    assert f"train.lr: {first.cfg.train.lr!r} in the checkpoint, 0.5 now" in message
+    assert "train.group_size: 2 in the checkpoint, 3 now" in message
+    assert f"delete {tmp_path}" in message and "iteration 1" in message
+
+
+def test_resume_survives_edits_that_do_not_change_the_trajectory(tmp_path: Path) -> None:
+    """eval, paths, tracking and the other variants may change between a crash and its resume."""
+    interrupted = _trainer(tmp_path, iterations=3)
+    interrupted.step()
+    interrupted.save_checkpoint()
+    cfg = load_config(MICRO, overrides={
+        "train": SMALL | {"iterations": 3}, "eval": {"steps": 3}, "paths": {"reports": str(tmp_path / "r")},
+        "tracking": {"experiment": "elsewhere"}, "study": {"variants": {"extra": {"allocation": "spatial"}}},
+    })
+    resumed = Trainer(cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, tmp_path, progress=False)
+    assert resumed.iteration == 1
+    assert resumed.seconds() >= resumed.seconds_before > 0, "the interrupted run's time is counted"
+
+
+def test_config_differences_lists_leaves_with_dotted_keys() -> None:
+    old = {"train": {"lr": 1.0, "capture_blocks": [1, 2]}, "seed": 0}
+    new = {"train": {"lr": 2.0, "capture_blocks": [1, 2], "gamma": 2}, "seed": 1}
+    assert config_differences(old, new) == [
+        "seed: 0 in the checkpoint, 1 now",
+        "train.gamma: '<absent>' in the checkpoint, 2 now",
+        "train.lr: 1.0 in the checkpoint, 2.0 now",
+    ]
 
 
 def _free_port() -> int:

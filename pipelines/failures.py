@@ -1,0 +1,179 @@
+"""How stages fail: signals unwind like errors, stale Prefect servers are reaped, only transient
+errors are retried, and a failure prints one message (the traceback with ``--debug``).
+
+Light on purpose (standard library only): the command line uses it before Prefect, MLflow or
+torch is imported.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+STAGE_ENV = "STAR_STAGE_PROCESS"
+"""``<pid>:<start time>`` of the stage process; its Prefect server inherits it, so a server whose
+stage is gone can be told from one whose stage still runs."""
+
+SERVER_MARK = "prefect.server.api.server:create_app"
+"""In the command line of Prefect's temporary (ephemeral) API server."""
+
+DEBUG_ENV = "STAR_DEBUG"
+
+
+class StageInterrupted(BaseException):
+    """SIGTERM or SIGINT: a BaseException, so ``except Exception`` blocks do not swallow it and
+    every ``with`` block (MLflow run, Prefect flow, temporary server) unwinds."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise StageInterrupted(signum)
+
+
+def interrupt_on_signals() -> None:
+    """Turn SIGTERM/SIGINT into ``StageInterrupted`` (the default SIGTERM kills the process
+    without running ``atexit``, which is what stops Prefect's temporary server)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _raise_interrupt)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def this_process() -> str:
+    """``<pid>:<start time>``: names this process even after its PID is reused."""
+    return f"{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def process_alive(owner: str) -> bool:
+    """Whether the process ``this_process`` returned as ``owner`` still runs."""
+    pid, _, started = owner.partition(":")
+    return pid.isdigit() and _start_time(int(pid)) == started
+
+
+def mark_stage_process() -> None:
+    """Record this process in the environment its children (the Prefect server) inherit."""
+    os.environ[STAGE_ENV] = this_process()
+
+
+def _environment(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def orphaned_servers(prefect_home: str | None = None) -> Iterator[int]:
+    """PIDs of Prefect temporary servers started by a stage process that no longer exists
+    (killed with SIGKILL, so it never stopped its server), for this ``PREFECT_HOME``."""
+    home = prefect_home or os.environ.get("PREFECT_HOME")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if SERVER_MARK not in command:
+            continue
+        env = _environment(int(entry.name))
+        owner = env.get(STAGE_ENV)
+        if owner is None or (home is not None and env.get("PREFECT_HOME") != home):
+            continue
+        if not process_alive(owner):
+            yield int(entry.name)
+
+
+def reap_orphaned_servers() -> list[int]:
+    """Terminate the temporary servers ``orphaned_servers`` finds; returns their PIDs."""
+    reaped = []
+    for pid in orphaned_servers():
+        try:
+            os.kill(pid, signal.SIGTERM)
+            reaped.append(pid)
+        except OSError:
+            pass
+    return reaped
+
+
+TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ECONNRESET,
+                    errno.ECONNREFUSED, errno.EPIPE}
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Can the same call succeed if tried again? Network and busy-resource errors can;
+    configuration, data, a missing file, a full or read-only disk cannot."""
+    if error is None:
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, sqlite3.OperationalError) or type(error).__name__ == "OperationalError":
+        return "locked" in str(error) or "busy" in str(error)
+    if isinstance(error, OSError):
+        return error.errno in TRANSIENT_ERRNOS
+    return is_transient(error.__cause__) if error.__cause__ is not error else False
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed task only for a transient error."""
+    try:
+        state.result(raise_on_failure=True)
+    except Exception as error:  # the task's own exception, re-raised by Prefect
+        return is_transient(error)
+    return False
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class _WithoutTraceback(logging.Filter):
+    """Drop the tracebacks Prefect logs for failed tasks and flows (the command line prints the
+    error once); ``--debug`` keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not debugging():
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_prefect_tracebacks() -> None:
+    """Install ``_WithoutTraceback`` on the handlers of Prefect's loggers (call after importing Prefect)."""
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_WithoutTraceback())
+
+
+def report_failure(error: BaseException) -> int:
+    """Print one message for ``error`` (its traceback too when debugging); returns the exit code."""
+    from star.config import ConfigError  # light: pydantic and yaml only
+
+    if debugging():
+        import traceback
+
+        traceback.print_exception(error)
+    if isinstance(error, StageInterrupted):
+        print(f"stopped: {error}; the last checkpoint is kept and the next run resumes from it", file=sys.stderr)
+        return 128 + error.signum
+    text = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+    hint = "" if debugging() or isinstance(error, ConfigError) else f"\n(the traceback: rerun with --debug or {DEBUG_ENV}=1)"
+    print(f"error: {text}{hint}", file=sys.stderr)
+    return 2 if isinstance(error, ConfigError) else 1
