@@ -1,5 +1,6 @@
-"""Prefect flows: thin wrappers that call ``star``/``rewards`` functions and add retries,
-caching, logging and MLflow tracking. Each stage module runs as ``python -m pipelines.<stage>``.
+"""Prefect flows: thin wrappers that call ``star``/``rewards`` functions and add retries of
+transient failures, logging and MLflow tracking. Each stage runs as ``python -m pipelines
+<stage>`` (``pipelines/cli.py``).
 
 Prefect settings must be in the environment before Prefect is imported: its ephemeral API
 server takes 15–35 s to start on a 2-core machine (more than Prefect's default start timeout),

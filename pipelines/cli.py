@@ -99,6 +99,7 @@ def preflight(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
         cfg = cfg.for_variant(args.variant, args.seed)
     if args.stage in ("train", "evaluate"):
         check_model_source(cfg)
+        check_reward_models(cfg, args.stage)
     if args.stage == "evaluate" and args.checkpoint != "base":
         path = cfg.paths.checkpoints / args.checkpoint
         if not path.is_dir():
@@ -117,6 +118,15 @@ def check_model_source(cfg: Config) -> None:
     problem = missing_model(cfg.model, cfg.paths.base_model)
     if problem:
         raise ConfigError(problem)
+
+
+def check_reward_models(cfg: Config, stage: str) -> None:
+    """The embedded PickScore stand-in exists when the stage scores with it."""
+    used = set(cfg.rewards.weights or [cfg.rewards.task]) if stage == "train" else set(cfg.study.eval_tasks)
+    world_clip = cfg.paths.reward_models / "world_clip"
+    if "pickscore" in used and cfg.rewards.pickscore_source == "embedded" and not world_clip.is_dir():
+        raise ConfigError(f"the embedded PickScore stand-in is not at {world_clip} (paths.reward_models): build it "
+                          f"with `dvc repro reward_models` or fetch it with `dvc pull {cfg.paths.reward_models}`")
 
 
 def run(args: argparse.Namespace) -> int:

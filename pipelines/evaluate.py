@@ -1,8 +1,8 @@
 """Stage ``evaluate``: score one checkpoint (the base model or a trained variant) on the test
 prompts of every task in ``study.eval_tasks``.
 
-    python -m pipelines.evaluate --checkpoint base
-    python -m pipelines.evaluate --checkpoint star-s0
+    python -m pipelines evaluate --checkpoint base
+    python -m pipelines evaluate --checkpoint star-s0
 
 Writes ``metrics/eval/<checkpoint>.json`` (read by `dvc metrics show/diff`), the score of every
 (task, prompt, noise) image in ``metrics/eval/<checkpoint>.scores.csv`` (the report's paired

@@ -146,13 +146,17 @@ def debugging() -> bool:
 
 
 class _WithoutTraceback(logging.Filter):
-    """Drop the tracebacks Prefect logs for failed tasks and flows (the command line prints the
-    error once); ``--debug`` keeps them."""
+    """Drop what Prefect logs about a failed task or flow, tracebacks included: the command
+    line prints the error once. ``--debug`` keeps everything."""
+
+    FAILURE_MARKS = ("encountered an exception", "Encountered exception", "Finished in state Failed",
+                     "Finished in state Crashed", "Crash detected", "Retries are exhausted")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and not debugging():
-            record.exc_info, record.exc_text = None, None
-        return True
+        if debugging():
+            return True
+        record.exc_info, record.exc_text = None, None
+        return not any(mark in record.getMessage() for mark in self.FAILURE_MARKS)
 
 
 def quiet_prefect_tracebacks() -> None:

@@ -1,7 +1,7 @@
 """Stage ``report``: the study's comparison table (markdown + self-contained HTML), reward
 curves and allocation-map figures, written to ``reports/`` and logged to MLflow.
 
-    python -m pipelines.report
+    python -m pipelines report
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from star.report import (
     markdown_table,
     plot_curves,
     plot_differences,
+    training_curves,
 )
 from star.variants import load_variant
 from star.visualize import allocation_overlay
@@ -97,6 +98,7 @@ def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None)
                 plot_differences(comparison, ref, out / f"difference_vs_{ref}.png"))
                for ref in ("none", "base") if ref == "base" or "none" in order]
     figures.append(("Training reward", plot_curves(train_dir, checkpoints, order, out / "reward_curves.png")))
+    training_curves(train_dir, checkpoints).to_csv(out / "training_curves.csv", index=False)  # `dvc plots show`
     capturing = [v for v in order if cfg.for_variant(v).train.allocation in ("star", "spatial", "shuffled", "oracle")]
     figures += [(f"Allocation maps of {v} across denoising steps", p)
                 for v, p in ((v, map_figure(cfg, v, out)) for v in capturing) if p is not None]

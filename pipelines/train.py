@@ -1,6 +1,6 @@
 """Stage ``train``: RL post-training of one variant (``study.variants``) and seed.
 
-    python -m pipelines.train --variant star [--seed 0] [-S train.iterations=20]
+    python -m pipelines train --variant star [--seed 0] [-S train.iterations=20]
 
 Under ``accelerate launch`` / ``torchrun`` with several processes the same code runs without
 Prefect (one flow per process would start one Prefect server per process); rank 0 logs.

@@ -30,12 +30,18 @@ class PickScoreReward:
 
     name = "pickscore"
 
-    def __init__(self, model: str | Path, processor: str | Path, device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(
+        self, model: str | Path, processor: str | Path, device: str = "cpu", batch_size: int = 32,
+        missing_hint: str | None = None,
+    ) -> None:
+        """``missing_hint``: what to do when the weights are not found (default: point the
+        ``rewards.pickscore_*`` keys at a local copy)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_name, self.processor_name = str(model), str(processor)
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.missing_hint = missing_hint
         self._model: CLIPModel | None = None
         self._processor: Any = None
 
@@ -43,10 +49,10 @@ class PickScoreReward:
         if self._model is None:
             self._processor = load_pretrained(
                 AutoProcessor.from_pretrained, self.processor_name, "PickScore processor",
-                hint="point rewards.pickscore_processor at a local copy", backend="pil",
+                hint=self.missing_hint or "point rewards.pickscore_processor at a local copy", backend="pil",
             )
             model = load_pretrained(CLIPModel.from_pretrained, self.model_name, "PickScore model",
-                                    hint="point rewards.pickscore_model at a local copy")
+                                    hint=self.missing_hint or "point rewards.pickscore_model at a local copy")
             self._model = model.eval().requires_grad_(False).to(self.device)
         return self._model, self._processor
 

@@ -107,9 +107,10 @@ def _build_one(name: str, cfg: RewardsConfig, reward_models_dir: Path) -> Reward
 
         model: str | Path = reward_models_dir / "world_clip"  # the embedded stand-in holds both
         processor: str | Path = model
+        hint = "build it with `dvc repro reward_models` or fetch it with `dvc pull models/rewards`"
         if cfg.pickscore_source == "pretrained":
-            model, processor = cfg.pickscore_model, cfg.pickscore_processor
-        return PickScoreReward(model, processor, device=cfg.device)
+            model, processor, hint = cfg.pickscore_model, cfg.pickscore_processor, None
+        return PickScoreReward(model, processor, device=cfg.device, missing_hint=hint)
     raise ValueError(f"unknown reward {name!r}; expected 'geneval', 'ocr' or 'pickscore'")
 
 

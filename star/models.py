@@ -35,7 +35,7 @@ from transformers import (
 )
 
 from star.config import MiniModelConfig, ModelConfig
-from star.model_source import missing_model
+from star.model_source import HUB_ID, missing_model
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class ModelLoadError(RuntimeError):
 def load_pretrained(loader: Callable[..., Any], name: str, what: str, hint: str = "pass a local copy", **kwargs: Any) -> Any:
     """``loader(name, **kwargs)`` (a ``from_pretrained``), turning a missing model into a
     ``ModelLoadError`` that names the model, ``HF_HUB_OFFLINE`` and what to do."""
+    if not HUB_ID.match(name) and not Path(name).expanduser().exists():
+        raise ModelLoadError(f"could not load the {what}: {name} does not exist (a local path, not a hub id); {hint}")
     try:
         return loader(name, **kwargs)
     except (OSError, ValueError) as error:

@@ -190,6 +190,23 @@ def read_curve(path: Path) -> tuple[list[int], list[float]]:
     return [int(r["iteration"]) for r in rows], [float(r["reward_mean"]) for r in rows]
 
 
+def training_curves(train_dir: Path, checkpoints: list[str]) -> pd.DataFrame:
+    """Every trained checkpoint's per-iteration curve in one long table (columns ``run``,
+    ``variant``, ``seed`` and the training CSV's), the data of DVC's overlaid plots."""
+    frames = []
+    for name in checkpoints:
+        path = train_dir / f"{name}.csv"
+        if name != "base" and path.is_file():
+            variant, seed = split_checkpoint(name)
+            frames.append(pd.read_csv(path).assign(run=name, variant=variant, seed=seed))
+    if not frames:
+        return pd.DataFrame(columns=["run", "variant", "seed", "iteration"])
+    curves = pd.concat(frames, ignore_index=True)
+    # the allocating variants' map localisation averaged over the trained steps (empty for the others)
+    curves["localisation"] = curves[[c for c in curves.columns if c.startswith("localisation_t")]].mean(axis=1)
+    return curves[["run", "variant", "seed", *[c for c in curves.columns if c not in ("run", "variant", "seed")]]]
+
+
 def smooth(values: list[float], window: int) -> list[float]:
     """Trailing moving average (the raw curves of small groups are noisy)."""
     out = []

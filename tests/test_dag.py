@@ -38,6 +38,7 @@ def project(tmp_path_factory) -> Path:
     write_params(load_config(MICRO, overrides={"threads": 1}), root / "params.yaml")
     _run(["git", "init", "-q"], root)
     _run(["dvc", "init", "-q"], root)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots", dirs_exist_ok=True)  # the plot template
     _run(["dvc", "repro"], root)
     return root
 
@@ -61,10 +62,35 @@ def test_report_and_mlflow_runs(project: Path) -> None:
     assert stages >= {"prepare", "base", "reward_models", "train", "evaluate", "report"}
 
 
+def test_plots_overlay_every_variant_on_one_chart_per_metric(project: Path) -> None:
+    shown = json.loads(_run(["dvc", "plots", "show", "--json"], project))
+    # the micro study has no `spatial` variant, so no map figure of it
+    assert [e["name"] for e in shown.get("errors", [])] == ["reports/maps_spatial.png"], shown.get("errors")
+    for name in ("training reward", "policy loss", "KL to the reference policy", "clip fraction",
+                 "map localisation on the core objects"):
+        (plot,) = shown["data"][name]
+        runs = {row["run"] for row in plot["content"]["data"]["values"]}
+        assert runs == {"none-s0", "star-s0"}, (name, runs)
+        assert plot["content"]["encoding"]["color"]["field"] == "variant"
+    assert shown["data"]["reports/difference_vs_none.png"][0]["type"] == "image"
+
+
 def test_second_repro_is_a_no_op(project: Path) -> None:
     out = _run(["dvc", "repro"], project)
     assert "Running stage" not in out, out[-2000:]
     assert "up to date" in _run(["dvc", "status"], project).lower()
+
+
+def test_a_change_to_one_variant_reruns_only_its_stages_and_the_report(project: Path) -> None:
+    """What `dvc exp run -S study.variants.star.gamma=3` does: only star's stages and the report
+    run. Runs after the no-op check: it leaves the project on the changed params."""
+    params = project / "params.yaml"
+    cfg = load_config(params)
+    variants = cfg.study.variants | {"star": cfg.study.variants["star"] | {"gamma": 3.0}}
+    write_params(cfg.model_copy(update={"study": cfg.study.model_copy(update={"variants": variants})}), params)
+    out = _run(["dvc", "repro"], project)
+    stages = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert stages == ["evaluate@star-0", "report", "train@star-0"], out[-2000:]
 
 
 def test_pretrained_model_skips_the_embedded_pretraining(project: Path) -> None:

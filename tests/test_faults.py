@@ -144,6 +144,26 @@ def test_a_bad_command_line_fails_at_once_with_one_message(long_training) -> Non
         assert len(stderr.strip().splitlines()) == 1, stderr
 
 
+def test_a_failing_stage_prints_its_error_once_without_a_traceback(long_training, tmp_path: Path) -> None:
+    """A data error found inside the flow (a corrupted prompt file): one attempt, the message
+    once, no traceback (Prefect's own failure logs are quiet unless --debug)."""
+    import shutil
+
+    root, params = long_training
+    prompts = tmp_path / "prompts"
+    shutil.copytree(root / "data" / "prompts", prompts)
+    (prompts / "geneval" / "train_metadata.jsonl").write_text("{not json\n")
+    cfg = load_config(params, {"paths": {"prompts": str(prompts)}})
+    broken = write_params(cfg, tmp_path / "params.yaml")
+    process = _stage(broken, "train", "--variant", "none")
+    stderr = _finish(process, 300)
+    assert process.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr and "train_metadata.jsonl" in stderr
+    errors = [line for line in stderr.splitlines() if "train_metadata.jsonl" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: "), stderr[-3000:]
+    assert "rerun with --debug" in stderr
+
+
 def test_a_diverging_run_stops_naming_the_iteration(tmp_path: Path) -> None:
     """lr 1e30: the first update sends the policy to inf, the next iteration's samples are not
     finite; the run stops there, naming it, and keeps the checkpoint written before."""

@@ -97,8 +97,9 @@ def test_unavailable_hub_model_names_model_and_offline_flag(monkeypatch, tmp_pat
         load_pipeline("stabilityai/stable-diffusion-3.5-medium")
     message = str(info.value)
     assert "stabilityai/stable-diffusion-3.5-medium" in message and "HF_HUB_OFFLINE=1" in message
-    with pytest.raises(ModelLoadError, match="no_such_dir"):
+    with pytest.raises(ModelLoadError, match=r"no_such_dir does not exist \(a local path, not a hub id\)") as info:
         load_pipeline(tmp_path / "no_such_dir")
+    assert "hf download" not in str(info.value), "a missing local path is not a model to download"
 
 
 def test_latent_grid_must_fit_patches() -> None:

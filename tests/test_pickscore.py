@@ -96,12 +96,15 @@ def test_bad_batches_fail_clearly_and_empty_is_empty(tiny_clip_dir: Path) -> Non
     assert empty.shape == (0,) and reward._model is None  # nothing to score: nothing loaded
 
 
-def test_missing_model_names_it_and_hf_hub_offline(tiny_clip_dir: Path, tmp_path: Path) -> None:
+def test_missing_model_names_it_and_what_to_do(tiny_clip_dir: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no_such_pickscore"
-    with pytest.raises(ModelLoadError, match=r"(?s)PickScore model '.*no_such_pickscore'.*HF_HUB_OFFLINE"):
+    with pytest.raises(ModelLoadError, match=r"PickScore model: .*no_such_pickscore does not exist .*rewards\.pickscore_model"):
         PickScoreReward(missing, tiny_clip_dir).score(_images(1), ["a"], [{}])
-    with pytest.raises(ModelLoadError, match=r"(?s)PickScore processor '.*no_such_pickscore'.*HF_HUB_OFFLINE"):
+    with pytest.raises(ModelLoadError, match=r"PickScore processor: .*no_such_pickscore does not exist"):
         PickScoreReward(tiny_clip_dir, missing).score(_images(1), ["a"], [{}])
+    embedded = build_reward(RewardsConfig(task="pickscore"), tmp_path / "models" / "rewards")
+    with pytest.raises(ModelLoadError, match=r"world_clip does not exist .*`dvc repro reward_models`"):
+        embedded.score(_images(1), ["a"], [{}])
 
 
 def test_contrastive_loss_treats_repeated_captions_as_positives() -> None:
