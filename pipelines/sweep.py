@@ -60,6 +60,25 @@ def deployment(cron: str, parameters: dict[str, Any] | None = None) -> Any:
     return sweep.to_deployment(name=DEPLOYMENT_NAME, cron=cron, parameters=parameters or {})
 
 
+def reachable_server() -> str:
+    """The URL of the Prefect server that ``--serve`` registers with; raises SystemExit(2) with
+    what to do when none is configured or it does not answer (an ephemeral server cannot hold
+    schedules: serving would idle without ever running anything)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise SystemExit("error: --serve needs a running Prefect server: start one with `prefect server start`, "
+                         "then export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as error:
+        raise SystemExit(f"error: the Prefect server at PREFECT_API_URL={url} does not answer ({error}); "
+                         "start it with `prefect server start`") from None
+    return url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="*", default=None, help="training tasks (default: study.sweep_tasks)")
@@ -69,6 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     parameters = {k: v for k, v in {"tasks": args.tasks, "seeds": args.seeds}.items() if v}
     if args.serve:
+        reachable_server()
         sweep.serve(name=DEPLOYMENT_NAME, cron=args.cron, parameters=parameters)
     else:
         sweep(**parameters)

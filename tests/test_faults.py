@@ -126,6 +126,19 @@ def test_sigterm_then_kill_then_resume(long_training) -> None:
     assert not (root / "outputs" / "train" / "none-s0").exists(), "no empty work folder is left"
 
 
+def test_two_variants_train_at_once_into_one_store(long_training) -> None:
+    """Concurrent stages share the MLflow sqlite store and Prefect's home without a lock error."""
+    root, params = long_training
+    runs = [_stage(params, "train", "--variant", variant, "--seed", "3", "-S", "train.iterations=3")
+            for variant in ("none", "star")]
+    for process in runs:
+        stderr = _finish(process, 600)
+        assert process.returncode == 0, stderr[-3000:]
+        assert "locked" not in stderr
+    finished = {run.info.run_name for run in _runs(root) if run.info.status == "FINISHED"}
+    assert {"train-none-s3", "train-star-s3"} <= finished
+
+
 def test_a_bad_command_line_fails_at_once_with_one_message(long_training) -> None:
     _, params = long_training
     cases = {

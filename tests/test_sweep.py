@@ -21,3 +21,20 @@ def test_scheduled_deployment_has_its_schedule_and_parameters(prefect_server) ->
         assert stored.parameters == parameters
         assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * 1"]
         assert client.read_flow(stored.flow_id).name == "sweep"
+
+
+def test_serve_without_a_server_fails_with_what_to_do(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    for url, message in ((None, "--serve needs a running Prefect server"),
+                         ("http://127.0.0.1:9/api", "does not answer")):
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PYTHONPATH": str(REPO)}
+        if url:
+            env["PREFECT_API_URL"] = url
+        result = subprocess.run([sys.executable, "-m", "pipelines.sweep", "--serve"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
