@@ -113,3 +113,17 @@ def test_diagnose_sampler_prints_one_row_per_setting(micro_run, capsys) -> None:
         assert all(0 <= v <= 1 for v in seeds) and float(row[4]) == pytest.approx(sum(seeds) / 2, abs=1e-3)
     with pytest.raises(SystemExit):
         main(["--params", str(MICRO), "--settings", "seven"])
+
+
+def test_profile_prints_each_phase_share(micro_run, capsys, tmp_path: Path) -> None:
+    from benchmarks.profile_study import main
+    from star.config import load_config, write_params
+
+    params = write_params(load_config(MICRO, micro_overrides(micro_run[0])), tmp_path / "params.yaml")
+    main(["--params", str(params), "--iterations", "1", "--skip-startup"])
+    out = capsys.readouterr().out
+    phases = {line.split("|")[1].strip(): float(line.split("|")[3].strip(" %")) for line in out.splitlines()
+              if line.startswith("| ") and line.split("|")[3].strip().endswith("%")}
+    for phase in ("sample", "score", "update", "advantages (+ maps)", "sampling (ODE, CFG)", "scoring (detector + rules)"):
+        assert phase in phases, out
+    assert all(0 <= share <= 100 for share in phases.values())

@@ -1,0 +1,125 @@
+"""Where the study's time goes: each phase's share of a training iteration, of a checkpoint's
+evaluation, and the fixed cost of starting a stage (imports, Prefect's temporary server),
+measured in one run on the default config and the trained base.
+
+    python benchmarks/profile_study.py [--iterations 3] [--params params.yaml] [--skip-startup]
+
+Training: the trainer's own methods are timed in place (sample = SDE rollouts with attention
+capture and VAE decoding, score = reward and detection, advantages = the objective's
+preparation including allocation maps, update = the inner-epoch minibatch steps, checkpoint,
+log). Evaluation: ODE sampling vs scoring of one GenEval pass over the test prompts, per
+noise. Start-up: a fresh process importing a stage module, and one running an empty Prefect
+flow (its temporary server), each timed end to end. Prints a table of seconds and shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.evaluate import strict_rewards, test_records  # noqa: E402
+from rewards.registry import build_reward  # noqa: E402
+from star.config import load_config  # noqa: E402
+from star.evaluation import sample_records  # noqa: E402
+from star.models import pipeline_for  # noqa: E402
+from star.prompt_source import load_task_prompts  # noqa: E402
+from star.trainer import Trainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(seconds: dict[str, float], name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[name] += time.perf_counter() - start
+    return wrapper
+
+
+def table(title: str, seconds: dict[str, float], total: float) -> None:
+    print(f"\n{title}: {total:.1f} s\n\n| phase | seconds | share |\n|---|---:|---:|")
+    for name, value in sorted(seconds.items(), key=lambda item: -item[1]):
+        print(f"| {name} | {value:.2f} | {value / total:.0%} |")
+    rest = total - sum(seconds.values())
+    print(f"| (rest: bookkeeping) | {rest:.2f} | {rest / total:.0%} |")
+
+
+def profile_training(params: str, iterations: int) -> None:
+    cfg = load_config(params)
+    cfg = cfg.for_variant("star" if "star" in cfg.study.variants else next(iter(cfg.study.variants)))
+    pipe = pipeline_for(cfg.model, cfg.paths.base_model)
+    reward = build_reward(cfg.rewards, cfg.paths.reward_models)
+    records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
+    seconds: dict[str, float] = defaultdict(float)
+    with tempfile.TemporaryDirectory() as work:
+        trainer = Trainer(cfg, pipe, reward, records, Path(work), progress=False)
+        for name in ("sample", "score", "update", "save_checkpoint", "_log", "_localisation"):
+            setattr(trainer, name, timed(seconds, name.strip("_"), getattr(trainer, name)))
+        trainer.objective.prepare = timed(seconds, "advantages (+ maps)", trainer.objective.prepare)
+        trainer.step()  # warm-up: first-call allocations and lazy loads are not the steady state
+        seconds.clear()
+        start = time.perf_counter()
+        for _ in range(iterations):
+            trainer.step()
+        total = time.perf_counter() - start
+    rollouts = cfg.train.prompts_per_iteration * cfg.train.group_size
+    table(f"Training iteration of `{cfg.train.allocation}` ({rollouts} rollouts, {cfg.train.steps} steps), "
+          f"mean of {iterations}", {k: v / iterations for k, v in seconds.items()}, total / iterations)
+
+
+def profile_evaluation(params: str) -> None:
+    cfg = load_config(params)
+    pipe = pipeline_for(cfg.model, cfg.paths.base_model)
+    reward = build_reward(strict_rewards(cfg).rewards.model_copy(update={"task": "geneval", "weights": None}),
+                          cfg.paths.reward_models)
+    records = test_records(cfg, "geneval")
+    one_noise = cfg.eval.model_copy(update={"noises": 1})
+    seconds: dict[str, float] = defaultdict(float)
+    start = time.perf_counter()
+    images = timed(seconds, "sampling (ODE, CFG)", sample_records)(pipe, records, one_noise, False)
+    timed(seconds, "scoring (detector + rules)", reward.evaluate)(images, records)
+    total = time.perf_counter() - start
+    table(f"GenEval evaluation, {len(records)} prompts x 1 noise ({cfg.eval.steps} steps; the study runs "
+          f"{cfg.eval.noises} noises)", seconds, total)
+
+
+def profile_startup() -> None:
+    def run(code: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+    python = run("pass")
+    imports = run("import pipelines.train")
+    prefect = run("import pipelines\nfrom prefect import flow\nflow(lambda: 1)()")
+    table("Stage start-up, each in a fresh process", {
+        "python": python, "importing a stage (torch, diffusers, Prefect, MLflow)": imports - python,
+        "an empty Prefect flow (imports + temporary server)": prefect - python,
+    }, imports + prefect - python)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--iterations", type=int, default=3, help="timed training iterations (after one warm-up)")
+    parser.add_argument("--skip-startup", action="store_true", help="do not time the process start-up")
+    args = parser.parse_args(argv)
+    profile_training(args.params, args.iterations)
+    profile_evaluation(args.params)
+    if not args.skip_startup:
+        profile_startup()
+
+
+if __name__ == "__main__":
+    main()
