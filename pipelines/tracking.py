@@ -24,15 +24,58 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def project_root(cwd: Path | None = None) -> Path:
+    """Where relative tracking paths live: the working directory, or, inside a workspace that
+    `dvc exp run --temp/--queue` made under ``<project>/.dvc/tmp/exps/``, the project itself (the
+    temporary workspace is deleted afterwards, and its runs with it)."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for index in range(len(parts) - 2):
+        if parts[index : index + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:index])
+    return cwd
+
+
+def tracking_uri(uri: str, cwd: Path | None = None) -> str:
+    """``uri`` with a relative ``sqlite:///`` path made absolute against ``project_root``."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(project_root(cwd) / uri[len(prefix):])
+    return uri
+
+
+def artifact_location(artifacts: str, cwd: Path | None = None) -> str:
+    """The artifact root as a URI; a relative folder is taken against ``project_root``."""
+    if "://" in artifacts:
+        return artifacts
+    path = Path(artifacts)
+    return (path if path.is_absolute() else project_root(cwd) / path).resolve().as_uri()
+
+
 def experiment_id(cfg: Config) -> str:
     """The configured experiment, created with a local artifact root on first use."""
-    mlflow.set_tracking_uri(cfg.tracking.uri)
+    mlflow.set_tracking_uri(tracking_uri(cfg.tracking.uri))
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = Path(cfg.tracking.artifacts)
-    location = artifacts.resolve().as_uri() if "://" not in cfg.tracking.artifacts else cfg.tracking.artifacts
-    return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    return mlflow.create_experiment(
+        cfg.tracking.experiment, artifact_location=artifact_location(cfg.tracking.artifacts),
+        tags={"mlflow.note.content": "STAR study: one run per DVC stage (prepare, base, reward_models, "
+              "train-<variant>-s<seed>, evaluate-<checkpoint>, report); evaluations are nested under "
+              "the training run they evaluate."},
+    )
+
+
+def training_run_of(experiment: str, tags: dict[str, str]) -> str | None:
+    """The latest finished training run of the checkpoint an evaluation scores, if any."""
+    if "checkpoint" not in tags or tags.get("variant") in (None, "base"):
+        return None
+    found = mlflow.MlflowClient().search_runs(
+        [experiment], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=(f"tags.stage = 'train' and tags.variant = '{tags['variant']}' and "
+                       f"tags.seed = '{tags.get('seed', '')}' and attributes.status = 'FINISHED'"),
+    )
+    return found[0].info.run_id if found else None
 
 
 def run_name(stage: str, tags: dict[str, str]) -> str:
@@ -74,8 +117,12 @@ def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str]
     tags = tags or {}
     experiment = experiment_id(cfg)
     end_orphaned_runs(experiment)
+    links = {}
+    trained_by = training_run_of(experiment, tags) if stage == "evaluate" else None
+    if trained_by:  # the UI nests the evaluation under the training run it evaluates
+        links = {"mlflow.parentRunId": trained_by, "star.trained_by": trained_by}
     run = mlflow.start_run(experiment_id=experiment, run_name=run_name(stage, tags),
-                           tags={"stage": stage, PROCESS_TAG: this_process(), **tags})
+                           tags={"stage": stage, PROCESS_TAG: this_process(), **links, **tags})
     try:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         yield run
@@ -89,4 +136,6 @@ def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str]
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:
-    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)
+    """Log metrics at ``step``; an ``iteration`` entry is the step itself, not a metric (it would
+    become the compare view's default axis)."""
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items() if k != "iteration"}, step=step)

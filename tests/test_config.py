@@ -154,3 +154,18 @@ def test_train_fraction_must_train_a_step(tmp_path: Path) -> None:
         load_config(write(tmp_path, "train: {steps: 4, train_fraction: 0.2}\n"))
     assert load_config(write(tmp_path, "train: {steps: 4, train_fraction: 0.25}\n")).train.train_fraction == 0.25
 
+
+
+def test_relative_tracking_paths_resolve_to_the_project_also_from_a_dvc_temp_workspace(tmp_path: Path) -> None:
+    """`dvc exp run --temp` runs the stages in <project>/.dvc/tmp/exps/…; their MLflow store is
+    the project's, not the temporary copy's (deleted afterwards)."""
+    from pipelines.tracking import artifact_location, project_root, tracking_uri
+
+    temp = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "tmpabc123"
+    temp.mkdir(parents=True)
+    assert project_root(temp) == tmp_path.resolve() and project_root(tmp_path) == tmp_path.resolve()
+    assert tracking_uri("sqlite:///mlruns.db", temp) == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
+    assert tracking_uri("sqlite:////abs/m.db", temp) == "sqlite:////abs/m.db"
+    assert tracking_uri("http://server:5000", temp) == "http://server:5000"
+    assert artifact_location("mlartifacts", temp) == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert artifact_location("s3://bucket/a", temp) == "s3://bucket/a"

@@ -175,6 +175,19 @@ def test_a_failing_stage_prints_its_error_once_without_a_traceback(long_training
     errors = [line for line in stderr.splitlines() if "train_metadata.jsonl" in line]
     assert len(errors) == 1 and errors[0].startswith("error: "), stderr[-3000:]
     assert "rerun with --debug" in stderr
+    assert not (root / "outputs" / "train" / "none-s0").exists(), "no empty work folder is left"
+
+
+def test_a_failed_evaluation_leaves_no_empty_sample_folder(micro_run) -> None:  # noqa: F811
+    from pipelines.evaluate import evaluate
+    from star.models import ModelLoadError
+
+    root = micro_run[0]
+    overrides = micro_overrides(root) | {"study": {"eval_tasks": ["pickscore"]},
+                                         "paths": micro_overrides(root)["paths"] | {"reward_models": str(root / "none")}}
+    with pytest.raises(ModelLoadError, match="dvc repro reward_models"):
+        evaluate(checkpoint="base", params=str(MICRO), overrides=overrides)
+    assert not (root / "eval" / "base").exists()
 
 
 def test_a_diverging_run_stops_naming_the_iteration(tmp_path: Path) -> None:

@@ -100,3 +100,16 @@ def test_mlflow_runs_are_tagged_for_comparison(study) -> None:
     client = mlflow.MlflowClient()
     figures = [a.path for a in client.list_artifacts(train_run.info.run_id, "figures")]
     assert any("allocation_" in f for f in figures) and any("samples_" in f for f in figures)
+
+
+def test_evaluations_are_nested_under_the_training_run_they_evaluate(study) -> None:
+    root = study[0]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["star"], output_format="list")}
+    for variant in ("none", "star"):
+        evaluation, training = runs[f"evaluate-{variant}-s0"], runs[f"train-{variant}-s0"]
+        assert evaluation.data.tags["mlflow.parentRunId"] == training.info.run_id
+    assert "mlflow.parentRunId" not in runs["evaluate-base"].data.tags
+    assert "iteration" not in runs["train-star-s0"].data.metrics, "the step is the axis, not a metric"
+    experiment = mlflow.get_experiment_by_name("star")
+    assert "one run per DVC stage" in experiment.tags["mlflow.note.content"]
