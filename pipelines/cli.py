@@ -97,16 +97,16 @@ def preflight(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     cfg = load_config(args.params, overrides)
     if args.stage == "train":
         cfg = cfg.for_variant(args.variant, args.seed)
-    if args.stage in ("train", "evaluate"):
-        check_model_source(cfg)
-        check_reward_models(cfg, args.stage)
-    if args.stage == "evaluate" and args.checkpoint != "base":
+    if args.stage == "evaluate" and args.checkpoint != "base":  # what the user named, first
         path = cfg.paths.checkpoints / args.checkpoint
         if not path.is_dir():
             variant, _, seed = args.checkpoint.rpartition("-s")
             raise ConfigError(f"checkpoint {args.checkpoint!r} not found at {path}: train it first "
                               f"(`dvc repro train@{variant}-{seed}` or `python -m pipelines train --variant "
                               f"{variant} --seed {seed}`)")
+    if args.stage in ("train", "evaluate"):
+        check_model_source(cfg)
+        check_reward_models(cfg, args.stage)
     return cfg, overrides
 
 

@@ -198,14 +198,14 @@ class BaseConfig(_Section):
     )
     low_res_steps: int = _knob(2500, "transformer steps at low_res_size before the full size", ge=0)
     batch_size: int = _knob(32, "images per transformer step", ge=1)
-    lr: float = _knob(5e-4, "transformer AdamW learning rate (cosine decay after warm-up)", gt=0)
+    lr: float = _knob(1e-3, "transformer (and text encoders') AdamW learning rate, cosine decay after warm-up", gt=0)
     warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)
     weight_decay: float = _knob(0.0, "AdamW weight decay", ge=0)
     grad_clip: float = _knob(1.0, "gradient-norm clip", gt=0)
     caption_dropout: float = _knob(0.1, "probability of the empty caption (for CFG)", ge=0, le=1)
     ema_decay: float = _knob(0.998, "EMA decay of transformer weights; the EMA is what is saved", ge=0, lt=1)
     train_text_encoders: bool = _knob(
-        False, "train the miniature's CLIP and T5 encoders with the transformer (else frozen at init, as SD3)"
+        True, "train the miniature's CLIP and T5 encoders with the transformer (false: frozen at init, as SD3)"
     )
     dataset_size: int = _knob(20000, "world images rendered once and reused across steps", ge=64)
     checkpoint_every: int = _knob(500, "steps between resumable checkpoints", ge=1)

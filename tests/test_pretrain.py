@@ -137,8 +137,8 @@ def test_text_encoders_train_only_when_asked_and_resume_exactly(tmp_path: Path) 
         return {f"{name}.{k}": v.clone() for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
                 for k, v in getattr(pipe, name).state_dict().items()}
 
-    init = encoders_after(0, tmp_path / "none.ckpt")
-    frozen = encoders_after(4, tmp_path / "frozen.ckpt")
+    init = encoders_after(0, tmp_path / "none.ckpt", train_text_encoders=False)
+    frozen = encoders_after(4, tmp_path / "frozen.ckpt", train_text_encoders=False)
     assert all(torch.equal(init[k], frozen[k]) for k in init)
     trained = encoders_after(4, tmp_path / "a.ckpt", train_text_encoders=True)
     for name in ("text_encoder.", "text_encoder_2.", "text_encoder_3."):
