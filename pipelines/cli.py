@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.debug:
         os.environ[failures.DEBUG_ENV] = "1"
     try:
-        cfg, overrides = preflight(args)
+        _, overrides = preflight(args)  # the flow loads the same config again, in its own run
     except ConfigError as error:
         return failures.report_failure(error)
     failures.interrupt_on_signals()

@@ -81,9 +81,9 @@ def _environment(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def orphaned_servers(prefect_home: str | None = None) -> Iterator[int]:
-    """PIDs of Prefect temporary servers started by a stage process that no longer exists
-    (killed with SIGKILL, so it never stopped its server), for this ``PREFECT_HOME``."""
+def temporary_servers(prefect_home: str | None = None) -> Iterator[tuple[int, str]]:
+    """(PID, owner) of every Prefect temporary server a stage process started for this
+    ``PREFECT_HOME``; owner is the ``STAGE_ENV`` value it inherited (``this_process`` of its stage)."""
     home = prefect_home or os.environ.get("PREFECT_HOME")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -96,10 +96,14 @@ def orphaned_servers(prefect_home: str | None = None) -> Iterator[int]:
             continue
         env = _environment(int(entry.name))
         owner = env.get(STAGE_ENV)
-        if owner is None or (home is not None and env.get("PREFECT_HOME") != home):
-            continue
-        if not process_alive(owner):
-            yield int(entry.name)
+        if owner is not None and (home is None or env.get("PREFECT_HOME") == home):
+            yield int(entry.name), owner
+
+
+def orphaned_servers(prefect_home: str | None = None) -> Iterator[int]:
+    """PIDs of the ``temporary_servers`` whose stage process no longer exists (killed with
+    SIGKILL, so it never stopped its server)."""
+    return (pid for pid, owner in temporary_servers(prefect_home) if not process_alive(owner))
 
 
 def reap_orphaned_servers() -> list[int]:

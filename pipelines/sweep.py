@@ -61,7 +61,7 @@ def deployment(cron: str, parameters: dict[str, Any] | None = None) -> Any:
 
 
 def reachable_server() -> str:
-    """The URL of the Prefect server that ``--serve`` registers with; raises SystemExit(2) with
+    """The URL of the Prefect server that ``--serve`` registers with; exits non-zero saying
     what to do when none is configured or it does not answer (an ephemeral server cannot hold
     schedules: serving would idle without ever running anything)."""
     import httpx

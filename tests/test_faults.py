@@ -19,7 +19,7 @@ import mlflow
 import pytest
 import torch
 
-from pipelines.failures import SERVER_MARK, STAGE_ENV, _environment, is_transient
+from pipelines.failures import is_transient, temporary_servers
 from star import checkpoint
 from star.checkpoint import CheckpointWriteError
 from star.config import load_config, write_params
@@ -30,16 +30,7 @@ from tests.test_stages import micro_run  # noqa: F401  (the prepare + base fixtu
 
 def _servers_of(pid: int) -> list[int]:
     """Prefect temporary servers started by the stage process ``pid`` that are still alive."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if SERVER_MARK in command and _environment(int(entry.name)).get(STAGE_ENV, "").startswith(f"{pid}:"):
-                found.append(int(entry.name))
-    return found
+    return [server for server, owner in temporary_servers() if owner.startswith(f"{pid}:")]
 
 
 def _stage(params: Path, *args: str) -> subprocess.Popen:
