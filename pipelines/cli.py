@@ -129,6 +129,12 @@ def check_reward_models(cfg: Config, stage: str) -> None:
                           f"with `dvc repro reward_models` or fetch it with `dvc pull {cfg.paths.reward_models}`")
 
 
+def named_flow(stage_flow: Any, args: argparse.Namespace) -> Any:
+    """The stage's flow with a readable Prefect run name: ``evaluate-star-s0``, ``base``, ``report``."""
+    name = f"evaluate-{args.checkpoint}" if args.stage == "evaluate" else args.stage
+    return stage_flow.with_options(flow_run_name=name)
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, then import the stage (Prefect, MLflow, torch) and run its flow; the exit code."""
     from pipelines import failures
@@ -147,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         failures.quiet_prefect_tracebacks()
         extra = {"variant": args.variant, "seed": args.seed} if args.stage == "train" else {}
         extra |= {"checkpoint": args.checkpoint} if args.stage == "evaluate" else {}
-        entry = getattr(module, "run_cli", None) or getattr(module, args.stage)  # the stage's flow
+        entry = getattr(module, "run_cli", None) or named_flow(getattr(module, args.stage), args)
         entry(params=args.params, overrides=overrides, **extra)
     except BaseException as error:  # noqa: BLE001  (signals included: one message, an exit code)
         if isinstance(error, SystemExit):

@@ -4,15 +4,24 @@ as a `dvc exp run`, orchestrated by Prefect.
     python -m pipelines.sweep                       # run now: study.sweep_tasks x study.seeds
     python -m pipelines.sweep --tasks geneval ocr --seeds 0 1 2
     python -m pipelines.sweep --serve --cron "0 2 * * *"   # a scheduled deployment (needs a server)
+    python -m pipelines.sweep --deploy --work-pool star-process --cron "0 2 * * *"
 
-The scheduled form registers the deployment ``sweep/scheduled-sweep`` with the Prefect server in
-``PREFECT_API_URL`` (start one with ``prefect server start``) and serves it until stopped.
+``--serve`` registers the deployment ``sweep/scheduled-sweep`` with the Prefect server in
+``PREFECT_API_URL`` (start one with ``prefect server start``) and runs its scheduled runs in this
+process until stopped. ``--deploy`` registers it with a process work pool instead (create it once
+with ``prefect work-pool create star-process --type process``); a worker started on any machine
+with this checkout (``prefect worker start --pool star-process``) runs the scheduled runs. While
+an experiment runs, the sweep logs each DVC stage it enters and the training reward.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -31,12 +40,41 @@ def experiment_command(train_task: str, seeds: list[int], name: str | None = Non
     return command + (["--name", name] if name else [])
 
 
+STAGE_LINE = re.compile(r"Running stage '([^']+)'")
+REWARD = re.compile(r"reward=(-?[0-9.]+)")
+
+
+def stream_experiment(command: list[str], log: Callable[[str], None], reward_every: float = 30.0) -> list[str]:
+    """Run ``command`` (a `dvc exp run`), logging each stage it enters and, at most every
+    ``reward_every`` seconds, the training reward from the trainer's progress bar (whose ``\\r``
+    updates text mode reads as lines). Returns the last 40 lines of its output; raises on failure."""
+    tail: deque[str] = deque(maxlen=40)
+    stage, last_reward = "", float("-inf")
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if not line:
+                continue
+            tail.append(line)
+            if started := STAGE_LINE.search(line):
+                stage = started[1]
+                log(f"stage {stage}")
+            elif (reward := REWARD.search(line)) and time.monotonic() - last_reward >= reward_every:
+                last_reward = time.monotonic()
+                log(f"stage {stage}: training reward {reward[1]}")
+    if process.returncode != 0:
+        output = "\n".join(tail)
+        raise RuntimeError(f"`{' '.join(command)}` failed (exit {process.returncode}):\n{output}")
+    return list(tail)
+
+
 @task(retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
 def run_experiment(train_task: str, seeds: list[int], name: str) -> str:
-    """One experiment; a retry resumes (DVC skips stages whose outputs are already cached)."""
-    result = subprocess.run(experiment_command(train_task, seeds, name), cwd=REPO_ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(experiment_command(train_task, seeds, name))}` failed:\n{result.stderr[-2000:]}")
+    """One experiment, streamed into the sweep's log; a retry resumes (DVC skips stages whose
+    outputs are already cached)."""
+    logger = get_run_logger()
+    stream_experiment(experiment_command(train_task, seeds, name), lambda message: logger.info("%s: %s", name, message))
     return name
 
 
@@ -55,9 +93,25 @@ def sweep(tasks: list[str] | None = None, seeds: list[int] | None = None, params
     return names
 
 
+def scheduled(stage_flow: Any, name: str, cron: str, parameters: dict[str, Any] | None = None) -> Any:
+    """``stage_flow`` as a deployment on a cron schedule (``.apply()`` registers it; ``--serve``
+    serves it)."""
+    return stage_flow.to_deployment(name=name, cron=cron, parameters=parameters or {})
+
+
 def deployment(cron: str, parameters: dict[str, Any] | None = None) -> Any:
-    """The scheduled sweep as a Prefect deployment object (``.apply()`` registers it)."""
-    return sweep.to_deployment(name=DEPLOYMENT_NAME, cron=cron, parameters=parameters or {})
+    """The scheduled sweep as a Prefect deployment object."""
+    return scheduled(sweep, DEPLOYMENT_NAME, cron, parameters)
+
+
+def deploy_to_work_pool(work_pool: str, cron: str, parameters: dict[str, Any] | None = None) -> Any:
+    """Register the scheduled sweep with the process work pool ``work_pool``: its workers load
+    ``pipelines/sweep.py:sweep`` from this checkout. Returns the deployment id."""
+    # Not `flow.deploy`: in Prefect 3.8.8 it asks the server for the pool's workers with limit
+    # None, which the pinned server rejects (422); `to_deployment(...).apply()` registers the same.
+    source = sweep.from_source(source=str(REPO_ROOT), entrypoint="pipelines/sweep.py:sweep")
+    return source.to_deployment(name=DEPLOYMENT_NAME, work_pool_name=work_pool, cron=cron,
+                                parameters=parameters or {}).apply()
 
 
 def reachable_server() -> str:
@@ -84,12 +138,21 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*", default=None, help="training tasks (default: study.sweep_tasks)")
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="seeds (default: study.seeds)")
     parser.add_argument("--serve", action="store_true", help="register a scheduled deployment and serve it")
-    parser.add_argument("--cron", default="0 2 * * *", help="schedule of --serve (default: 02:00 daily)")
+    parser.add_argument("--deploy", action="store_true", help="register a scheduled deployment with --work-pool")
+    parser.add_argument("--work-pool", default="star-process", help="process work pool of --deploy")
+    parser.add_argument("--cron", default="0 2 * * *", help="schedule of --serve/--deploy (default: 02:00 daily)")
     args = parser.parse_args()
     parameters = {k: v for k, v in {"tasks": args.tasks, "seeds": args.seeds}.items() if v}
-    if args.serve:
+    if args.serve or args.deploy:
         reachable_server()
-        sweep.serve(name=DEPLOYMENT_NAME, cron=args.cron, parameters=parameters)
+    if args.deploy:
+        deployment_id = deploy_to_work_pool(args.work_pool, args.cron, parameters)
+        print(f"deployment sweep/{DEPLOYMENT_NAME} ({deployment_id}) registered with work pool {args.work_pool!r}; "
+              f"start a worker with `prefect worker start --pool {args.work_pool}`")
+    elif args.serve:
+        from prefect import serve
+
+        serve(deployment(args.cron, parameters))
     else:
         sweep(**parameters)
 

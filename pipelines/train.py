@@ -3,7 +3,8 @@
     python -m pipelines train --variant star [--seed 0] [-S train.iterations=20]
 
 Under ``accelerate launch`` / ``torchrun`` with several processes the same code runs without
-Prefect (one flow per process would start one Prefect server per process); rank 0 logs.
+Prefect (one flow per process would start one Prefect server per process); rank 0 logs to
+MLflow. The run logs the variant as an MLflow model (``pipelines/adapter_model.py``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import csv
 import json
 import os
 import shutil
+from contextlib import nullcontext
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from PIL import Image
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
-import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
+from pipelines import REPO_ROOT
 from pipelines.cli import stage_main, use_threads
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
@@ -67,29 +72,64 @@ def write_outputs(cfg: Config, name: str, history: list[dict[str, float]], secon
     return summary
 
 
+MODEL_NAME = "model"
+"""The training run logs its variant as ``runs:/<run id>/model`` (``pipelines/adapter_model.py``)."""
+MODEL_CODE = REPO_ROOT / "pipelines" / "adapter_model.py"
+
+
 def work_dir_for(cfg: Config, name: str) -> Path:
     """The variant's resumable checkpoints, named by what determines its trajectory."""
     return cfg.paths.work / "train" / name / fingerprint(cfg, list(TRAJECTORY_SECTIONS))
 
 
-def run_training(cfg: Config, name: str, log: bool = True) -> tuple[Trainer, float]:
-    """Train ``cfg`` (already the variant's config) and save the EMA weights as the variant."""
+def log_figure(path: Path, step: int) -> None:
+    """A training figure as an MLflow image at ``step`` (the UI's per-step slider); the key is
+    the figure's kind: ``samples_0012.png`` -> ``samples``."""
+    with Image.open(path) as image:
+        mlflow.log_image(image.convert("RGB"), key=path.stem.rsplit("_", 1)[0], step=step)
+
+
+def run_training(cfg: Config, name: str, log: bool = True) -> Trainer:
+    """Train ``cfg`` (already the variant's config) and save the EMA weights as the variant;
+    ``log``: metrics and figures go to the active MLflow run."""
     use_threads(cfg)
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
-    work_dir = work_dir_for(cfg, name)
     trainer = Trainer(
-        cfg, pipe, reward, records, work_dir,
+        cfg, pipe, reward, records, work_dir_for(cfg, name),
         on_metrics=(lambda m, step: log_metrics(m, step=step)) if log else None,
-        on_artifact=(lambda path, step: mlflow.log_artifact(str(path), "figures")) if log else None,
+        on_artifact=log_figure if log else None,
     )
     trainer.train()
     trainer.final_weights()
     if trainer.accelerator.is_main_process:
         info = {"variant": name, "seed": cfg.seed, "task": cfg.rewards.task, "train": cfg.train.model_dump(mode="json")}
         checkpoint.atomic_directory(cfg.paths.checkpoints / name, lambda path: save_variant(pipe, path, info))
-    return trainer, trainer.seconds()  # earlier, interrupted attempts included
+    return trainer
+
+
+def log_variant_model(cfg: Config, name: str) -> str:
+    """Log the saved variant as an MLflow model (``pipelines/adapter_model.py``) with the
+    training params; returns its URI."""
+    base_model = str(cfg.paths.base_model.resolve()) if cfg.model.source == "embedded" else cfg.model.pretrained
+    config = {"base_model": base_model, "dtype": cfg.model.dtype, "revision": cfg.model.revision,
+              "steps": cfg.eval.steps, "guidance_scale": cfg.eval.guidance_scale}
+    versions = {package: metadata.version(package) for package in ("torch", "diffusers", "transformers", "peft", "mlflow")}
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME, python_model=str(MODEL_CODE), artifacts={"variant": str(cfg.paths.checkpoints / name)},
+        model_config={k: v for k, v in config.items() if v is not None}, code_paths=[str(REPO_ROOT / "star")],
+        pip_requirements=[f"{package}=={version}" for package, version in versions.items()],
+        params={f"train.{k}": str(v) for k, v in cfg.train.model_dump(mode="json").items()},
+    )
+    return info.model_uri
+
+
+def log_outputs(cfg: Config, name: str, summary: dict[str, float]) -> None:
+    """The end of a training run in MLflow: final metrics, the curve, the variant as a model."""
+    log_metrics({f"final/{k}": v for k, v in summary.items()})
+    mlflow.log_artifact(str(cfg.paths.metrics / "train" / f"{name}.csv"), "curves")
+    log_variant_model(cfg, name)
 
 
 # A retry resumes from the last checkpoint in the work directory.
@@ -97,36 +137,57 @@ def run_training(cfg: Config, name: str, log: bool = True) -> tuple[Trainer, flo
 def train_variant(cfg: Config, name: str) -> dict[str, float]:
     work_dir = work_dir_for(cfg, name)
     with remove_if_left_empty(work_dir, work_dir.parent):
-        trainer, seconds = run_training(cfg, name)
-        summary = write_outputs(cfg, name, trainer.history, seconds)
-        shutil.rmtree(trainer.work_dir, ignore_errors=True)  # the variant is saved: checkpoints are spent
+        trainer = run_training(cfg, name)
+        summary = write_outputs(cfg, name, trainer.history, trainer.seconds())  # earlier attempts included
+        shutil.rmtree(work_dir, ignore_errors=True)  # the variant is saved: checkpoints are spent
     return summary
 
 
-@flow(name="train")
+def run_tags(cfg: Config, variant: str) -> dict[str, str]:
+    return {"variant": variant, "task": cfg.rewards.task, "seed": str(cfg.seed), "allocation": cfg.train.allocation,
+            "algorithm": cfg.train.algorithm}
+
+
+def flow_run_name() -> str:
+    """``train-star-s0``: the Prefect flow run's name, from its parameters (seed None: the config's)."""
+    parameters = flow_run.parameters
+    seed = parameters.get("seed")
+    if seed is None:
+        seed = load_config(parameters.get("params", "params.yaml"), parameters.get("overrides")).seed
+    return f"train-{run_name(parameters['variant'], seed)}"
+
+
+@flow(name="train", flow_run_name=flow_run_name)
 def train(variant: str, seed: int | None = None, params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
     cfg = load_config(params, overrides).for_variant(variant, seed)
     name = run_name(variant, cfg.seed)
-    tags = {"variant": variant, "task": cfg.rewards.task, "seed": str(cfg.seed), "allocation": cfg.train.allocation,
-            "algorithm": cfg.train.algorithm}
-    with stage_run(cfg, "train", SECTIONS, tags=tags):
+    with stage_run(cfg, "train", SECTIONS, tags=run_tags(cfg, variant)):
         summary = train_variant(cfg, name)
-        log_metrics({f"final/{k}": v for k, v in summary.items()})
-        mlflow.log_artifact(str(cfg.paths.metrics / "train" / f"{name}.csv"), "curves")
+        log_outputs(cfg, name, summary)
     get_run_logger().info("train %s: %s", name, summary)
     return summary
 
 
+def train_processes(variant: str, seed: int | None, params: str, overrides: dict[str, Any]) -> dict[str, float] | None:
+    """One process of a multi-process training (``accelerate launch``/``torchrun``), without
+    Prefect (one flow per process would start one server per process): every rank trains, rank
+    0 alone tracks it in MLflow and writes the outputs; returns rank 0's summary."""
+    cfg = load_config(params, overrides).for_variant(variant, seed)
+    name = run_name(variant, cfg.seed)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with stage_run(cfg, "train", SECTIONS, tags=run_tags(cfg, variant)) if rank0 else nullcontext():
+        trainer = run_training(cfg, name, log=rank0)
+        if not rank0:
+            return None
+        summary = write_outputs(cfg, name, trainer.history, trainer.seconds())
+        log_outputs(cfg, name, summary)
+    return summary
+
+
 def run_cli(variant: str, seed: int | None, params: str, overrides: dict[str, Any]) -> None:
-    """The command line's entry: the Prefect flow, or under ``accelerate launch`` with several
-    processes the same training without Prefect (one flow per process would start one Prefect
-    server per process); rank 0 writes the outputs."""
+    """The command line's entry: the Prefect flow, or with several processes ``train_processes``."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        cfg = load_config(params, overrides).for_variant(variant, seed)
-        name = run_name(variant, cfg.seed)
-        trainer, seconds = run_training(cfg, name, log=False)
-        if trainer.accelerator.is_main_process:
-            write_outputs(cfg, name, trainer.history, seconds)
+        train_processes(variant, seed, params, overrides)
     else:
         train(variant=variant, seed=seed, params=params, overrides=overrides)
 

@@ -79,7 +79,6 @@ def check_batch(images: torch.Tensor, prompts: list[str], metadata: list[dict[st
 
 
 def to_uint8_arrays(images: torch.Tensor) -> list[np.ndarray]:
-    """(B, 3, H, W) floats in [0, 1] (``check_images``) -> B arrays (H, W, 3) uint8."""
-    check_images(images)
+    """(B, 3, H, W) floats in [0, 1], already checked by ``check_batch`` -> B arrays (H, W, 3) uint8."""
     arrays = (images.detach().float() * 255).round().to(torch.uint8)
     return list(arrays.permute(0, 2, 3, 1).cpu().numpy())

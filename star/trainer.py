@@ -58,7 +58,8 @@ def trajectory_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every leaf where two config dumps differ (dotted keys)."""
+    """'key: <old> in the checkpoint, <new> now' for every leaf where two config dumps differ
+    (dotted keys; a key missing on one side reads <absent>)."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [line for key in sorted(set(old) | set(new), key=str)
                 for line in config_differences(old.get(key, "<absent>"), new.get(key, "<absent>"),
@@ -234,7 +235,7 @@ class Trainer:
             self.generator, self.capture, core_mask, keep_velocities=self.objective.needs_velocities,
             sde_steps=sde_steps,
         )
-        self._check_finite("sampled latents", fields["latents"])
+        self._check_finite("sampled latents are", fields["latents"])
         trained = trained_steps(sde_steps, cfg.steps, cfg.train_fraction)
         return Rollouts(
             prompts, expanded, group_ids, cond, self.sigmas, core_mask=core_mask, sde_steps=sde_steps, trained=trained,
@@ -300,7 +301,7 @@ class Trainer:
             sync = apply and position == len(steps) - 1
             with (nullcontext() if sync else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
                 loss, stats = self.objective.step_loss(self.policy, rollouts, targets, t)
-                self._check_finite(f"loss of denoising step {t}", loss)
+                self._check_finite(f"loss of denoising step {t} is", loss)
                 self.accelerator.backward(loss / (len(steps) * self.train_cfg.accumulation_steps))
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value) / len(steps)
@@ -312,7 +313,7 @@ class Trainer:
     def _optimizer_step(self) -> float:
         """Clip, step and clear the accumulated gradient, update the EMA; returns the gradient norm."""
         grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.train_cfg.grad_clip))
-        self._check_finite("gradient norm", torch.tensor(grad_norm))  # before the step: weights stay finite
+        self._check_finite("gradient norm is", torch.tensor(grad_norm))  # before the step: weights stay finite
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.pending = 0
@@ -321,12 +322,13 @@ class Trainer:
         return grad_norm
 
     def _check_finite(self, what: str, values: torch.Tensor) -> None:
-        """Stop with ``TrainingDiverged`` naming the iteration when ``values`` hold NaN or inf."""
+        """Stop with ``TrainingDiverged`` naming the iteration when ``values`` hold NaN or inf;
+        ``what`` names them with their verb ("gradient norm is")."""
         if not bool(torch.isfinite(values.detach()).all()):
             self.optimizer.zero_grad(set_to_none=True)
             kept = f"its last checkpoint ({self._checkpoint_path}) is kept" if self._checkpoint_path.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(
-                f"training diverged at iteration {self.iteration}: the {what} is not finite (NaN or inf); "
+                f"training diverged at iteration {self.iteration}: the {what} not finite (NaN or inf); "
                 f"{kept}. Try a smaller train.lr"
             )
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -97,9 +99,50 @@ def test_mlflow_runs_are_tagged_for_comparison(study) -> None:
     train_run = next(r for r in runs if r.data.tags["stage"] == "train" and r.data.tags["variant"] == "star")
     assert train_run.data.tags["seed"] == "0" and train_run.data.tags["task"] == "geneval"
     assert "reward_mean" in train_run.data.metrics and "final/reward_end" in train_run.data.metrics
-    client = mlflow.MlflowClient()
-    figures = [a.path for a in client.list_artifacts(train_run.info.run_id, "figures")]
-    assert any("allocation_" in f for f in figures) and any("samples_" in f for f in figures)
+    # figures are MLflow images with a key and a step (the UI's per-step slider)
+    images = [a.path for a in mlflow.MlflowClient().list_artifacts(train_run.info.run_id, "images")]
+    for key in ("samples", "allocation"):
+        assert any(path.startswith(f"images/{key}+step+1+") for path in images), images
+
+
+def test_prefect_flow_runs_are_named_like_the_mlflow_runs(study) -> None:
+    import argparse
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from pipelines.cli import named_flow
+    from pipelines.evaluate import evaluate
+
+    with get_client(sync_client=True) as client:
+        names = {run.name for run in client.read_flow_runs(limit=200, sort=FlowRunSort.START_TIME_DESC)}
+    assert {"train-none-s0", "train-star-s0"} <= names
+    args = argparse.Namespace(stage="evaluate", checkpoint="star-s0")
+    assert named_flow(evaluate, args).flow_run_name == "evaluate-star-s0"  # what `python -m pipelines` runs
+
+
+def test_training_run_logs_its_variant_as_a_loadable_model(study) -> None:
+    from star.config import load_config
+    from star.models import load_pipeline
+    from star.sampling import sample_ode
+    from star.variants import LORA_FILE, load_variant
+
+    root = study[0]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["star"], output_format="list")}
+    run_id = runs["train-star-s0"].info.run_id
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # the one-liner the README gives
+    prompts = ["a photo of a red star", "a photo of two blue circles"]
+    images = model.predict(prompts)
+    cfg = load_config(MICRO, micro_overrides(root))
+    pipe = load_variant(load_pipeline(root / "models" / "base"), root / "models" / "checkpoints" / "star-s0")
+    expected = sample_ode(pipe, prompts, [0, 1], cfg.eval.steps, cfg.eval.guidance_scale)
+    assert images.dtype == np.uint8 and images.shape == (2, *expected.shape[2:], 3)
+    assert np.abs(images.astype(int) - (expected * 255).round().permute(0, 2, 3, 1).numpy().astype(int)).max() <= 1
+    logged = mlflow.get_logged_model(model.metadata.model_id)
+    assert logged.params["train.allocation"] == "star" and logged.source_run_id == run_id
+    weights = mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/artifacts/star-s0/{LORA_FILE}")
+    assert Path(weights).read_bytes() == (root / "models" / "checkpoints" / "star-s0" / LORA_FILE).read_bytes()
 
 
 def test_evaluations_are_nested_under_the_training_run_they_evaluate(study) -> None:
@@ -113,3 +156,35 @@ def test_evaluations_are_nested_under_the_training_run_they_evaluate(study) -> N
     assert "iteration" not in runs["train-star-s0"].data.metrics, "the step is the axis, not a metric"
     experiment = mlflow.get_experiment_by_name("star")
     assert "one run per DVC stage" in experiment.tags["mlflow.note.content"]
+
+
+def test_under_two_processes_rank_0_alone_logs_the_run(study) -> None:
+    """`accelerate launch`/`torchrun` with two CPU processes (gloo) through the stage's command
+    line: one MLflow run, with the curve, the images and the model, written by rank 0."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    root = study[0]
+    overrides = [f"{section}.{key}={value}" for section, values in micro_overrides(root).items()
+                 for key, value in values.items()]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "pipelines", "train", "--variant", "none", "--seed", "7", "--params", str(MICRO),
+               *[arg for override in overrides for arg in ("-S", override)]]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    runs = [r for r in mlflow.search_runs(experiment_names=["star"], output_format="list")
+            if r.info.run_name == "train-none-s7"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", "one run, by rank 0"
+    history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "reward_mean")
+    assert [m.step for m in history] == [1, 2]
+    assert mlflow.pyfunc.load_model(f"runs:/{runs[0].info.run_id}/model") is not None
+    assert json.loads((root / "metrics" / "train" / "none-s7.json").read_text())["iterations"] == 2
