@@ -1,5 +1,6 @@
-"""Stage ``report``: the study's comparison table (markdown + self-contained HTML), reward
-curves and allocation-map figures, written to ``reports/`` and logged to MLflow.
+"""Stage ``report``: the study's comparison table (markdown + self-contained HTML), the
+checkpoints side by side on the same prompts and noises, reward curves and allocation-map
+figures, written to ``reports/`` and logged to MLflow.
 
     python -m pipelines report
 """
@@ -21,8 +22,10 @@ from pipelines.evaluate import test_records
 from pipelines.tracking import stage_run
 from rewards.registry import build_reward
 from star.config import Config, fingerprint
+from star.evaluation import noise_seeds
 from star.maps import model_allocation_maps
 from star.models import pipeline_for
+from star.sampling import sample_ode
 from star.report import (
     collect_rows,
     compare,
@@ -33,10 +36,11 @@ from star.report import (
     markdown_table,
     plot_curves,
     plot_differences,
+    split_checkpoint,
     training_curves,
 )
 from star.variants import load_variant
-from star.visualize import allocation_overlay
+from star.visualize import allocation_overlay, comparison_grid
 
 MAP_PROMPTS = 4
 """Prompts shown in each allocation-map figure (one per GenEval task family, in file order)."""
@@ -65,6 +69,45 @@ def map_figure(cfg: Config, variant: str, out: Path) -> Path | None:
                               scores, MAP_VMAX, title)
 
 
+SIDE_BY_SIDE_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+"""The side-by-side grid shows the first test prompt of each GenEval task."""
+
+
+def side_by_side_plan(records: list[dict[str, Any]], scores: Any, cfg: Config, checkpoints: list[str]
+                      ) -> tuple[list[str], list[int], dict[str, list[bool]]]:
+    """The grid's prompts, their evaluation noise 0 seeds (``star.evaluation.noise_seeds``), and
+    per checkpoint whether the evaluation counted each of those images correct (strict GenEval)."""
+    picked = [next(i for i, r in enumerate(records) if r["tag"] == tag)
+              for tag in SIDE_BY_SIDE_TAGS if any(r["tag"] == tag for r in records)]
+    seed_of = {(noise, index): seed for noise, index, seed in noise_seeds(len(records), cfg.eval)}
+    geneval = scores[(scores.task == "geneval") & (scores.noise == 0)]
+    correct = {}
+    for checkpoint in checkpoints:
+        variant, seed = split_checkpoint(checkpoint)
+        rows = geneval[(geneval.variant == variant) & (geneval.seed == (seed or 0))]
+        by_prompt = dict(zip(rows.prompt_index, rows.correct))
+        correct[checkpoint] = [bool(by_prompt[i]) for i in picked]
+    return [records[i]["prompt"] for i in picked], [seed_of[(0, i)] for i in picked], correct
+
+
+@task(cache_policy=NO_CACHE)
+def side_by_side(cfg: Config, scores: Any, out: Path) -> Path:
+    """The base and each variant's first seed on the same GenEval test prompts and noises (the
+    evaluation's noise 0), one column each, marked as the evaluation scored them."""
+    checkpoints = ["base", *(f"{v}-s{cfg.study.seeds[0]}" for v in cfg.study.variants
+                             if (cfg.paths.checkpoints / f"{v}-s{cfg.study.seeds[0]}").is_dir())]
+    prompts, seeds, correct = side_by_side_plan(test_records(cfg, "geneval"), scores, cfg, checkpoints)
+    columns = {}
+    for checkpoint in checkpoints:
+        pipe = pipeline_for(cfg.model, cfg.paths.base_model)
+        if checkpoint != "base":
+            load_variant(pipe, cfg.paths.checkpoints / checkpoint)
+        columns[checkpoint] = sample_ode(pipe, prompts, seeds, cfg.eval.steps, cfg.eval.guidance_scale)
+    title = ("Same prompts and noises: the first GenEval test prompt of each task at evaluation noise 0 "
+             "(✓/✗: strict GenEval, as evaluated)")
+    return comparison_grid(columns, prompts, correct, out / "side_by_side.png", title)
+
+
 def stamp(cfg: Config) -> str:
     """What produced the page: the params hash, the git commit (with a mark if the tree had
     uncommitted changes) and the date."""
@@ -91,12 +134,15 @@ def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None)
     order = list(cfg.study.variants)
     checkpoints = expected_checkpoints(order, cfg.study.seeds)
     eval_dir, train_dir = cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
-    comparison = compare(load_scores(eval_dir, checkpoints), cfg.study.eval_tasks, order, cfg.eval.bootstrap)
+    scores = load_scores(eval_dir, checkpoints)
+    comparison = compare(scores, cfg.study.eval_tasks, order, cfg.eval.bootstrap)
     held_out = comparison_table(comparison)
     details = markdown_table(collect_rows(eval_dir, train_dir, checkpoints))
     figures = [(f"Held-out difference against {ref} (paired by prompt and noise)",
                 plot_differences(comparison, ref, out / f"difference_vs_{ref}.png"))
                for ref in ("none", "base") if ref == "base" or "none" in order]
+    if "geneval" in cfg.study.eval_tasks:
+        figures.append(("Checkpoints side by side", side_by_side(cfg, scores, out)))
     figures.append(("Training reward", plot_curves(train_dir, checkpoints, order, out / "reward_curves.png")))
     training_curves(train_dir, checkpoints).to_csv(out / "training_curves.csv", index=False)  # `dvc plots show`
     capturing = [v for v in order if cfg.for_variant(v).train.allocation in ("star", "spatial", "shuffled", "oracle")]

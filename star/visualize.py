@@ -95,3 +95,31 @@ def report_grid(report: Any, side: int, path: Path, title: str) -> Path:
     shown = torch.linspace(0, count - 1, min(count, side * side)).long().tolist()
     marks = [report.marks[i] for i in shown] if report.marks is not None else None
     return sample_grid(report.images[shown], [report.prompts[i] for i in shown], path, columns=side, marks=marks, title=title)
+
+
+def comparison_grid(
+    columns: dict[str, torch.Tensor], prompts: list[str], correct: dict[str, list[bool]], path: Path, title: str
+) -> Path:
+    """Checkpoints side by side: one row per prompt, one column per checkpoint (``columns``
+    name -> (N, 3, H, W) images in [0, 1], all from the same prompts and noises); each image
+    captioned ✓/✗ by ``correct`` (name -> N flags)."""
+    names, count = list(columns), len(prompts)
+    fig, axes = plt.subplots(count, len(names) + 1, figsize=(1.6 * (len(names) + 1.6), 1.7 * count), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.6] + [1] * len(names)})
+    for row in range(count):
+        axes[row, 0].text(1, 0.5, "\n".join(textwrap.wrap(prompts[row], 28)), ha="right", va="center", fontsize=7,
+                          transform=axes[row, 0].transAxes)
+        for column, name in enumerate(names, start=1):
+            ax = axes[row, column]
+            ax.imshow(columns[name][row].permute(1, 2, 0).float().clamp(0, 1).numpy(), interpolation="nearest")
+            ok = correct[name][row]
+            ax.set_title(("✓ " if ok else "✗ ") + (name if row == 0 else ""), fontsize=7,
+                         color="darkgreen" if ok else "firebrick")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("\n".join(textwrap.wrap(title, int(14 * (len(names) + 1.6)))), fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

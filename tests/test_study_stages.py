@@ -81,10 +81,32 @@ def test_report_has_intervals_differences_curves_and_maps(study) -> None:
     assert base_row.split("|")[3].strip().endswith("]"), "a value is not marked as a resolved difference"
     assert "params hash" in table and "commit" in table
     page = (out / "report.html").read_text()
-    # differences vs none and vs base, reward curves, STAR maps (no spatial variant here)
-    assert page.count("data:image/png;base64,") == 4
-    for name in ("difference_vs_none.png", "difference_vs_base.png", "reward_curves.png", "maps_star.png"):
+    assert "Checkpoints side by side" in page
+    # differences vs none and vs base, side by side, reward curves, STAR maps (no spatial variant here)
+    assert page.count("data:image/png;base64,") == 5
+    for name in ("difference_vs_none.png", "difference_vs_base.png", "side_by_side.png", "reward_curves.png",
+                 "maps_star.png"):
         assert (out / name).is_file(), name
+
+
+def test_side_by_side_marks_each_image_as_the_evaluation_scored_it(study) -> None:
+    from pipelines.evaluate import test_records
+    from pipelines.report import SIDE_BY_SIDE_TAGS, side_by_side_plan
+    from star.config import load_config
+    from star.report import load_scores
+
+    root = study[0]
+    cfg = load_config(MICRO, micro_overrides(root))
+    checkpoints = ["base", "none-s0", "star-s0"]
+    records = test_records(cfg, "geneval")
+    prompts, seeds, correct = side_by_side_plan(records, load_scores(root / "metrics" / "eval", checkpoints), cfg, checkpoints)
+    index = [next(i for i, r in enumerate(records) if r["prompt"] == p) for p in prompts]
+    assert [records[i]["tag"] for i in index] == [t for t in SIDE_BY_SIDE_TAGS if any(r["tag"] == t for r in records)]
+    assert seeds == [cfg.eval.seed + i for i in index], "noise 0 of each prompt, as evaluated"
+    for checkpoint in checkpoints:
+        rows = pd.read_csv(root / "metrics" / "eval" / f"{checkpoint}.scores.csv")
+        evaluated = rows[(rows.task == "geneval") & (rows.noise == 0)].set_index("prompt_index").correct
+        assert correct[checkpoint] == [bool(evaluated[i]) for i in index]
 
 
 def test_mlflow_runs_are_tagged_for_comparison(study) -> None:
