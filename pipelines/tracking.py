@@ -60,9 +60,9 @@ def experiment_id(cfg: Config) -> str:
         return experiment.experiment_id
     return mlflow.create_experiment(
         cfg.tracking.experiment, artifact_location=artifact_location(cfg.tracking.artifacts),
-        tags={"mlflow.note.content": "STAR study: one run per DVC stage (prepare, base, reward_models, "
-              "train-<variant>-s<seed>, evaluate-<checkpoint>, report); evaluations are nested under "
-              "the training run they evaluate."},
+        tags={"mlflow.note.content": "STAR study: one run per DVC stage (`prepare`, `base`, `reward_models`, "
+              "`train-star-s0` for variant star and seed 0, `evaluate-star-s0`, `report`); evaluations are "
+              "nested under the training run they evaluate, and each training run logs its variant as a model."},
     )
 
 

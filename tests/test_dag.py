@@ -81,6 +81,23 @@ def test_second_repro_is_a_no_op(project: Path) -> None:
     assert "up to date" in _run(["dvc", "status"], project).lower()
 
 
+def test_a_temporary_experiment_logs_into_the_projects_store(project: Path) -> None:
+    """`dvc exp run --temp` runs the stages in a workspace under .dvc/tmp/exps that it deletes
+    afterwards; the relative tracking URI must still land the runs in the project's store."""
+    def evaluations() -> int:
+        mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns.db'}")
+        runs = mlflow.search_runs(experiment_names=["star"], output_format="list")
+        return sum(run.info.run_name == "evaluate-base" for run in runs)
+
+    assert load_config(project / "params.yaml").tracking.uri == "sqlite:///mlruns.db"  # relative
+    before = evaluations()
+    _run(["git", "add", "-A"], project)
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "micro study"], project)
+    _run(["dvc", "exp", "run", "--temp", "-S", "eval.guidance_scale=3.0", "evaluate_base"], project)
+    assert evaluations() == before + 1
+    assert not list((project / ".dvc" / "tmp" / "exps").glob("**/mlruns.db")), "no store left in a temporary workspace"
+
+
 def test_a_change_to_one_variant_reruns_only_its_stages_and_the_report(project: Path) -> None:
     """What `dvc exp run -S study.variants.star.gamma=3` does: only star's stages and the report
     run. Runs after the no-op check: it leaves the project on the changed params."""
