@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
+
 def _prompts(model_input: Any) -> list[str]:
     """A list of prompts, a string, or a DataFrame whose first column holds them."""
     if isinstance(model_input, str):

@@ -131,8 +131,10 @@ def check_reward_models(cfg: Config, stage: str) -> None:
 
 def named_flow(stage_flow: Any, args: argparse.Namespace) -> Any:
     """The stage's flow with a readable Prefect run name: ``evaluate-star-s0``, ``base``, ``report``."""
-    name = f"evaluate-{args.checkpoint}" if args.stage == "evaluate" else args.stage
-    return stage_flow.with_options(flow_run_name=name)
+    from pipelines.tracking import run_name  # the MLflow run's name; MLflow is imported with the stage
+
+    tags = {"checkpoint": args.checkpoint} if args.stage == "evaluate" else {}
+    return stage_flow.with_options(flow_run_name=run_name(args.stage, tags))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,10 +44,10 @@ STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 REWARD = re.compile(r"reward=(-?[0-9.]+)")
 
 
-def stream_experiment(command: list[str], log: Callable[[str], None], reward_every: float = 30.0) -> list[str]:
+def stream_experiment(command: list[str], log: Callable[[str], None], reward_every: float = 30.0) -> None:
     """Run ``command`` (a `dvc exp run`), logging each stage it enters and, at most every
     ``reward_every`` seconds, the training reward from the trainer's progress bar (whose ``\\r``
-    updates text mode reads as lines). Returns the last 40 lines of its output; raises on failure."""
+    updates text mode reads as lines). On failure it raises with the last 40 lines of the output."""
     tail: deque[str] = deque(maxlen=40)
     stage, last_reward = "", float("-inf")
     with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
@@ -66,7 +66,6 @@ def stream_experiment(command: list[str], log: Callable[[str], None], reward_eve
     if process.returncode != 0:
         output = "\n".join(tail)
         raise RuntimeError(f"`{' '.join(command)}` failed (exit {process.returncode}):\n{output}")
-    return list(tail)
 
 
 @task(retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
@@ -115,7 +114,7 @@ def deploy_to_work_pool(work_pool: str, cron: str, parameters: dict[str, Any] | 
 
 
 def reachable_server() -> str:
-    """The URL of the Prefect server that ``--serve`` registers with; exits non-zero saying
+    """The URL of the Prefect server that ``--serve``/``--deploy`` register with; exits non-zero saying
     what to do when none is configured or it does not answer (an ephemeral server cannot hold
     schedules: serving would idle without ever running anything)."""
     import httpx
@@ -123,7 +122,7 @@ def reachable_server() -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise SystemExit("error: --serve needs a running Prefect server: start one with `prefect server start`, "
+        raise SystemExit("error: --serve and --deploy need a running Prefect server: start one with `prefect server start`, "
                          "then export PREFECT_API_URL=http://127.0.0.1:4200/api")
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()

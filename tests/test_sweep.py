@@ -32,7 +32,7 @@ def test_serve_without_a_server_fails_with_what_to_do(tmp_path) -> None:
 
     from tests.conftest import REPO
 
-    for url, message in ((None, "--serve needs a running Prefect server"),
+    for url, message in ((None, "--serve and --deploy need a running Prefect server"),
                          ("http://127.0.0.1:9/api", "does not answer")):
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PYTHONPATH": str(REPO)}
         if url:
