@@ -27,6 +27,7 @@ from prefect.runtime import flow_run
 from pipelines import REPO_ROOT
 from pipelines.cli import stage_main, use_threads
 from pipelines.failures import retry_if_transient
+from pipelines import tracking
 from pipelines.tracking import log_metrics, stage_run
 from rewards.registry import build_reward
 from star import checkpoint
@@ -154,7 +155,7 @@ def flow_run_name() -> str:
     seed = parameters.get("seed")
     if seed is None:
         seed = load_config(parameters.get("params", "params.yaml"), parameters.get("overrides")).seed
-    return f"train-{run_name(parameters['variant'], seed)}"
+    return tracking.run_name("train", {"variant": parameters["variant"], "seed": str(seed)})
 
 
 @flow(name="train", flow_run_name=flow_run_name)

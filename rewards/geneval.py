@@ -38,6 +38,10 @@ class GenEvalReward:
     def evaluate(self, images: torch.Tensor, metadata: list[dict[str, Any]]) -> list[GenEvalResult]:
         """Per-image results; images (B, 3, H, W) in [0, 1]."""
         check_batch(images, [str(record.get("prompt", "")) for record in metadata], metadata)
+        return self._evaluate(images, metadata)
+
+    def _evaluate(self, images: torch.Tensor, metadata: list[dict[str, Any]]) -> list[GenEvalResult]:
+        """``evaluate`` of a batch that ``check_batch`` has accepted."""
         for index, record in enumerate(metadata):
             if "include" not in record or "tag" not in record:
                 raise ValueError(f"metadata[{index}] is not GenEval metadata (needs 'tag' and 'include'): {record}")
@@ -60,8 +64,7 @@ class GenEvalReward:
         self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
     ) -> tuple[torch.Tensor, list[list[Box]]]:
         """(B,) scores and, per image, the boxes of its core objects (one detection pass)."""
-        if len(prompts) != len(metadata):
-            raise ValueError(f"batch sizes differ: {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata")
-        results = self.evaluate(images, metadata)
+        check_batch(images, prompts, metadata)
+        results = self._evaluate(images, metadata)
         values = [r.partial if self.partial_credit else float(r.correct) for r in results]
         return torch.tensor(values, dtype=torch.float32), [r.core_boxes for r in results]

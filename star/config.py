@@ -192,11 +192,11 @@ class BaseConfig(_Section):
     vae_batch_size: int = _knob(16, "images per VAE step", ge=1)
     vae_lr: float = _knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
-    steps: int = _knob(4500, "transformer flow-matching steps (low-resolution ones included)", ge=0)
+    steps: int = _knob(5000, "transformer flow-matching steps (low-resolution ones included)", ge=0)
     low_res_size: int = _knob(
         40, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0
     )
-    low_res_steps: int = _knob(2500, "transformer steps at low_res_size before the full size", ge=0)
+    low_res_steps: int = _knob(4000, "transformer steps at low_res_size before the full size", ge=0)
     batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(1e-3, "transformer (and text encoders') AdamW learning rate, cosine decay after warm-up", gt=0)
     warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)

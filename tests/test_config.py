@@ -19,8 +19,8 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_repo_params_load_and_missing_keys_take_defaults(tmp_path: Path) -> None:
     cfg = load_config(REPO / "params.yaml")
     assert cfg == Config(), "params.yaml and the defaults in star/config.py drifted apart"
-    partial = load_config(write(tmp_path, "seed: 3\nbase: {steps: 2700}\n"))
-    assert partial.seed == 3 and partial.base.steps == 2700
+    partial = load_config(write(tmp_path, "seed: 3\nbase: {steps: 4700}\n"))
+    assert partial.seed == 3 and partial.base.steps == 4700
     assert partial.base.lr == Config().base.lr
 
 
