@@ -24,10 +24,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from pipelines import REPO_ROOT
+from pipelines import REPO_ROOT, tracking
 from pipelines.cli import stage_main, use_threads
 from pipelines.failures import retry_if_transient
-from pipelines import tracking
 from pipelines.tracking import log_metrics, stage_run
 from rewards.registry import build_reward
 from star import checkpoint

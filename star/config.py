@@ -258,7 +258,7 @@ class TrainConfig(_Section):
     kl_beta: float = _knob(0.0, "KL-to-reference weight beta (method §4)", ge=0)
     global_std: bool = _knob(True, "normalise advantages by the batch's std (Flow-GRPO's configs) instead of the group's")
     advantage_clip: float = _knob(5.0, "advantages are clipped to +-this", gt=0)
-    gamma: float = _knob(2.0, "sharpening exponent of allocation maps (method §3.3; 2 chosen in §4.1)", gt=0)
+    gamma: float = _knob(3.0, "sharpening exponent of allocation maps (method §3.3; 3 chosen in §4.1)", gt=0)
     mix: float = _knob(1.0, "strength lambda of the map vs uniform (method §3)", ge=0, le=1)
     w_min: float = _knob(0.25, "lower clamp of allocation weights", ge=0, le=1)
     w_max: float = _knob(4.0, "upper clamp of allocation weights", ge=1)
