@@ -99,11 +99,12 @@ def test_a_temporary_experiment_logs_into_the_projects_store(project: Path) -> N
 
 
 def test_a_change_to_one_variant_reruns_only_its_stages_and_the_report(project: Path) -> None:
-    """What `dvc exp run -S study.variants.star.gamma=3` does: only star's stages and the report
+    """What `dvc exp run -S study.variants.star.gamma=4` does: only star's stages and the report
     run. Runs after the no-op check: it leaves the project on the changed params."""
     params = project / "params.yaml"
     cfg = load_config(params)
-    variants = cfg.study.variants | {"star": cfg.study.variants["star"] | {"gamma": 3.0}}
+    gamma = cfg.train.gamma + 1.0  # not the default: an unchanged checkpoint would skip its evaluation
+    variants = cfg.study.variants | {"star": cfg.study.variants["star"] | {"gamma": gamma}}
     write_params(cfg.model_copy(update={"study": cfg.study.model_copy(update={"variants": variants})}), params)
     out = _run(["dvc", "repro"], project)
     stages = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
