@@ -15,6 +15,8 @@ flow (its temporary server), each timed end to end. Prints a table of seconds an
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.evaluate import strict_rewards, test_records  # noqa: E402
+from pipelines.shared_server import prefect_server  # noqa: E402
 from rewards.registry import build_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
 from star.evaluation import sample_records  # noqa: E402
@@ -94,19 +97,30 @@ def profile_evaluation(params: str) -> None:
           f"{cfg.eval.noises} noises)", seconds, total)
 
 
-def profile_startup() -> None:
-    def run(code: str) -> float:
+def profile_startup(repeats: int = 3) -> None:
+    def run(code: str, env: dict[str, str] | None = None) -> float:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, env=env)
         return time.perf_counter() - start
 
-    python = run("pass")
-    imports = run("import pipelines.train")
-    prefect = run("import pipelines\nfrom prefect import flow\nflow(lambda: 1)()")
-    table("Stage start-up, each in a fresh process", {
+    def median(code: str, env: dict[str, str] | None = None) -> float:
+        return statistics.median(run(code, env) for _ in range(repeats))
+
+    empty_flow = "import pipelines\nfrom prefect import flow\nflow(lambda: 1)()"
+    python = median("pass")
+    imports = median("import pipelines.train")
+    temporary = median(empty_flow)
+    server_start = time.perf_counter()
+    with prefect_server() as api_url:
+        server_seconds = time.perf_counter() - server_start
+        shared = median(empty_flow, os.environ | {"PREFECT_API_URL": api_url})
+    table(f"Stage start-up, each in a fresh process (median of {repeats})", {
         "python": python, "importing a stage (torch, diffusers, Prefect, MLflow)": imports - python,
-        "an empty Prefect flow (imports + temporary server)": prefect - python,
-    }, imports + prefect - python)
+        "an empty Prefect flow (imports + temporary server)": temporary - python,
+    }, imports + temporary - python)
+    print(f"an empty flow with its temporary server {temporary:.1f} s, against one shared server "
+          f"{shared:.1f} s (started once in {server_seconds:.1f} s): {temporary / shared:.2f}x per stage "
+          "(`python -m pipelines.shared_server -- dvc repro`, what scripts/repro.sh runs)")
 
 
 def main(argv: list[str] | None = None) -> None:

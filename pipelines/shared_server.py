@@ -1,0 +1,122 @@
+"""One Prefect API server for a whole command (``dvc repro``) instead of one temporary server per
+stage: ``python -m pipelines.shared_server -- dvc repro``.
+
+Every stage is a Prefect flow; without ``PREFECT_API_URL`` each stage process starts Prefect's
+temporary server and waits for it (about 8–10 s of a light stage's 14–16 s on 2 cores,
+``benchmarks/prefect_startup.py``). Here one ``prefect server start`` serves every stage of the
+command, on a free local port and the project's ``PREFECT_HOME`` (the same database the temporary
+servers use, so the runs appear in one UI), and is stopped on every exit path: the command's
+end, its failure, SIGINT/SIGTERM. A ``PREFECT_API_URL`` already set is used as it is.
+
+Standard library only: it runs before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pipelines  # noqa: F401  (Prefect's environment defaults: PREFECT_HOME, analytics off)
+
+STARTUP_TIMEOUT_S = 180.0
+"""As for the temporary server (``pipelines/__init__.py``): a loaded 2-core machine is slow."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (the CLI and its uvicorn), SIGKILL after 10 s."""
+    if server.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextmanager
+def prefect_server(port: int | None = None, timeout: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
+    """Start ``prefect server start`` and yield its API URL once it answers; stop it on exit."""
+    port = port or free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+    log = open(os.path.join(os.environ["PREFECT_HOME"], "shared-server.log"), "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not healthy(api_url):
+            if server.poll() is not None:
+                raise RuntimeError(f"the Prefect server exited with {server.returncode} before answering at {api_url}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not answer at {api_url} within {timeout:.0f} s")
+            time.sleep(0.25)
+        yield api_url
+    finally:
+        _stop(server)
+        log.close()
+
+
+def run(command: Sequence[str]) -> int:
+    """Run ``command`` with ``PREFECT_API_URL`` pointing at one shared server; its exit status.
+    SIGINT/SIGTERM reach the command's process group (its stages stop cleanly and keep their
+    checkpoints), then the server stops."""
+    if not command:
+        raise SystemExit("usage: python -m pipelines.shared_server -- <command> [args ...]")
+    if os.environ.get("PREFECT_API_URL"):
+        return subprocess.call(command)
+    child: subprocess.Popen | None = None
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        if child is not None and child.poll() is None:
+            try:  # the whole group, as a terminal does: dvc ignores SIGINT and leaves it to its stage
+                os.killpg(child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    with prefect_server() as api_url:
+        if received:  # interrupted while the server started: the command never runs
+            return 128 + received[0]
+        print(f"shared Prefect server at {api_url} (PREFECT_HOME={os.environ['PREFECT_HOME']})", file=sys.stderr)
+        # its own process group: a terminal's Ctrl-C reaches it once, through ``forward``
+        child = subprocess.Popen(command, env=os.environ | {"PREFECT_API_URL": api_url}, process_group=0)
+        status = child.wait()
+        return 128 - status if status < 0 else status  # killed by a signal: the shell's 128 + N
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    raise SystemExit(run(args[1:] if args[:1] == ["--"] else args))
+
+
+if __name__ == "__main__":
+    main()

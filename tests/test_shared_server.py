@@ -1,0 +1,63 @@
+"""``python -m pipelines.shared_server -- <command>``: one Prefect server for every stage of the
+command, stopped on every exit path, the command's exit status passed through."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipelines.shared_server import healthy
+from star.config import load_config, write_params
+from tests.conftest import MICRO, REPO, micro_overrides
+
+
+def _launch(tmp_path: Path, *command: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.shared_server", "--", *command], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _api_url(stderr: str) -> str:
+    line = next(line for line in stderr.splitlines() if line.startswith("shared Prefect server at "))
+    return line.split()[4]
+
+
+def test_stages_share_one_server_that_stops_with_the_command(tmp_path: Path) -> None:
+    params = write_params(load_config(MICRO, micro_overrides(tmp_path)), tmp_path / "params.yaml")
+    stage = [sys.executable, "-m", "pipelines", "prepare", "--params", str(params)]
+    # two stages, as dvc repro runs them: neither starts a temporary server of its own
+    shell = f"{' '.join(stage)} && {' '.join(stage)} && python -c 'import os; print(os.environ[\"PREFECT_API_URL\"])'"
+    process = _launch(tmp_path, "bash", "-c", shell)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    url = _api_url(stderr)
+    assert stdout.strip().splitlines()[-1] == url
+    assert "temporary server" not in stderr and stderr.count("Finished in state Completed()") >= 2
+    assert (tmp_path / "data" / "prompts" / "counts.json").exists()
+    assert not healthy(url), "the server stopped with the command"
+
+    failing = _launch(tmp_path, sys.executable, "-c", "import sys; sys.exit(3)")
+    _, stderr = failing.communicate(timeout=300)
+    assert failing.returncode == 3 and not healthy(_api_url(stderr))
+
+
+def test_sigterm_reaches_the_command_and_stops_the_server(tmp_path: Path) -> None:
+    # a stage under a parent that waits for it, as dvc runs one: the stage itself must get the signal
+    stage = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *_: (print('stage stopped', flush=True), sys.exit(143)))\n"
+             "print('started', flush=True); time.sleep(120)")
+    parent = f"import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', {stage!r}]))"
+    process = _launch(tmp_path, sys.executable, "-c", parent)
+    assert process.stdout.readline().strip() == "started"
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert "stage stopped" in stdout, stderr[-2000:]
+    assert process.returncode == 128 + signal.SIGTERM
+    url = _api_url(stderr)
+    time.sleep(0.5)
+    assert not healthy(url)
