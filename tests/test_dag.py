@@ -1,5 +1,6 @@
-"""The whole DAG end to end: `dvc repro` on the micro config in a copy of the project, then the
-metrics, report and MLflow runs it left, and a second `dvc repro` that has nothing to do."""
+"""The whole DAG end to end: `dvc repro` on the micro config in a copy of the project, under one
+Prefect server as `scripts/repro.sh` runs it, then the metrics, report and MLflow runs it left,
+and a second, plain `dvc repro` that has nothing to do."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from tests.conftest import MICRO, REPO
 COPIED = ["pipelines", "star", "rewards", "dvc.yaml", ".dvcignore"]
 
 
-def _run(command: list[str], cwd: Path) -> str:
+def _run(command: list[str], cwd: Path, with_stderr: bool = False) -> str:
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+    return result.stdout + (result.stderr if with_stderr else "")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def project(tmp_path_factory) -> Path:
     _run(["git", "init", "-q"], root)
     _run(["dvc", "init", "-q"], root)
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots", dirs_exist_ok=True)  # the plot template
-    _run(["dvc", "repro"], root)
+    # as scripts/repro.sh runs it: every stage against one shared Prefect server
+    out = _run([sys.executable, "-m", "pipelines.shared_server", "--", "dvc", "repro"], root, with_stderr=True)
+    assert "shared Prefect server at" in out and "temporary server" not in out
     return root
 
 
