@@ -3,7 +3,7 @@ stage: ``python -m pipelines.shared_server -- dvc repro``.
 
 Every stage is a Prefect flow; without ``PREFECT_API_URL`` each stage process starts Prefect's
 temporary server and waits for it (about 8–10 s of a light stage's 14–16 s on 2 cores,
-``benchmarks/prefect_startup.py``). Here one ``prefect server start`` serves every stage of the
+``benchmarks/profile_study.py``). Here one ``prefect server start`` serves every stage of the
 command, on a free local port and the project's ``PREFECT_HOME`` (the same database the temporary
 servers use, so the runs appear in one UI), and is stopped on every exit path: the command's
 end, its failure, SIGINT/SIGTERM. A ``PREFECT_API_URL`` already set is used as it is.
@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pipelines  # noqa: F401  (Prefect's environment defaults: PREFECT_HOME, analytics off)
 
@@ -83,13 +83,11 @@ def prefect_server(port: int | None = None, timeout: float = STARTUP_TIMEOUT_S) 
 
 
 def run(command: Sequence[str]) -> int:
-    """Run ``command`` with ``PREFECT_API_URL`` pointing at one shared server; its exit status.
-    SIGINT/SIGTERM reach the command's process group (its stages stop cleanly and keep their
-    checkpoints), then the server stops."""
+    """Run ``command`` with ``PREFECT_API_URL`` pointing at one shared server (the one already
+    configured, else one started here); its exit status. SIGINT/SIGTERM reach the command's
+    process group (its stages stop cleanly and keep their checkpoints), then the server stops."""
     if not command:
         raise SystemExit("usage: python -m pipelines.shared_server -- <command> [args ...]")
-    if os.environ.get("PREFECT_API_URL"):
-        return subprocess.call(command)
     child: subprocess.Popen | None = None
     received: list[int] = []
 
@@ -103,7 +101,8 @@ def run(command: Sequence[str]) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
-    with prefect_server() as api_url:
+    configured = os.environ.get("PREFECT_API_URL")
+    with nullcontext(configured) if configured else prefect_server() as api_url:
         if received:  # interrupted while the server started: the command never runs
             return 128 + received[0]
         print(f"shared Prefect server at {api_url} (PREFECT_HOME={os.environ['PREFECT_HOME']})", file=sys.stderr)
