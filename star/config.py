@@ -83,6 +83,9 @@ class ModelConfig(_Section):
     )
     revision: str | None = _knob(None, "hub revision of `pretrained` (None: the default branch)")
     dtype: Literal["float32", "bfloat16", "float16"] = _knob("float32", "weights dtype for inference")
+    decode_dtype: Literal["float32", "bfloat16"] = _knob(
+        "bfloat16", "VAE decoding of sampled latents to images (bfloat16 autocast, channels-last: 3.6x faster on CPU, pixels within 0.01; method §7)"
+    )
     resolution: int | None = _knob(
         None, "image side in px for training and evaluation (None: the model's own; SD3.5-M 1024, Flow-GRPO trains at 512)",
         ge=8,
@@ -227,7 +230,7 @@ class TrainConfig(_Section):
     allocation: AllocationMode = _knob(
         "star", "advantage allocation (method §5): 'none' is Flow-GRPO; 'oracle'/'shuffled' are diagnostic controls"
     )
-    iterations: int = _knob(96, "RL iterations: sample -> score -> advantages -> update", ge=1)
+    iterations: int = _knob(32, "RL iterations: sample -> score -> advantages -> update", ge=1)
     prompts_per_iteration: int = _knob(16, "prompts (groups) sampled per iteration", ge=1)
     prompt_pool: int = _knob(
         16, "train on a fixed seeded subset of this many training prompts (0: all of them)", ge=0
@@ -246,7 +249,7 @@ class TrainConfig(_Section):
     inner_epochs: int = _knob(1, "passes over each iteration's rollouts", ge=1)
     minibatch_size: int = _knob(32, "rollouts per forward/backward pass", ge=1)
     accumulation_steps: int = _knob(
-        128, "minibatches summed into one optimizer step, across iterations if needed (method §4.1)", ge=1
+        64, "minibatches summed into one optimizer step, across iterations if needed (method §4.1)", ge=1
     )
     optimizer: Literal["adamw", "normalized_sgd"] = _knob(
         "normalized_sgd", "'adamw', or 'normalized_sgd': steps of length lr along the gradient (method §4.1)"
@@ -389,11 +392,13 @@ class StudyConfig(_Section):
             "temporal": {"allocation": "temporal"},
             "spatial": {"allocation": "spatial"},
             "star": {"allocation": "star"},
+            "fdfo": {"algorithm": "fdfo"},
+            "oracle": {"allocation": "oracle"},
         },
         "variant name -> overrides of the `train` section (one trained checkpoint each)",
         min_length=1,
     )
-    seeds: list[int] = _knob([0], "training seeds of every variant (mean +- spread in the report)", min_length=1)
+    seeds: list[int] = _knob([0, 1, 2], "training seeds of every variant (mean +- spread in the report)", min_length=1)
     eval_tasks: list[Literal["geneval", "ocr", "pickscore"]] = _knob(
         ["geneval", "ocr", "pickscore"], "tasks every checkpoint is evaluated on", min_length=1
     )

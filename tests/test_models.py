@@ -1,5 +1,6 @@
 """The miniature SD3: built from configs, saved, and loaded back through the real loading path."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from star.models import (
     build_mini_sd3,
     build_world_tokenizer,
     encode_prompts,
+    configure_decoding,
     images_from_latents,
     latents_from_images,
     load_pipeline,
@@ -88,6 +90,23 @@ def test_vae_latent_normalisation_inverts(tiny_pipe) -> None:
     expected = (tiny_pipe.vae.decode(raw).sample / 2 + 0.5).clamp(0, 1)
     assert torch.allclose(decoded, expected, atol=1e-6)
     tiny_pipe.vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+
+
+def test_decoding_precision_knob_stays_close_to_float32(tiny_pipe) -> None:
+    """``model.decode_dtype``: channels-last fp32 decodes the same images; bf16 autocast within
+    the 0.01-0.02 pixel tolerance method §7 states (the tiny VAE is untrained, so less smooth)."""
+    vae = copy.deepcopy(tiny_pipe.vae)
+    latents = torch.randn(4, vae.config.latent_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    reference = images_from_latents(vae, latents)
+    configure_decoding(vae, "float32")
+    assert vae.decode_autocast is None
+    assert torch.allclose(images_from_latents(vae, latents), reference, atol=1e-5)
+    configure_decoding(vae, "bfloat16")
+    assert vae.decode_autocast is torch.bfloat16
+    fast = images_from_latents(vae, latents)
+    assert fast.dtype == torch.float32 and fast.shape == reference.shape
+    difference = (fast - reference).abs()
+    assert 0 < difference.max() < 0.05 and difference.mean() < 0.01
 
 
 def test_unavailable_hub_model_names_model_and_offline_flag(monkeypatch, tmp_path: Path) -> None:
