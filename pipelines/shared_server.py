@@ -6,7 +6,9 @@ temporary server and waits for it (about 8–10 s of a light stage's 14–16 s o
 ``benchmarks/profile_study.py``). Here one ``prefect server start`` serves every stage of the
 command, on a free local port and the project's ``PREFECT_HOME`` (the same database the temporary
 servers use, so the runs appear in one UI), and is stopped on every exit path: the command's
-end, its failure, SIGINT/SIGTERM. A ``PREFECT_API_URL`` already set is used as it is.
+end, its failure, SIGINT/SIGTERM, and only once no process of the command's group runs (a
+stage outliving an interrupted dvc still reports to it). A ``PREFECT_API_URL`` already set is
+used as it is.
 
 Standard library only: it runs before anything heavy is imported.
 """
@@ -27,6 +29,11 @@ import pipelines  # noqa: F401  (Prefect's environment defaults: PREFECT_HOME, a
 
 STARTUP_TIMEOUT_S = 180.0
 """As for the temporary server (``pipelines/__init__.py``): a loaded 2-core machine is slow."""
+
+GROUP_GRACE_S = 120.0
+"""How long the server outlives the command for processes of its group still running: on
+SIGTERM dvc exits at once while its stage writes its checkpoint and reports its final state
+to the server (without it the stage hung, retrying a server that was gone)."""
 
 
 def free_port() -> int:
@@ -57,6 +64,41 @@ def _stop(server: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies left unreaped by an init
+    that does not reap do not count; without /proc, any member counts)."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def wait_for_group(pgid: int, timeout: float = GROUP_GRACE_S) -> None:
+    """Wait until no process of group ``pgid`` runs; SIGKILL what is left after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while group_alive(pgid):
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        time.sleep(0.2)
 
 
 @contextmanager
@@ -93,7 +135,7 @@ def run(command: Sequence[str]) -> int:
 
     def forward(signum: int, frame: object) -> None:
         received.append(signum)
-        if child is not None and child.poll() is None:
+        if child is not None:
             try:  # the whole group, as a terminal does: dvc ignores SIGINT and leaves it to its stage
                 os.killpg(child.pid, signum)
             except ProcessLookupError:
@@ -109,6 +151,7 @@ def run(command: Sequence[str]) -> int:
         # its own process group: a terminal's Ctrl-C reaches it once, through ``forward``
         child = subprocess.Popen(command, env=os.environ | {"PREFECT_API_URL": api_url}, process_group=0)
         status = child.wait()
+        wait_for_group(child.pid)  # a stage that outlives dvc still reports to the server
         return 128 - status if status < 0 else status  # killed by a signal: the shell's 128 + N
 
 

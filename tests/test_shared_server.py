@@ -47,16 +47,24 @@ def test_stages_share_one_server_that_stops_with_the_command(tmp_path: Path) -> 
 
 
 def test_sigterm_reaches_the_command_and_stops_the_server(tmp_path: Path) -> None:
-    # a stage under a parent that waits for it, as dvc runs one: the stage itself must get the signal
-    stage = ("import signal, sys, time\n"
-             "signal.signal(signal.SIGTERM, lambda *_: (print('stage stopped', flush=True), sys.exit(143)))\n"
+    # a stage under a parent, as dvc runs one: the stage itself must get the signal; the parent
+    # exits at once, as dvc does, while the stage takes 2 s to stop and still needs the server
+    stage = ("import os, signal, sys, time\n"
+             "from pipelines.shared_server import healthy\n"
+             "def stop(*_):\n"
+             "    time.sleep(2)\n"
+             "    print('stage stopped, server up:', healthy(os.environ['PREFECT_API_URL']), flush=True)\n"
+             "    sys.exit(143)\n"
+             "signal.signal(signal.SIGTERM, stop)\n"
              "print('started', flush=True); time.sleep(120)")
-    parent = f"import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', {stage!r}]))"
+    parent = ("import signal, subprocess, sys\n"
+              "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+              f"subprocess.Popen([sys.executable, '-c', {stage!r}]).wait()")
     process = _launch(tmp_path, sys.executable, "-c", parent)
     assert process.stdout.readline().strip() == "started"
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
-    assert "stage stopped" in stdout, stderr[-2000:]
+    assert "stage stopped, server up: True" in stdout, stderr[-2000:]
     assert process.returncode == 128 + signal.SIGTERM
     url = _api_url(stderr)
     time.sleep(0.5)
