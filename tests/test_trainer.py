@@ -306,3 +306,24 @@ def test_prompt_pool_fixes_the_prompts_the_trainer_draws(tmp_path: Path) -> None
     trainer = _trainer(tmp_path, prompt_pool=2, iterations=1)
     drawn = {r["prompt"] for _ in range(6) for r in trainer.prompts.next(2)}
     assert drawn == {r["prompt"] for r in prompt_pool(GENEVAL_RECORDS, 2, trainer.cfg.seed)}
+
+
+def test_variants_of_one_seed_are_paired_and_another_seed_is_not(tmp_path: Path) -> None:
+    """The study's pairing (issue 18): variants with the same seed draw the same prompts, the
+    same initial noise and the same LoRA initialisation; another seed changes all three."""
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+    records = [{"prompt": f"a photo of a {c} star", "tag": "colors", "include": [{"class": "star", "count": 1, "color": c}]}
+               for c in colours]
+
+    def first_draws(seed: int, allocation: str) -> tuple[list[str], torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = load_config(MICRO, overrides={"seed": seed, "train": SMALL | {"allocation": allocation, "prompt_pool": 4}})
+        trainer = Trainer(cfg, micro_pipeline(), BrightnessReward(), records, tmp_path / f"{allocation}-{seed}", progress=False)
+        prompts = [r["prompt"] for _ in range(3) for r in trainer.prompts.next(2)]
+        rollouts = trainer.sample(trainer.prompts.next(2))
+        return prompts, rollouts.latents[:, 0], trainable_state(trainer.transformer)
+
+    none, star, other = first_draws(0, "none"), first_draws(0, "star"), first_draws(1, "none")
+    assert none[0] == star[0] and torch.equal(none[1], star[1])
+    assert none[2].keys() == star[2].keys() and all(torch.equal(none[2][k], star[2][k]) for k in none[2])
+    assert none[0] != other[0] and not torch.equal(none[1], other[1])
+    assert any(not torch.equal(none[2][k], other[2][k]) for k in none[2])
