@@ -9,12 +9,14 @@ capture and VAE decoding, score = reward and detection, advantages = the objecti
 preparation including allocation maps, update = the inner-epoch minibatch steps, checkpoint,
 log). Evaluation: ODE sampling vs scoring of one GenEval pass over the test prompts, per
 noise. Start-up: a fresh process importing a stage module, and one running an empty Prefect
-flow (its temporary server), each timed end to end. Prints a table of seconds and shares.
+flow (its temporary server), each timed end to end. Prints a table of seconds and shares per
+part, and the VAE decoding's precisions side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import subprocess
@@ -26,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.evaluate import strict_rewards, test_records  # noqa: E402
@@ -33,8 +37,9 @@ from pipelines.shared_server import prefect_server  # noqa: E402
 from rewards.registry import build_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
 from star.evaluation import sample_records  # noqa: E402
-from star.models import pipeline_for  # noqa: E402
+from star.models import configure_decoding, images_from_latents, pipeline_for  # noqa: E402
 from star.prompt_source import load_task_prompts  # noqa: E402
+from star.sampling import latent_shape  # noqa: E402
 from star.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +102,41 @@ def profile_evaluation(params: str) -> None:
           f"{cfg.eval.noises} noises)", seconds, total)
 
 
+def profile_decoding(params: str, repeats: int = 3) -> None:
+    """``model.decode_dtype``: the VAE decoding of one iteration's final latents, side by side."""
+    cfg = load_config(params)
+    rollouts = cfg.train.prompts_per_iteration * cfg.train.group_size
+    pipe = pipeline_for(cfg.model.model_copy(update={"decode_dtype": "float32"}), cfg.paths.base_model)
+    latents = torch.randn((rollouts, *latent_shape(pipe)), generator=torch.Generator().manual_seed(0))
+    plain = copy.deepcopy(pipe.vae).to(memory_format=torch.contiguous_format)
+    fast = copy.deepcopy(pipe.vae)
+    configure_decoding(fast, "bfloat16")
+
+    def before() -> torch.Tensor:  # the decoding before the knob: contiguous fp32
+        raw = latents / plain.config.scaling_factor + plain.config.shift_factor
+        return (plain.decode(raw).sample.float() / 2 + 0.5).clamp(0, 1)
+
+    variants = {"float32, contiguous (before)": before,
+                "float32, channels-last (`decode_dtype: float32`)": lambda: images_from_latents(pipe.vae, latents),
+                "bfloat16 autocast, channels-last (default)": lambda: images_from_latents(fast, latents)}
+    print(f"\nVAE decoding of {rollouts} final latents (median of {repeats}), side by side:\n\n"
+          "| decoding | seconds | speed-up | max / mean pixel difference |\n|---|---:|---:|---|")
+    reference, first = None, 0.0
+    with torch.no_grad():
+        for name, decode in variants.items():
+            decode()  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                images = decode()
+                times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            if reference is None:
+                reference, first = images, seconds
+            difference = (images - reference).abs()
+            print(f"| {name} | {seconds:.3f} | {first / seconds:.2f}x | {difference.max():.4f} / {difference.mean():.5f} |")
+
+
 def profile_startup(repeats: int = 3) -> None:
     def run(code: str, env: dict[str, str] | None = None) -> float:
         start = time.perf_counter()
@@ -130,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-startup", action="store_true", help="do not time the process start-up")
     args = parser.parse_args(argv)
     profile_training(args.params, args.iterations)
+    profile_decoding(args.params)
     profile_evaluation(args.params)
     if not args.skip_startup:
         profile_startup()
