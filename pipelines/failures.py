@@ -48,13 +48,19 @@ def interrupt_on_signals() -> None:
         signal.signal(signum, _raise_interrupt)
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after "pid (comm)": [state, ppid, pgrp, …]; None if the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()  # comm may hold spaces and parentheses
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None
 
 
 def this_process() -> str:
@@ -66,6 +72,22 @@ def process_alive(owner: str) -> bool:
     """Whether the process ``this_process`` returned as ``owner`` still runs."""
     pid, _, started = owner.partition(":")
     return pid.isdigit() and _start_time(int(pid)) == started
+
+
+def process_group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Zombies do not count (an init that does
+    not reap would keep them forever); without /proc, any member counts."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for entry in os.listdir("/proc"):
+        fields = _stat_fields(int(entry)) if entry.isdigit() else None
+        if fields and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def mark_stage_process() -> None:

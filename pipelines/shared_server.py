@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 import pipelines  # noqa: F401  (Prefect's environment defaults: PREFECT_HOME, analytics off)
+from pipelines.failures import process_group_alive
 
 STARTUP_TIMEOUT_S = 180.0
 """As for the temporary server (``pipelines/__init__.py``): a loaded 2-core machine is slow."""
@@ -66,32 +67,10 @@ def _stop(server: subprocess.Popen) -> None:
             continue
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` is still running (zombies left unreaped by an init
-    that does not reap do not count; without /proc, any member counts)."""
-    if not os.path.isdir("/proc"):
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
 def wait_for_group(pgid: int, timeout: float = GROUP_GRACE_S) -> None:
     """Wait until no process of group ``pgid`` runs; SIGKILL what is left after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while group_alive(pgid):
+    while process_group_alive(pgid):
         if time.monotonic() > deadline:
             try:
                 os.killpg(pgid, signal.SIGKILL)

@@ -184,18 +184,16 @@ def test_under_two_processes_rank_0_alone_logs_the_run(study) -> None:
     """`accelerate launch`/`torchrun` with two CPU processes (gloo) through the stage's command
     line: one MLflow run, with the curve, the images and the model, written by rank 0."""
     import os
-    import socket
     import subprocess
     import sys
 
+    from pipelines.shared_server import free_port
     from tests.conftest import REPO
 
     root = study[0]
     overrides = [f"{section}.{key}={value}" for section, values in micro_overrides(root).items()
                  for key, value in values.items()]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                "-m", "pipelines", "train", "--variant", "none", "--seed", "7", "--params", str(MICRO),
                *[arg for override in overrides for arg in ("-S", override)]]
