@@ -8,9 +8,10 @@ Training: the trainer's own methods are timed in place (sample = SDE rollouts wi
 capture and VAE decoding, score = reward and detection, advantages = the objective's
 preparation including allocation maps, update = the inner-epoch minibatch steps, checkpoint,
 log). Evaluation: ODE sampling vs scoring of one GenEval pass over the test prompts, per
-noise. Start-up: a fresh process importing a stage module, and one running an empty Prefect
-flow (its temporary server), each timed end to end. Prints a table of seconds and shares per
-part, and the VAE decoding's precisions side by side.
+noise. Start-up: a fresh process importing a stage module (with and without the interpreter's
+teardown), and one running an empty Prefect flow (its temporary server), each timed end to
+end. Prints a table of seconds and shares per part, and the VAE decoding's precisions side by
+side.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def profile_startup(repeats: int = 3) -> None:
     empty_flow = "import pipelines\nfrom prefect import flow\nflow(lambda: 1)()"
     python = median("pass")
     imports = median("import pipelines.train")
+    frozen = median("import gc, pipelines.train\ngc.freeze()")  # what pipelines/cli.py does before exiting
     temporary = median(empty_flow)
     server_start = time.perf_counter()
     with prefect_server() as api_url:
@@ -161,6 +163,8 @@ def profile_startup(repeats: int = 3) -> None:
     print(f"an empty flow with its temporary server {temporary:.1f} s, against one shared server "
           f"{shared:.1f} s (started once in {server_seconds:.1f} s): {temporary / shared:.2f}x per stage "
           "(`python -m pipelines.shared_server -- dvc repro`, what scripts/repro.sh runs)")
+    print(f"a stage's imports with the interpreter's teardown {imports:.1f} s, with gc.freeze() before exit "
+          f"{frozen:.1f} s: {imports / frozen:.2f}x (pipelines/cli.py freezes)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,15 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server) -> str:
+    """The session server's API URL, for stage subprocesses: with ``PREFECT_API_URL`` set a stage
+    skips its own temporary server (8–10 s each on 2 cores), as under ``scripts/repro.sh``."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
 def micro_overrides(root: Path) -> dict[str, Any]:
     """Point every output of the micro config inside ``root``."""
     return {

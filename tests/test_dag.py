@@ -21,14 +21,20 @@ COPIED = ["pipelines", "star", "rewards", "dvc.yaml", ".dvcignore"]
 
 
 def _run(command: list[str], cwd: Path, with_stderr: bool = False) -> str:
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    """``command`` in ``cwd``; its stdout. Stages report to the session's Prefect server (what
+    ``scripts/repro.sh`` gives them): ``PREFECT_API_URL`` is the setting the ``project`` fixture
+    activated."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+                        "PREFECT_API_URL": PREFECT_API_URL.value()}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + (result.stderr if with_stderr else "")
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def project(prefect_api_url: str, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dag")
     for name in COPIED:
         source = REPO / name
@@ -40,9 +46,10 @@ def project(tmp_path_factory) -> Path:
     _run(["git", "init", "-q"], root)
     _run(["dvc", "init", "-q"], root)
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots", dirs_exist_ok=True)  # the plot template
-    # as scripts/repro.sh runs it: every stage against one shared Prefect server
+    # as scripts/repro.sh runs it: every stage against one shared Prefect server (the session's
+    # here; tests/test_shared_server.py starts its own)
     out = _run([sys.executable, "-m", "pipelines.shared_server", "--", "dvc", "repro"], root, with_stderr=True)
-    assert "shared Prefect server at" in out and "temporary server" not in out
+    assert f"shared Prefect server at {prefect_api_url}" in out and "temporary server" not in out
     return root
 
 

@@ -180,7 +180,7 @@ def test_evaluations_are_nested_under_the_training_run_they_evaluate(study) -> N
     assert "one run per DVC stage" in experiment.tags["mlflow.note.content"]
 
 
-def test_under_two_processes_rank_0_alone_logs_the_run(study) -> None:
+def test_under_two_processes_rank_0_alone_logs_the_run(study, prefect_api_url: str) -> None:
     """`accelerate launch`/`torchrun` with two CPU processes (gloo) through the stage's command
     line: one MLflow run, with the curve, the images and the model, written by rank 0."""
     import os
@@ -197,7 +197,7 @@ def test_under_two_processes_rank_0_alone_logs_the_run(study) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                "-m", "pipelines", "train", "--variant", "none", "--seed", "7", "--params", str(MICRO),
                *[arg for override in overrides for arg in ("-S", override)]]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api_url}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
