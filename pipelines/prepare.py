@@ -21,12 +21,13 @@ from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from star.config import Config, load_config
 from star.task_prompts import check_prompt_files, materialise_prompt_sets, sources
-from star.world.prompts import generate_prompt_sets
+from star.world.prompts import generate_prompt_sets, world_text
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)  # a network filesystem may hiccup
 def write_prompt_sets(cfg: Config) -> dict[str, int]:
-    world = generate_prompt_sets(seed=cfg.seed, n_train=cfg.world.train_prompts, n_test=cfg.world.test_prompts)
+    world = generate_prompt_sets(seed=cfg.seed, n_train=cfg.world.train_prompts, n_test=cfg.world.test_prompts,
+                                 text=world_text(cfg.world))
     return materialise_prompt_sets(cfg.prompt_sets, world, cfg.paths.prompts)
 
 

@@ -1,5 +1,6 @@
 """Stage ``reward_models``: train the embedded PickScore stand-in (the world CLIP) and measure
-its image->text top-1 accuracy on held-out (unseen-combination) captions."""
+its image->text top-1 accuracy on held-out (unseen-combination) captions; measure how well the
+OCR backend reads the world's ground-truth signs of the OCR test prompts (the task's ceiling)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -17,8 +20,10 @@ from pipelines.base import save_model
 from pipelines.cli import stage_config, stage_main
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
+from rewards.ocr import OcrReward
 from rewards.pickscore import PickScoreReward
 from rewards.world_clip import WORLD_CLIP_DIR, WorldClip, heldout_accuracy, heldout_set, train_world_clip
+from star.world.prompts import generate_prompt_sets, render_records, world_text
 from star.world.render import world_layout
 from star import checkpoint
 from star.config import Config, fingerprint
@@ -48,6 +53,19 @@ def evaluate(model_dir: Path, cfg: Config) -> float:
     return heldout_accuracy(PickScoreReward(model_dir, model_dir, device=cfg.rewards.device), images, captions, keys)
 
 
+@task(cache_policy=NO_CACHE)
+def ocr_ceiling(cfg: Config) -> dict[str, float]:
+    """The OCR backend on the world's own renders of its OCR test prompts, drawn as pretraining
+    draws them: the ceiling of the OCR task (exact match and normalised edit distance, means)."""
+    records = generate_prompt_sets(cfg.seed, 0, cfg.world.test_prompts, text=world_text(cfg.world))["ocr"]["test"]
+    pixels = render_records(records, cfg.world.image_size, np.random.default_rng(cfg.seed), world_layout(cfg.world))
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    reward = OcrReward(cfg.rewards.ocr_backend, cfg.rewards.easyocr_model_dir)
+    results = reward.evaluate(images, [r["prompt"] for r in records], records)
+    return {"ocr_ground_truth_exact": round(float(np.mean([r.exact for r in results])), 4),
+            "ocr_ground_truth_edit_distance": round(float(np.mean([r.edit_distance_normalised for r in results])), 4)}
+
+
 @flow(name="reward_models")
 def reward_models(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
     cfg = stage_config(params, overrides)
@@ -61,6 +79,7 @@ def reward_models(params: str = "params.yaml", overrides: dict[str, Any] | None 
         save_model(clip, out_dir)
         metrics = {
             "world_clip_heldout_top1": evaluate(out_dir, cfg),
+            **ocr_ceiling(cfg),
             "train_seconds": round(train_seconds, 1),
             "wall_seconds": round(time.perf_counter() - start, 1),
         }

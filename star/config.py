@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from star.world.vocab import MAX_TEXT_LEN, PRETRAIN_MIXTURE, TEXT_CHARSET, TEXT_LENGTH_WEIGHTS
+
 
 class ConfigError(ValueError):
     """A configuration file or override that does not validate; the message names each key."""
@@ -105,6 +107,28 @@ class WorldConfig(_Section):
     )
     train_prompts: int = _knob(600, "prompts per task family in each train split", ge=6)
     test_prompts: int = _knob(120, "prompts per task family in each test split", ge=6)
+    text_layout: Literal["free", "cells"] = _knob(
+        "free", "OCR signs: 'free' (a sign anywhere, proportional font) or 'cells' (one character per 2x3 layout cells, centred)"
+    )
+    text_charset: str = _knob(TEXT_CHARSET, f"characters signs say, a subset of {TEXT_CHARSET}", min_length=1)
+    text_lengths: dict[int, float] = _knob(
+        dict(TEXT_LENGTH_WEIGHTS), f"sign-text length -> relative weight (lengths 1..{MAX_TEXT_LEN})", min_length=1
+    )
+
+    @field_validator("text_charset")
+    @classmethod
+    def _known_characters(cls, value: str) -> str:
+        unknown = sorted(set(value) - set(TEXT_CHARSET))
+        if unknown or len(set(value)) != len(value):
+            raise ValueError(f"{value!r} must be distinct characters of {TEXT_CHARSET!r} (the tokenizer's); unknown: {unknown}")
+        return value
+
+    @field_validator("text_lengths")
+    @classmethod
+    def _valid_lengths(cls, value: dict[int, float]) -> dict[int, float]:
+        if any(not 1 <= k <= MAX_TEXT_LEN for k in value) or any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
+            raise ValueError(f"{value} needs lengths 1..{MAX_TEXT_LEN} with weights >= 0, not all 0")
+        return value
 
     @model_validator(mode="after")
     def _cells_fit_layouts(self) -> WorldConfig:
@@ -118,6 +142,14 @@ class WorldConfig(_Section):
                 f"layout_stride={self.layout_stride} leaves fewer than 2x2 places for objects of "
                 f"layout_cell={self.layout_cell} px in {self.image_size} px images"
             )
+        if self.text_layout == "cells":
+            grid, longest = self.image_size // max(1, self.layout_cell), max(self.text_lengths)
+            if not self.layout_cell or 2 * longest + 1 > grid or grid < 4:
+                raise ValueError(
+                    f"text_layout='cells' puts a character in 2x3 cells with a margin: {longest} characters need "
+                    f"layout_cell > 0 and a grid of {2 * longest + 1} cells, not {grid} ({self.image_size} px / "
+                    f"{self.layout_cell} px)"
+                )
         return self
 
 
@@ -211,7 +243,19 @@ class BaseConfig(_Section):
         True, "train the miniature's CLIP and T5 encoders with the transformer (false: frozen at init, as SD3)"
     )
     dataset_size: int = _knob(20000, "world images rendered once and reused across steps", ge=64)
+    mixture: dict[str, float] = _knob(
+        dict(PRETRAIN_MIXTURE), "family -> share of the pretraining images (GenEval tags, 'ocr', 'caption')", min_length=1
+    )
     checkpoint_every: int = _knob(500, "steps between resumable checkpoints", ge=1)
+
+    @field_validator("mixture")
+    @classmethod
+    def _known_families(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(PRETRAIN_MIXTURE))
+        if unknown or any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
+            raise ValueError(f"{value}: families must be among {sorted(PRETRAIN_MIXTURE)} (unknown: {unknown}), "
+                             "weights >= 0, not all 0")
+        return value
 
 
 AllocationMode = Literal["none", "uniform_region", "temporal", "spatial", "star", "oracle", "shuffled"]

@@ -22,9 +22,9 @@ from star import checkpoint
 from star.config import BaseConfig, Config
 from star.ema import EMA
 from star.models import build_mini_sd3, encode_prompts, latents_from_images
-from star.world.prompts import sample_training_example, vocabulary
+from star.world.prompts import DEFAULT_TEXT, SignText, sample_training_example, vocabulary, world_text
 from star.world.render import FREE, Layout, world_layout
-from star.world.vocab import TEXT_CHARSET
+from star.world.vocab import PRETRAIN_MIXTURE, TEXT_CHARSET
 
 MetricsCallback = Callable[[str, dict[str, float], int], None]
 """Called as (phase, metrics, step); pipelines use it to log to MLflow."""
@@ -43,15 +43,22 @@ class WorldDataset:
 
 
 def render_world_dataset(
-    n: int, image_size: int, seed: int, progress: bool = True, layout: Layout = FREE
+    n: int,
+    image_size: int,
+    seed: int,
+    progress: bool = True,
+    layout: Layout = FREE,
+    text: SignText = DEFAULT_TEXT,
+    mixture: dict[str, float] = PRETRAIN_MIXTURE,
 ) -> WorldDataset:
-    """Render ``n`` random training scenes (train combinations only) with their captions;
-    ``layout`` places objects on a grid (``world.layout_cell``, ``world.layout_stride``)."""
+    """Render ``n`` random training scenes (train combinations only) with their captions, the
+    families in proportion to ``mixture`` (``base.mixture``); ``layout`` places objects on a
+    grid and sign text (``world.layout_*``, ``world.text_layout``), ``text`` is what signs say."""
     rng = np.random.default_rng(seed)
     images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
     captions = []
     for i in tqdm(range(n), desc="rendering world", disable=not progress, leave=False):
-        image, caption, _ = sample_training_example(rng, image_size, layout)
+        image, caption, _ = sample_training_example(rng, image_size, layout, text, mixture)
         images[i] = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
         captions.append(caption)
     return WorldDataset(images, captions)
@@ -275,14 +282,17 @@ def pretrain_base(
     pipe = build_mini_sd3(
         cfg.model.mini, vocabulary(), TEXT_CHARSET, cfg.world.image_size, seed=cfg.seed
     )
+    text, mixture = world_text(cfg.world), cfg.base.mixture
     data = render_world_dataset(
-        cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed, layout=world_layout(cfg.world)
+        cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed, layout=world_layout(cfg.world),
+        text=text, mixture=mixture,
     )
     small = None
     if cfg.base.low_res_size:
         # the same world at a lower resolution, objects one per token as at full size
         small = render_world_dataset(
-            cfg.base.dataset_size, cfg.base.low_res_size, seed=cfg.seed + 1, layout=Layout(cfg.world.layout_cell)
+            cfg.base.dataset_size, cfg.base.low_res_size, seed=cfg.seed + 1, layout=Layout(cfg.world.layout_cell),
+            text=text, mixture=mixture,
         )
     # The convolutional VAE learns the objects' appearance where they are dense: on the small
     # images when there are some (4x fewer pixels per object; sparse full-size images, or crops

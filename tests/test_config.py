@@ -169,3 +169,14 @@ def test_relative_tracking_paths_resolve_to_the_project_also_from_a_dvc_temp_wor
     assert tracking_uri("http://server:5000", temp) == "http://server:5000"
     assert artifact_location("mlartifacts", temp) == (tmp_path.resolve() / "mlartifacts").as_uri()
     assert artifact_location("s3://bucket/a", temp) == "s3://bucket/a"
+
+
+def test_world_text_and_mixture_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"world.text_charset = 'AB\?'"):
+        load_config(REPO / "params.yaml", {"world": {"text_charset": "AB?"}})
+    with pytest.raises(ConfigError, match=r"4 characters need layout_cell > 0 and a grid of 9 cells, not 8"):
+        load_config(REPO / "params.yaml", {"world": {"text_layout": "cells"}})
+    cells = load_config(REPO / "params.yaml", {"world": {"text_layout": "cells", "text_lengths": {2: 1, 3: 1}}})
+    assert cells.world.text_lengths == {2: 1.0, 3: 1.0}
+    with pytest.raises(ConfigError, match=r"base.mixture.*unknown: \['shapes'\]"):
+        load_config(REPO / "params.yaml", {"base": {"mixture": {"shapes": 1.0}}})

@@ -165,6 +165,8 @@ def test_reward_models_stage_on_micro_config(prefect_server, tmp_path: Path) -> 
     metrics = reward_models(params=str(MICRO), overrides=overrides)
     assert json.loads((tmp_path / "metrics" / "reward_models.json").read_text()) == metrics
     assert 0.0 <= metrics["world_clip_heldout_top1"] <= 1.0 and metrics["train_seconds"] > 0
+    # the OCR task's ceiling: the backend on the world's own signs of the 6 OCR test prompts
+    assert 0.5 <= metrics["ocr_ground_truth_exact"] <= 1.0 and 0.0 <= metrics["ocr_ground_truth_edit_distance"] <= 0.5
     # saved where the reward registry (what training uses) reads it
     reward = build_reward(RewardsConfig(task="pickscore"), tmp_path / "models" / "rewards")
     assert reward.score(torch.rand(2, 3, 32, 32), ["a red circle", "a star"], [{}, {}]).isfinite().all()

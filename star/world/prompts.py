@@ -24,7 +24,8 @@ import math
 import re
 import string
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -39,7 +40,12 @@ from star.world.vocab import (
     SHAPE_PLURALS,
     SHAPES,
     TEXT_CHARSET,
+    TEXT_LENGTH_WEIGHTS,
+    PRETRAIN_MIXTURE,
 )
+
+if TYPE_CHECKING:
+    from star.config import WorldConfig
 
 Metadata = dict[str, Any]
 
@@ -51,28 +57,10 @@ SPLIT_SALT: str = "star-world-split-v1"
 GENEVAL_COUNTS: tuple[int, ...] = (2, 3, 4)
 """Counts in GenEval counting prompts, as in the official set; pretraining also uses one."""
 
-OCR_LENGTH_WEIGHTS: dict[int, float] = {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
 CAPTION_OBJECT_WEIGHTS: dict[int, float] = {1: 0.3, 2: 0.5, 3: 0.2}
 CAPTION_RELATION_PROB: float = 0.5
 """Chance that a two-object caption states a relation."""
 
-# Pretraining mixture. The GenEval tags get 85% (counting and position, the hardest for a
-# small model, the most): at 40 px the signs' text is not learnt within the base budget, so OCR
-# keeps 5% (the OCR task still has its prompts) and free captions 10% for the preference task's
-# phrasings; moving that share from 30% to 15% raised the base's world GenEval by about 0.06
-# (two eval seeds, same training seed). Prompts without colours (single_object, two_object,
-# counting, position) are rendered in random colours: that is how the model meets both prompt
-# styles, "a photo of a circle" and "a photo of a red circle", for the same picture.
-PRETRAIN_MIXTURE: dict[str, float] = {
-    "single_object": 0.12,
-    "two_object": 0.14,
-    "counting": 0.17,
-    "colors": 0.12,
-    "position": 0.17,
-    "color_attr": 0.13,
-    "ocr": 0.05,
-    "caption": 0.10,
-}
 COUNT_SAME_COLOR_PROB: float = 0.5
 """Chance that counted objects share one colour (otherwise each gets its own)."""
 
@@ -446,11 +434,28 @@ def _sample_until(rng: np.random.Generator, split: str, draw: Callable[[np.rando
     raise RuntimeError(f"no {split} record found in 10000 draws")
 
 
-def _draw_ocr(rng: np.random.Generator) -> Metadata:
-    """A random OCR record: length from ``OCR_LENGTH_WEIGHTS``, uniform characters and template."""
-    length = _choice(rng, OCR_LENGTH_WEIGHTS)
-    text = "".join(TEXT_CHARSET[i] for i in rng.integers(len(TEXT_CHARSET), size=length))
-    return ocr_record(text, OCR_TEMPLATES[int(rng.integers(len(OCR_TEMPLATES)))])
+@dataclass(frozen=True)
+class SignText:
+    """What the world's signs say (``world.text_charset``, ``world.text_lengths``): a length drawn
+    from ``lengths`` (length -> weight), then that many characters uniformly from ``charset``."""
+
+    charset: str = TEXT_CHARSET
+    lengths: tuple[tuple[int, float], ...] = tuple(TEXT_LENGTH_WEIGHTS.items())
+
+
+DEFAULT_TEXT = SignText()
+
+
+def world_text(world: WorldConfig) -> SignText:
+    """The ``SignText`` of a ``WorldConfig``."""
+    return SignText(world.text_charset, tuple(world.text_lengths.items()))
+
+
+def _draw_ocr(rng: np.random.Generator, text: SignText = DEFAULT_TEXT) -> Metadata:
+    """A random OCR record: length from ``text.lengths``, uniform characters and template."""
+    length = _choice(rng, dict(text.lengths))
+    chars = "".join(text.charset[i] for i in rng.integers(len(text.charset), size=length))
+    return ocr_record(chars, OCR_TEMPLATES[int(rng.integers(len(OCR_TEMPLATES)))])
 
 
 def _draw_caption(rng: np.random.Generator) -> Metadata:
@@ -478,16 +483,19 @@ def _distinct_set(
     return records
 
 
-def generate_prompt_sets(seed: int, n_train: int, n_test: int) -> dict[str, dict[str, list[Metadata]]]:
+def generate_prompt_sets(
+    seed: int, n_train: int, n_test: int, text: SignText = DEFAULT_TEXT
+) -> dict[str, dict[str, list[Metadata]]]:
     """World prompt sets: ``{"geneval"|"ocr"|"pickscore": {"train"|"test": [metadata, ...]}}``.
 
-    ``n_train``/``n_test`` records per family and split; GenEval is balanced over its six tags.
-    Deterministic in ``seed``; every family and split draws from its own random stream.
+    ``n_train``/``n_test`` records per family and split; GenEval is balanced over its six tags;
+    OCR strings follow ``text``. Deterministic in ``seed``; every family and split draws from its
+    own random stream.
     """
     sets: dict[str, dict[str, list[Metadata]]] = {"geneval": {}, "ocr": {}, "pickscore": {}}
     for s, (split, n) in enumerate((("train", n_train), ("test", n_test))):
         sets["geneval"][split] = _geneval_set(np.random.default_rng([seed, 0, s]), split, n)
-        sets["ocr"][split] = _distinct_set(np.random.default_rng([seed, 1, s]), split, n, _draw_ocr)
+        sets["ocr"][split] = _distinct_set(np.random.default_rng([seed, 1, s]), split, n, functools.partial(_draw_ocr, text=text))
         sets["pickscore"][split] = _distinct_set(np.random.default_rng([seed, 2, s]), split, n, _draw_caption)
     return sets
 
@@ -524,7 +532,7 @@ def scene_for_metadata(metadata: Metadata, rng: np.random.Generator, image_size:
     A ``layout`` with a cell puts each object in its own cell of a grid (``render.sample_boxes``)."""
     tag = metadata["tag"]
     if tag == "ocr":
-        return sample_sign_scene(rng, metadata["text"], image_size)
+        return sample_sign_scene(rng, metadata["text"], image_size, layout)
     if tag == "caption":
         specs = [(o["shape"], o["color"]) for o in metadata["objects"]]
         rel = metadata.get("relation")
@@ -542,16 +550,21 @@ def render_records(
 
 
 def sample_training_example(
-    rng: np.random.Generator, image_size: int = 64, layout: Layout = FREE
+    rng: np.random.Generator,
+    image_size: int = 64,
+    layout: Layout = FREE,
+    text: SignText = DEFAULT_TEXT,
+    mixture: dict[str, float] = PRETRAIN_MIXTURE,
 ) -> tuple[Image.Image, str, Metadata]:
     """One pretraining ``(image, caption, metadata)`` from TRAIN combinations only.
 
-    The family is drawn from ``PRETRAIN_MIXTURE``; the record uniformly from that family's
-    train records (OCR strings and captions freshly drawn, rejecting test combinations).
+    The family is drawn from ``mixture`` (``base.mixture``); the record uniformly from that
+    family's train records (OCR strings, following ``text``, and captions freshly drawn,
+    rejecting test combinations).
     """
-    family = _choice(rng, PRETRAIN_MIXTURE)
+    family = _choice(rng, mixture)
     if family == "ocr":
-        metadata = _sample_until(rng, "train", _draw_ocr)
+        metadata = _sample_until(rng, "train", functools.partial(_draw_ocr, text=text))
     elif family == "caption":
         metadata = _sample_until(rng, "train", _draw_caption)
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -54,10 +54,15 @@ class Layout:
 
     cell: int = 0
     stride: int = 1
+    text: Literal["free", "cells"] = "free"
+    """Sign text: ``free`` (a sign anywhere, the font's own spacing) or ``cells`` (one character
+    per ``TEXT_SLOT`` of cells, monospaced, the sign centred on the grid: ``cell_sign_box``)."""
 
     def __post_init__(self) -> None:
         if self.cell < 0 or self.stride < 1:
             raise ValueError(f"layout cell {self.cell} must be >= 0 and stride {self.stride} >= 1")
+        if self.text == "cells" and not self.cell:
+            raise ValueError("text 'cells' needs a layout cell (world.layout_cell > 0)")
 
 
 FREE = Layout()
@@ -65,8 +70,8 @@ FREE = Layout()
 
 
 def world_layout(world: WorldConfig) -> Layout:
-    """The ``Layout`` of a ``WorldConfig`` (``layout_cell``, ``layout_stride``)."""
-    return Layout(world.layout_cell, world.layout_stride)
+    """The ``Layout`` of a ``WorldConfig`` (``layout_cell``, ``layout_stride``, ``text_layout``)."""
+    return Layout(world.layout_cell, world.layout_stride, world.text_layout)
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,15 @@ class Scene:
         text: optional short string drawn in black on a white sign (OCR scenes).
         image_size: side of the square image in pixels.
         sign_box: where the sign goes; None centres a default sign (only used when ``text``).
+        text_cell: 0: ``text`` in the font's own spacing, filling the sign; else the side of a
+            grid cell: one character per ``TEXT_SLOT`` of cells from the sign's first slot.
     """
 
     objects: tuple[ObjectSpec, ...]
     text: str | None = None
     image_size: int = 64
     sign_box: Box | None = None
+    text_cell: int = 0
 
 
 _EPS = 1e-9  # pixel centres exactly on an edge count as inside, on both sides alike (symmetry)
@@ -272,6 +280,50 @@ def _text_mask(text: str, box: Box, image_size: int) -> np.ndarray:
     return bold & inside
 
 
+TEXT_SLOT: tuple[int, int] = (2, 3)
+"""Cells (columns, rows) of one character on a ``cells`` sign: 20 x 30 px on the default 10 px
+token grid, so each character is the same six transformer tokens wherever it appears."""
+
+
+def cell_sign_box(length: int, image_size: int, cell: int) -> Box:
+    """The sign of a ``cells`` text of ``length`` characters: its slots centred on the grid of
+    ``cell``-pixel cells, with half a cell of white around them."""
+    grid = image_size // cell
+    columns, rows = TEXT_SLOT
+    x0, y0 = (grid - length * columns) // 2 * cell, (grid - rows) // 2 * cell
+    margin = cell // 2
+    box = (x0 - margin, y0 - margin, x0 + length * columns * cell + margin, y0 + rows * cell + margin)
+    if box[0] < 0 or box[1] < 0 or box[2] > image_size or box[3] > image_size:
+        raise ValueError(f"{length} characters of {columns}x{rows} cells of {cell} px do not fit a {image_size} px image")
+    return box
+
+
+def _cell_text_mask(text: str, box: Box, cell: int, image_size: int) -> np.ndarray:
+    """Boolean glyph mask, shape (S, S): character i centred in slot i of the sign ``box``
+    (``cell_sign_box``), cap height about 0.8 of the slot, emboldened as ``_text_mask``."""
+    columns, rows = TEXT_SLOT
+    width, height = columns * cell, rows * cell
+    size = round(0.8 * height)
+    font, thick = _font(size), 1 + size // 14
+    mask = np.zeros((image_size, image_size), dtype=bool)
+    x0, y0 = box[0] + cell // 2, box[1] + cell // 2
+    for i, char in enumerate(text):
+        canvas = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(canvas)
+        draw.fontmode = "1"
+        left, top, right, bottom = draw.textbbox((0, 0), char, font=font)
+        tx = (width - (right - left) - (thick - 1)) / 2 - left
+        ty = (height - (bottom - top) - (thick - 1)) / 2 - top
+        draw.text((round(tx), round(ty)), char, fill=255, font=font)
+        glyph = np.asarray(canvas) > 127
+        bold = glyph.copy()
+        for dy in range(thick):
+            for dx in range(thick):
+                bold[dy:, dx:] |= glyph[: height - dy, : width - dx]
+        mask[y0 : y0 + height, x0 + i * width : x0 + (i + 1) * width] = bold
+    return mask
+
+
 def render_array(scene: Scene) -> np.ndarray:
     """The scene as a uint8 array, shape (S, S, 3) with S = scene.image_size."""
     size = scene.image_size
@@ -286,7 +338,9 @@ def render_array(scene: Scene) -> np.ndarray:
         return pixels
     x0, y0, x1, y1 = box = scene.sign_box or default_sign_box(size)
     pixels[y0:y1, x0:x1] = SIGN_RGB
-    if scene.text:
+    if scene.text and scene.text_cell:
+        pixels[_cell_text_mask(scene.text, box, scene.text_cell, size)] = TEXT_RGB
+    elif scene.text:
         pixels[_text_mask(scene.text, box, size)] = TEXT_RGB
     return pixels
 
@@ -526,6 +580,10 @@ def sample_sign_box(rng: np.random.Generator, image_size: int = 64, text_len: in
     return (x0, y0, x0 + width, y0 + height)
 
 
-def sample_sign_scene(rng: np.random.Generator, text: str, image_size: int = 64) -> Scene:
-    """A sign-only scene showing ``text``."""
+def sample_sign_scene(rng: np.random.Generator, text: str, image_size: int = 64, layout: Layout = FREE) -> Scene:
+    """A sign-only scene showing ``text``: anywhere (``layout.text`` free), or in the grid's
+    character slots (``cells``, drawing nothing from ``rng``)."""
+    if layout.text == "cells":
+        box = cell_sign_box(len(text), image_size, layout.cell)
+        return Scene((), text=text, image_size=image_size, sign_box=box, text_cell=layout.cell)
     return Scene((), text=text, image_size=image_size, sign_box=sample_sign_box(rng, image_size, len(text)))
