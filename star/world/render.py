@@ -252,6 +252,27 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+def _bold_glyphs(text: str, size: int, canvas: tuple[int, int], box: Box) -> np.ndarray:
+    """Boolean mask, shape (canvas height, canvas width): ``text`` at font ``size`` centred in
+    ``box``, rasterised aliased, its strokes thickened to ``1 + size // 14`` px."""
+    width, height = canvas
+    x0, y0, x1, y1 = box
+    font, thick = _font(size), 1 + size // 14
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    draw.fontmode = "1"
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    tx = x0 + (x1 - x0 - (right - left) - (thick - 1)) / 2 - left
+    ty = y0 + (y1 - y0 - (bottom - top) - (thick - 1)) / 2 - top
+    draw.text((round(tx), round(ty)), text, fill=255, font=font)
+    glyphs = np.asarray(image) > 127
+    bold = glyphs.copy()
+    for dy in range(thick):
+        for dx in range(thick):
+            bold[dy:, dx:] |= glyphs[: height - dy, : width - dx]
+    return bold
+
+
 def _text_mask(text: str, box: Box, image_size: int) -> np.ndarray:
     """Boolean glyph mask, shape (S, S), of ``text`` centred in ``box`` and emboldened.
 
@@ -261,20 +282,7 @@ def _text_mask(text: str, box: Box, image_size: int) -> np.ndarray:
     """
     x0, y0, x1, y1 = box
     size = _font_size_for(text, x1 - x0, y1 - y0)
-    font = _font(size)
-    canvas = Image.new("L", (image_size, image_size), 0)
-    draw = ImageDraw.Draw(canvas)
-    draw.fontmode = "1"
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    thick = 1 + size // 14
-    tx = x0 + (x1 - x0 - (right - left) - (thick - 1)) / 2 - left
-    ty = y0 + (y1 - y0 - (bottom - top) - (thick - 1)) / 2 - top
-    draw.text((round(tx), round(ty)), text, fill=255, font=font)
-    glyphs = np.asarray(canvas) > 127
-    bold = glyphs.copy()
-    for dy in range(thick):
-        for dx in range(thick):
-            bold[dy:, dx:] |= glyphs[: image_size - dy, : image_size - dx]
+    bold = _bold_glyphs(text, size, (image_size, image_size), box)
     inside = np.zeros_like(bold)
     inside[y0:y1, x0:x1] = True
     return bold & inside
@@ -303,24 +311,11 @@ def _cell_text_mask(text: str, box: Box, cell: int, image_size: int) -> np.ndarr
     (``cell_sign_box``), cap height about 0.8 of the slot, emboldened as ``_text_mask``."""
     columns, rows = TEXT_SLOT
     width, height = columns * cell, rows * cell
-    size = round(0.8 * height)
-    font, thick = _font(size), 1 + size // 14
     mask = np.zeros((image_size, image_size), dtype=bool)
     x0, y0 = box[0] + cell // 2, box[1] + cell // 2
     for i, char in enumerate(text):
-        canvas = Image.new("L", (width, height), 0)
-        draw = ImageDraw.Draw(canvas)
-        draw.fontmode = "1"
-        left, top, right, bottom = draw.textbbox((0, 0), char, font=font)
-        tx = (width - (right - left) - (thick - 1)) / 2 - left
-        ty = (height - (bottom - top) - (thick - 1)) / 2 - top
-        draw.text((round(tx), round(ty)), char, fill=255, font=font)
-        glyph = np.asarray(canvas) > 127
-        bold = glyph.copy()
-        for dy in range(thick):
-            for dx in range(thick):
-                bold[dy:, dx:] |= glyph[: height - dy, : width - dx]
-        mask[y0 : y0 + height, x0 + i * width : x0 + (i + 1) * width] = bold
+        slot = _bold_glyphs(char, round(0.8 * height), (width, height), (0, 0, width, height))
+        mask[y0 : y0 + height, x0 + i * width : x0 + (i + 1) * width] = slot
     return mask
 
 
