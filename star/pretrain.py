@@ -266,13 +266,6 @@ def train_transformer(
     trained.requires_grad_(False)
 
 
-def low_res_mixture(mixture: dict[str, float], text_layout: str) -> dict[str, float]:
-    """The low-resolution phase's mixture: ``mixture``, without signs when their characters sit
-    in 2x3 tokens (``cells``), which a 4x4-token image cannot hold (the phase would learn signs
-    the full-size world never shows)."""
-    return {family: share for family, share in mixture.items() if family != "ocr" or text_layout != "cells"}
-
-
 def pretrain_base(
     cfg: Config, work_dir: Path, on_metrics: MetricsCallback | None = None
 ) -> StableDiffusion3Pipeline:
@@ -297,9 +290,11 @@ def pretrain_base(
     small = None
     if cfg.base.low_res_size:
         # the same world at a lower resolution, objects one per token as at full size
+        # (with `cells` signs its signs are free ones: `cells` do not fit 4x4 tokens, and the VAE
+        # learns strokes from them; leaving them out blurred the base's text, method §0 b2)
         small = render_world_dataset(
             cfg.base.dataset_size, cfg.base.low_res_size, seed=cfg.seed + 1, layout=Layout(cfg.world.layout_cell),
-            text=text, mixture=low_res_mixture(mixture, cfg.world.text_layout),
+            text=text, mixture=mixture,
         )
     # The convolutional VAE learns the objects' appearance where they are dense: on the small
     # images when there are some (4x fewer pixels per object; sparse full-size images, or crops

@@ -15,9 +15,7 @@ from star.pretrain import (
     LatentSet,
     WorldDataset,
     flow_matching_loss,
-    low_res_mixture,
     lr_factor,
-    render_world_dataset,
     train_transformer,
     train_vae,
 )
@@ -156,15 +154,3 @@ def test_text_encoders_train_only_when_asked_and_resume_exactly(tmp_path: Path) 
     resumed = encoders_after(4, tmp_path / "b.ckpt", train_text_encoders=True)
     assert all(torch.equal(trained[k], resumed[k]) for k in trained)
 
-
-def test_the_low_resolution_phase_draws_no_cells_signs() -> None:
-    """Signs whose characters take 2x3 tokens do not fit a 4x4-token image: with
-    ``text_layout: cells`` the low-resolution mixture leaves them out, free signs stay."""
-    from star.world.render import Layout
-    from star.world.vocab import PRETRAIN_MIXTURE
-
-    assert low_res_mixture(PRETRAIN_MIXTURE, "free") == PRETRAIN_MIXTURE
-    cells = low_res_mixture({"ocr": 0.9, "colors": 0.1}, "cells")
-    assert cells == {"colors": 0.1}
-    small = render_world_dataset(40, 40, seed=0, progress=False, layout=Layout(10), mixture=cells)
-    assert not any('"' in caption for caption in small.captions)
