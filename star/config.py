@@ -143,13 +143,15 @@ class WorldConfig(_Section):
                 f"layout_cell={self.layout_cell} px in {self.image_size} px images"
             )
         if self.text_layout == "cells":
-            grid, longest = self.image_size // max(1, self.layout_cell), max(self.text_lengths)
-            if not self.layout_cell or 2 * longest + 1 > grid or grid < 4:
-                raise ValueError(
-                    f"text_layout='cells' puts a character in 2x3 cells with a margin: {longest} characters need "
-                    f"layout_cell > 0 and a grid of {2 * longest + 1} cells, not {grid} ({self.image_size} px / "
-                    f"{self.layout_cell} px)"
-                )
+            from star.world.render import cell_sign_box  # the renderer's own check (numpy, PIL: only here)
+
+            if not self.layout_cell:
+                raise ValueError("text_layout='cells' puts characters on the layout grid: it needs layout_cell > 0")
+            longest = max(self.text_lengths)
+            try:
+                cell_sign_box(longest, self.image_size, self.layout_cell)
+            except ValueError as error:
+                raise ValueError(f"text_layout='cells' with {longest}-character texts (text_lengths): {error}") from None
         return self
 
 

@@ -174,8 +174,12 @@ def test_relative_tracking_paths_resolve_to_the_project_also_from_a_dvc_temp_wor
 def test_world_text_and_mixture_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"world.text_charset = 'AB\?'"):
         load_config(REPO / "params.yaml", {"world": {"text_charset": "AB?"}})
-    with pytest.raises(ConfigError, match=r"4 characters need layout_cell > 0 and a grid of 9 cells, not 8"):
+    with pytest.raises(ConfigError, match=r"4-character texts \(text_lengths\): 4 characters of 2x3 cells of 10 px do not fit a 80 px image"):
         load_config(REPO / "params.yaml", {"world": {"text_layout": "cells"}})
+    with pytest.raises(ConfigError, match=r"3-character texts .* do not fit a 70 px image"):  # 7 cells: no margin left
+        load_config(REPO / "params.yaml", {"world": {"image_size": 70, "text_layout": "cells", "text_lengths": {3: 1}}})
+    with pytest.raises(ConfigError, match=r"text_layout='cells' .* needs layout_cell > 0"):
+        load_config(REPO / "params.yaml", {"world": {"layout_cell": 0, "text_layout": "cells", "text_lengths": {2: 1}}})
     cells = load_config(REPO / "params.yaml", {"world": {"text_layout": "cells", "text_lengths": {2: 1, 3: 1}}})
     assert cells.world.text_lengths == {2: 1.0, 3: 1.0}
     with pytest.raises(ConfigError, match=r"base.mixture.*unknown: \['shapes'\]"):

@@ -11,14 +11,7 @@ import torch
 from star import checkpoint
 from star.config import BaseConfig
 from star.models import build_mini_sd3
-from star.pretrain import (
-    LatentSet,
-    WorldDataset,
-    flow_matching_loss,
-    lr_factor,
-    train_transformer,
-    train_vae,
-)
+from star.pretrain import LatentSet, WorldDataset, flow_matching_loss, lr_factor, train_transformer, train_vae
 from tests.test_models import CHARSET, TINY, WORDS
 
 
@@ -153,4 +146,3 @@ def test_text_encoders_train_only_when_asked_and_resume_exactly(tmp_path: Path) 
     encoders_after(2, tmp_path / "b.ckpt", train_text_encoders=True)
     resumed = encoders_after(4, tmp_path / "b.ckpt", train_text_encoders=True)
     assert all(torch.equal(trained[k], resumed[k]) for k in trained)
-

@@ -36,12 +36,12 @@ from star.world.vocab import (
     GENEVAL_TASKS,
     MAX_TEXT_LEN,
     NUMBER_WORDS,
+    PRETRAIN_MIXTURE,
     RELATIONS,
     SHAPE_PLURALS,
     SHAPES,
     TEXT_CHARSET,
     TEXT_LENGTH_WEIGHTS,
-    PRETRAIN_MIXTURE,
 )
 
 if TYPE_CHECKING:
@@ -495,7 +495,8 @@ def generate_prompt_sets(
     sets: dict[str, dict[str, list[Metadata]]] = {"geneval": {}, "ocr": {}, "pickscore": {}}
     for s, (split, n) in enumerate((("train", n_train), ("test", n_test))):
         sets["geneval"][split] = _geneval_set(np.random.default_rng([seed, 0, s]), split, n)
-        sets["ocr"][split] = _distinct_set(np.random.default_rng([seed, 1, s]), split, n, functools.partial(_draw_ocr, text=text))
+        draw_ocr = functools.partial(_draw_ocr, text=text)
+        sets["ocr"][split] = _distinct_set(np.random.default_rng([seed, 1, s]), split, n, draw_ocr)
         sets["pickscore"][split] = _distinct_set(np.random.default_rng([seed, 2, s]), split, n, _draw_caption)
     return sets
 
