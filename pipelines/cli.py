@@ -3,6 +3,7 @@
     python -m pipelines <stage> [--params FILE] [-S key=value ...] [--debug]
     python -m pipelines train --variant star [--seed 0]
     python -m pipelines evaluate --checkpoint star-s0
+    python -m pipelines train --study tasks --variant ocr-star   (the task study: star.config.STUDIES)
 
 (``python -m pipelines.<stage>`` runs the same code.) The configuration, the params file and
 the ``-S`` overrides in Hydra's override grammar (the one ``dvc exp run -S`` speaks: ``key=value``,
@@ -20,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from star.config import DELETE, Config, ConfigError, load_config
+from star.config import DELETE, STUDIES, Config, ConfigError, load_config
 
 STAGES: dict[str, str] = {
     "prepare": "write the train/test prompt sets of every task to paths.prompts",
@@ -83,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override one knob in Hydra's grammar, e.g. -S base.steps=10 (repeatable)")
         sub.add_argument("--debug", action="store_true", help="print tracebacks (also STAR_DEBUG=1)")
+        if name in ("train", "evaluate", "report"):
+            sub.add_argument("--study", choices=list(STUDIES), default="default",
+                             help="; ".join(f"{k}: {v}" for k, v in STUDIES.items()))
         if name == "train":
-            sub.add_argument("--variant", required=True, help="a key of study.variants (e.g. star, none)")
+            sub.add_argument("--variant", required=True,
+                             help="a key of study.variants (e.g. star, none), or of study.task_variants with --study tasks")
             sub.add_argument("--seed", type=int, default=None, help="training seed (default: the params' seed)")
         if name == "evaluate":
             sub.add_argument("--checkpoint", required=True, help="'base' or a trained variant, e.g. star-s0")
@@ -95,7 +100,7 @@ def preflight(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     """Everything that can be checked without Prefect or a model: the config (with the
     variant), and that the inputs the stage reads exist. Raises ConfigError."""
     overrides = parse_overrides(args.set)
-    cfg = load_config(args.params, overrides)
+    cfg = load_config(args.params, overrides).for_study(getattr(args, "study", "default"))
     if args.stage == "train":
         cfg = cfg.for_variant(args.variant, args.seed)
     if args.stage == "evaluate" and args.checkpoint != "base":  # what the user named, first
@@ -103,8 +108,7 @@ def preflight(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
         if not path.is_dir():
             variant, _, seed = args.checkpoint.rpartition("-s")
             raise ConfigError(f"checkpoint {args.checkpoint!r} not found at {path}: train it first "
-                              f"(`dvc repro train@{variant}-{seed}` or `python -m pipelines train --variant "
-                              f"{variant} --seed {seed}`)")
+                              f"(`python -m pipelines train --study {args.study} --variant {variant} --seed {seed}`)")
     if args.stage in ("train", "evaluate"):
         check_model_source(cfg)
         check_reward_models(cfg, args.stage)
@@ -156,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         failures.quiet_prefect_tracebacks()
         extra = {"variant": args.variant, "seed": args.seed} if args.stage == "train" else {}
         extra |= {"checkpoint": args.checkpoint} if args.stage == "evaluate" else {}
+        extra |= {"study": args.study} if args.stage in ("train", "evaluate", "report") else {}
         entry = getattr(module, "run_cli", None) or named_flow(getattr(module, args.stage), args)
         entry(params=args.params, overrides=overrides, **extra)
     except BaseException as error:  # noqa: BLE001  (signals included: one message, an exit code)

@@ -80,8 +80,9 @@ def scores_path(metrics_dir: Path, checkpoint: str) -> Path:
 
 
 @flow(name="evaluate")
-def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    cfg = stage_config(params, overrides)
+def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, Any] | None = None,
+             study: str = "default") -> dict[str, float]:
+    cfg = stage_config(params, overrides).for_study(study)
     info = variant_info(cfg.paths.checkpoints / checkpoint) if checkpoint != "base" else {}
     variant = checkpoint.rsplit("-s", 1)[0] if checkpoint != "base" else "base"
     tags = {"variant": variant, "checkpoint": checkpoint, "seed": str(info.get("seed", cfg.seed)),

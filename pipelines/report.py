@@ -27,6 +27,9 @@ from star.maps import model_allocation_maps
 from star.models import pipeline_for
 from star.sampling import sample_ode
 from star.report import (
+    TASK_NAMES,
+    HtmlSection,
+    Section,
     collect_rows,
     compare,
     comparison_table,
@@ -37,13 +40,14 @@ from star.report import (
     plot_curves,
     plot_differences,
     split_checkpoint,
+    study_sections,
     training_curves,
 )
 from star.variants import load_variant
 from star.visualize import allocation_overlay, comparison_grid
 
 MAP_PROMPTS = 4
-"""Prompts shown in each allocation-map figure (one per GenEval task family, in file order)."""
+"""Prompts shown in each allocation-map figure (GenEval: one per task family; others: the first test prompts)."""
 
 
 MAP_VMAX = 4.0
@@ -52,19 +56,25 @@ MAP_VMAX = 4.0
 
 @task(cache_policy=NO_CACHE)
 def map_figure(cfg: Config, variant: str, out: Path) -> Path | None:
-    """Allocation maps across denoising steps of ``variant``'s first seed, over its images,
-    with each map's localisation on the core objects the GenEval detector finds."""
+    """Allocation maps across denoising steps of ``variant``'s first seed, over its images of
+    test prompts of its training task, with each map's localisation on the core content where
+    the task's reward can locate it (GenEval's detector, the OCR backend's text boxes)."""
     checkpoint = cfg.paths.checkpoints / f"{variant}-s{cfg.study.seeds[0]}"
     if not checkpoint.is_dir():
         return None
     variant_cfg = cfg.for_variant(variant)
+    task = variant_cfg.rewards.task
     pipe = load_variant(pipeline_for(cfg.model, cfg.paths.base_model), checkpoint)
-    records = test_records(cfg, "geneval")
-    picked = [next(r for r in records if r["tag"] == tag) for tag in ("two_object", "position", "color_attr", "colors")]
-    reward = build_reward(cfg.rewards.model_copy(update={"task": "geneval", "weights": None}), cfg.paths.reward_models)
-    images, maps, scores = model_allocation_maps(pipe, picked[:MAP_PROMPTS], variant_cfg.train, cfg.eval.seed, reward)
+    records = test_records(cfg, task)
+    if task == "geneval":
+        records = [next(r for r in records if r["tag"] == tag) for tag in ("two_object", "position", "color_attr", "colors")]
+    picked = records[:MAP_PROMPTS]
+    reward = build_reward(cfg.rewards.model_copy(update={"task": task, "weights": None}), cfg.paths.reward_models)
+    images, maps, scores = model_allocation_maps(pipe, picked, variant_cfg.train, cfg.eval.seed, reward)
     steps = sorted({0, variant_cfg.train.steps // 3, 2 * variant_cfg.train.steps // 3, variant_cfg.train.steps - 1})
-    title = f"{variant}: allocation weights (colour 0 … {MAP_VMAX:g}; loc. = weight share on the detected objects / their area share)"
+    located = {"geneval": "the detected objects", "ocr": "the text the OCR reads"}.get(task)
+    where = f"; loc. = weight share on {located} / their area share" if located else ""
+    title = f"{variant}: allocation weights (colour 0 … {MAP_VMAX:g}{where})"
     return allocation_overlay(images, maps, steps, [r["prompt"] for r in picked], out / f"maps_{variant}.png",
                               scores, MAP_VMAX, title)
 
@@ -91,10 +101,10 @@ def side_by_side_plan(records: list[dict[str, Any]], scores: Any, cfg: Config, c
 
 
 @task(cache_policy=NO_CACHE)
-def side_by_side(cfg: Config, scores: Any, out: Path) -> Path:
-    """The base and each variant's first seed on the same GenEval test prompts and noises (the
-    evaluation's noise 0), one column each, marked as the evaluation scored them."""
-    checkpoints = ["base", *(f"{v}-s{cfg.study.seeds[0]}" for v in cfg.study.variants
+def side_by_side(cfg: Config, variants: list[str], scores: Any, out: Path) -> Path:
+    """The base and each of ``variants``' first seed on the same GenEval test prompts and noises
+    (the evaluation's noise 0), one column each, marked as the evaluation scored them."""
+    checkpoints = ["base", *(f"{v}-s{cfg.study.seeds[0]}" for v in variants
                              if (cfg.paths.checkpoints / f"{v}-s{cfg.study.seeds[0]}").is_dir())]
     prompts, seeds, correct = side_by_side_plan(test_records(cfg, "geneval"), scores, cfg, checkpoints)
     columns = {}
@@ -126,45 +136,61 @@ def stamp(cfg: Config) -> str:
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
 
 
-@flow(name="report")
-def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> Path:
-    cfg = stage_config(params, overrides)
-    out = cfg.paths.reports
-    out.mkdir(parents=True, exist_ok=True)
-    order = list(cfg.study.variants)
-    checkpoints = expected_checkpoints(order, cfg.study.seeds)
-    eval_dir, train_dir = cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
-    scores = load_scores(eval_dir, checkpoints)
-    comparison = compare(scores, cfg.study.eval_tasks, order, cfg.eval.bootstrap)
-    held_out = comparison_table(comparison)
+def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tuple[str, HtmlSection]:
+    """One training task's part of the report: its variants against their Flow-GRPO variant and
+    the base (table with intervals, difference figures), per-task details, curves and maps."""
+    seeds, eval_dir, train_dir = cfg.study.seeds, cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
+    checkpoints = expected_checkpoints(section.variants, seeds)
+    reference = section.reference or "none"
+    comparison = compare(scores, cfg.study.eval_tasks, section.variants, cfg.eval.bootstrap, section.reference)
+    held_out = comparison_table(comparison, reference)
     details = markdown_table(collect_rows(eval_dir, train_dir, checkpoints))
+    name = TASK_NAMES[section.task].removesuffix(" acc.")
     figures = [(f"Held-out difference against {ref} (paired by prompt and noise)",
-                plot_differences(comparison, ref, out / f"difference_vs_{ref}.png"))
-               for ref in ("none", "base") if ref == "base" or "none" in order]
-    if "geneval" in cfg.study.eval_tasks:
-        figures.append(("Checkpoints side by side", side_by_side(cfg, scores, out)))
-    figures.append(("Training reward", plot_curves(train_dir, checkpoints, order, out / "reward_curves.png")))
-    training_curves(train_dir, checkpoints).to_csv(out / "training_curves.csv", index=False)  # `dvc plots show`
-    capturing = [v for v in order if cfg.for_variant(v).train.allocation in ("star", "spatial", "shuffled", "oracle")]
+                plot_differences(comparison, column, ref, out / f"{section.task}_difference_vs_{suffix}.png",
+                                 f"trained on {name}: "))
+               for column, ref, suffix in (("vs reference", reference, "none"), ("vs base", "base", "base"))
+               if column == "vs base" or section.reference is not None]
+    if section.task == "geneval" and "geneval" in cfg.study.eval_tasks:
+        figures.append(("Checkpoints side by side", side_by_side(cfg, section.variants, scores, out)))
+    figures.append(("Training reward", plot_curves(train_dir, checkpoints, section.variants,
+                                                   out / f"{section.task}_reward_curves.png")))
+    capturing = [v for v in section.variants
+                 if cfg.for_variant(v).train.allocation in ("star", "spatial", "shuffled", "oracle")]
     figures += [(f"Allocation maps of {v} across denoising steps", p)
                 for v, p in ((v, map_figure(cfg, v, out)) for v in capturing) if p is not None]
-    title = f"STAR study: training task {cfg.rewards.task}, {len(cfg.study.seeds)} seed(s)"
-    page_stamp = stamp(cfg)
     ci_note = (f"Mean over the test prompts × {cfg.eval.noises} noises [95 % bootstrap interval, {cfg.eval.bootstrap} "
                "resamples of prompts within each GenEval task and of seeds]; Δ: paired difference; ✓: the interval "
-               "excludes 0 (resolved).")
-    (out / "table.md").write_text(f"# {title}\n\n{page_stamp}\n\n## Held-out scores\n\n{held_out}\n{ci_note}\n\n"
-                                  f"## Per GenEval task and training\n\n{details}")
+               f"excludes 0 (resolved). Reference: {reference} (Flow-GRPO on this task's reward).")
     notes = ("GenEval: strict accuracy (mean of six tasks); OCR NED: mean normalised edit distance (lower is better); "
-             "train reward: mean of the first and last 10 % of iterations; map loc.: allocation weight on the "
-             "detected core objects over their area share (1 = none).")
-    (out / "report.html").write_text(html_page(title, page_stamp, [("Held-out scores", held_out, ci_note),
-                                                                   ("Per GenEval task and training", details, notes)],
-                                               figures))
-    with stage_run(cfg, "report", ["study"], tags={"variant": "all"}):
-        for path in [out / "table.md", out / "report.html", *(p for _, p in figures)]:
+             "train reward: mean of the first and last 10 % of iterations (of this section's training reward); map "
+             "loc.: allocation weight on the located core content over its area share (1 = none).")
+    heading = f"Trained on {name}: {', '.join(section.variants)}"
+    markdown = (f"## {heading}\n\n### Held-out scores\n\n{held_out}\n{ci_note}\n\n"
+                f"### Per GenEval task and training\n\n{details}\n")
+    return markdown, (heading, [("Held-out scores", held_out, ci_note), ("Per GenEval task and training", details, notes)],
+                      figures)
+
+
+@flow(name="report")
+def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None, study: str = "default") -> Path:
+    cfg = stage_config(params, overrides).for_study(study)
+    out = cfg.paths.reports
+    out.mkdir(parents=True, exist_ok=True)
+    eval_dir, train_dir = cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
+    checkpoints = expected_checkpoints(list(cfg.study.variants), cfg.study.seeds)
+    scores = load_scores(eval_dir, checkpoints)
+    sections = [section_report(cfg, section, scores, out) for section in study_sections(cfg)]
+    training_curves(train_dir, checkpoints).to_csv(out / "training_curves.csv", index=False)  # `dvc plots show`
+    tasks = ", ".join(TASK_NAMES[s.task].removesuffix(" acc.") for s in study_sections(cfg))
+    title = f"STAR study: trained on {tasks}; {len(cfg.study.seeds)} seed(s)"
+    page_stamp = stamp(cfg)
+    (out / "table.md").write_text(f"# {title}\n\n{page_stamp}\n\n" + "\n".join(md for md, _ in sections))
+    (out / "report.html").write_text(html_page(title, page_stamp, [page for _, page in sections]))
+    with stage_run(cfg, "report", ["study"], tags={"variant": "all", "study": study}):
+        for path in [out / "table.md", out / "report.html", *(p for _, (_, _, figures) in sections for _, p in figures)]:
             mlflow.log_artifact(str(path), "report")
-    get_run_logger().info("report written to %s\n%s", out, held_out)
+    get_run_logger().info("report written to %s\n%s", out, (out / "table.md").read_text())
     return out
 
 

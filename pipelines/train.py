@@ -158,8 +158,9 @@ def flow_run_name() -> str:
 
 
 @flow(name="train", flow_run_name=flow_run_name)
-def train(variant: str, seed: int | None = None, params: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    cfg = load_config(params, overrides).for_variant(variant, seed)
+def train(variant: str, seed: int | None = None, params: str = "params.yaml", overrides: dict[str, Any] | None = None,
+          study: str = "default") -> dict[str, float]:
+    cfg = load_config(params, overrides).for_study(study).for_variant(variant, seed)
     name = run_name(variant, cfg.seed)
     with stage_run(cfg, "train", SECTIONS, tags=run_tags(cfg, variant)):
         summary = train_variant(cfg, name)
@@ -168,11 +169,12 @@ def train(variant: str, seed: int | None = None, params: str = "params.yaml", ov
     return summary
 
 
-def train_processes(variant: str, seed: int | None, params: str, overrides: dict[str, Any]) -> dict[str, float] | None:
+def train_processes(variant: str, seed: int | None, params: str, overrides: dict[str, Any],
+                    study: str = "default") -> dict[str, float] | None:
     """One process of a multi-process training (``accelerate launch``/``torchrun``), without
     Prefect (one flow per process would start one server per process): every rank trains, rank
     0 alone tracks it in MLflow and writes the outputs; returns rank 0's summary."""
-    cfg = load_config(params, overrides).for_variant(variant, seed)
+    cfg = load_config(params, overrides).for_study(study).for_variant(variant, seed)
     name = run_name(variant, cfg.seed)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with stage_run(cfg, "train", SECTIONS, tags=run_tags(cfg, variant)) if rank0 else nullcontext():
@@ -184,12 +186,12 @@ def train_processes(variant: str, seed: int | None, params: str, overrides: dict
     return summary
 
 
-def run_cli(variant: str, seed: int | None, params: str, overrides: dict[str, Any]) -> None:
+def run_cli(variant: str, seed: int | None, params: str, overrides: dict[str, Any], study: str = "default") -> None:
     """The command line's entry: the Prefect flow, or with several processes ``train_processes``."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        train_processes(variant, seed, params, overrides)
+        train_processes(variant, seed, params, overrides, study)
     else:
-        train(variant=variant, seed=seed, params=params, overrides=overrides)
+        train(variant=variant, seed=seed, params=params, overrides=overrides, study=study)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,15 @@ def score_and_locate(
 ) -> tuple[torch.Tensor, list[list[Box]]]:
     """(B,) scores and each image's core-object boxes as the reward's own detector finds them.
 
-    Rewards that can say where the prompt's content is implement ``score_and_locate`` (GenEval;
-    a mix through its components that can); the others raise a ValueError naming the reward.
+    Rewards that can say where the prompt's content is implement ``score_and_locate`` (GenEval's
+    detector, the OCR backend's text boxes; a mix through its components that can); the others
+    raise a ValueError naming the reward.
     """
     locate = getattr(reward, "score_and_locate", None)
     if locate is None:
         raise ValueError(
-            f"the {reward.name!r} reward cannot locate the prompt's core objects (only GenEval's detector "
-            "can): the 'oracle' allocation and the localisation score need a reward that can"
+            f"the {reward.name!r} reward cannot locate the prompt's core objects (GenEval's detector and the "
+            "OCR reward can): the 'oracle' allocation and the localisation score need a reward that can"
         )
     return locate(images, prompts, metadata)
 

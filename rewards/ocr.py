@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from rewards.base import check_batch, to_uint8_arrays
+from rewards.base import Box, check_batch, to_uint8_arrays
 from star.prompt_sets import extract_quoted_text
 
 UPSCALE_MIN_SIDE: int = 128
@@ -74,8 +74,8 @@ def ocr_reward_value(target: str, recognised: str) -> float:
 
 def upscale(image: np.ndarray, min_side: int = UPSCALE_MIN_SIDE) -> np.ndarray:
     """(H, W, 3) uint8 -> (kH, kW, 3) uint8, k = ceil(min_side / min(H, W)) (k = 1: unchanged)."""
-    factor = math.ceil(min_side / min(image.shape[:2]))
-    if factor <= 1:
+    factor = upscale_factor(image, min_side)
+    if factor == 1:
         return image
     return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
 
@@ -84,6 +84,21 @@ class OcrBackend(Protocol):
     """Reads the text in each (H, W, 3) uint8 RGB image; one string per image ('' if none)."""
 
     def read(self, images: list[np.ndarray]) -> list[str]: ...
+
+
+TextLine = tuple[str, Box]
+"""One detected line of text and its box in the input image's pixels."""
+
+
+def upscale_factor(image: np.ndarray, min_side: int = UPSCALE_MIN_SIDE) -> int:
+    """The integer factor ``upscale`` applies (1: none)."""
+    return max(1, math.ceil(min_side / min(image.shape[:2])))
+
+
+def _line(points: Any, text: str, factor: int) -> TextLine:
+    """A detector's quadrilateral (4 x 2 points in the upscaled image) as a box in the input's pixels."""
+    xy = np.asarray(points, dtype=np.float64).reshape(-1, 2) / factor
+    return text, (float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max()))
 
 
 class RapidOcrBackend:
@@ -103,14 +118,18 @@ class RapidOcrBackend:
             self._engine = RapidOCR(det_limit_side_len=RAPIDOCR_DET_MIN_SIDE)
         return self._engine
 
-    def read(self, images: list[np.ndarray]) -> list[str]:
+    def locate_text(self, images: list[np.ndarray]) -> list[list[TextLine]]:
+        """Per image, its detected lines in reading order with their boxes."""
         engine = self._load()
-        texts = []
+        lines = []
         for image in images:
             # RapidOCR treats 3-channel arrays as BGR (OpenCV); ours are RGB.
             result, _ = engine(np.ascontiguousarray(upscale(image)[..., ::-1]), use_cls=False)
-            texts.append("".join(line[1] for line in result or []))
-        return texts
+            lines.append([_line(points, text, upscale_factor(image)) for points, text, _ in result or []])
+        return lines
+
+    def read(self, images: list[np.ndarray]) -> list[str]:
+        return ["".join(text for text, _ in found) for found in self.locate_text(images)]
 
 
 class EasyOcrBackend:
@@ -145,9 +164,14 @@ class EasyOcrBackend:
             ) from None
         return self._reader
 
-    def read(self, images: list[np.ndarray]) -> list[str]:
+    def locate_text(self, images: list[np.ndarray]) -> list[list[TextLine]]:
+        """Per image, its detected lines in reading order with their boxes."""
         reader = self._load()
-        return ["".join(reader.readtext(upscale(image), detail=0)) for image in images]
+        return [[_line(points, text, upscale_factor(image)) for points, text, _ in reader.readtext(upscale(image))]
+                for image in images]
+
+    def read(self, images: list[np.ndarray]) -> list[str]:
+        return ["".join(text for text, _ in found) for found in self.locate_text(images)]
 
 
 def make_backend(name: str, model_dir: Path | None = None) -> OcrBackend:
@@ -202,13 +226,29 @@ class OcrReward:
         targets = self.targets(prompts, metadata)
         if not targets:
             return []
-        results = []
-        for target, recognised in zip(targets, self.backend.read(to_uint8_arrays(images))):
-            t, r = normalize_text(target), normalize_text(recognised)
-            distance = 0.0 if t in r else _normalised_distance(t, r)
-            results.append(OcrResult(target, recognised, 1.0 - distance, t == r, _normalised_distance(t, r)))
-        return results
+        return [self._result(t, r) for t, r in zip(targets, self.backend.read(to_uint8_arrays(images)))]
+
+    @staticmethod
+    def _result(target: str, recognised: str) -> OcrResult:
+        t, r = normalize_text(target), normalize_text(recognised)
+        distance = 0.0 if t in r else _normalised_distance(t, r)
+        return OcrResult(target, recognised, 1.0 - distance, t == r, _normalised_distance(t, r))
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
         """(B,) float32 rewards in [0, 1] for images (B, 3, H, W) in [0, 1]; B = 0 gives (0,)."""
         return torch.tensor([r.reward for r in self.evaluate(images, prompts, metadata)], dtype=torch.float32)
+
+    def can_locate(self) -> bool:
+        """Whether the backend reports where it read text (both shipped backends do)."""
+        return hasattr(self.backend, "locate_text")
+
+    def score_and_locate(
+        self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
+    ) -> tuple[torch.Tensor, list[list[Box]]]:
+        """(B,) rewards and, per image, the boxes of the text the backend read: where the prompt's
+        core content (its quoted text) was rendered, for map localisation (one OCR pass)."""
+        check_batch(images, prompts, metadata)
+        targets = self.targets(prompts, metadata)
+        found = self.backend.locate_text(to_uint8_arrays(images)) if targets else []
+        rewards = [self._result(t, "".join(text for text, _ in lines)).reward for t, lines in zip(targets, found)]
+        return torch.tensor(rewards, dtype=torch.float32), [[box for _, box in lines] for lines in found]

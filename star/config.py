@@ -248,11 +248,16 @@ class BaseConfig(_Section):
     mixture: dict[str, float] = _knob(
         dict(PRETRAIN_MIXTURE), "family -> share of the pretraining images (GenEval tags, 'ocr', 'caption')", min_length=1
     )
+    full_size_mixture: dict[str, float] | None = _knob(
+        None, "family -> share of the full-size images (null: `mixture`); the low-resolution set keeps `mixture`"
+    )
     checkpoint_every: int = _knob(500, "steps between resumable checkpoints", ge=1)
 
-    @field_validator("mixture")
+    @field_validator("mixture", "full_size_mixture")
     @classmethod
-    def _known_families(cls, value: dict[str, float]) -> dict[str, float]:
+    def _known_families(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
         unknown = sorted(set(value) - set(PRETRAIN_MIXTURE))
         if unknown or any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
             raise ValueError(f"{value}: families must be among {sorted(PRETRAIN_MIXTURE)} (unknown: {unknown}), "
@@ -427,6 +432,14 @@ class PathsConfig(_Section):
     checkpoints: Path = _knob(Path("models/checkpoints"), "trained variants, one folder per variant")
     reports: Path = _knob(Path("reports"), "study report: tables, curves, map figures")
     eval_samples: Path = _knob(Path("eval"), "sample grids of every evaluated checkpoint")
+    task_study: Path = _knob(
+        Path("studies/tasks"), "the task study's checkpoints, metrics, sample grids and report (its own metrics/, ...)"
+    )
+
+
+VARIANT_REWARDS = "rewards"
+"""The key of a study variant whose mapping overrides the `rewards` section (its other keys are
+`train` knobs)."""
 
 
 class StudyConfig(_Section):
@@ -441,7 +454,8 @@ class StudyConfig(_Section):
             "fdfo": {"algorithm": "fdfo"},
             "oracle": {"allocation": "oracle"},
         },
-        "variant name -> overrides of the `train` section (one trained checkpoint each)",
+        "variant name -> overrides of the `train` section, and of `rewards` under a 'rewards' key "
+        "(e.g. {allocation: star, rewards: {task: ocr}}); one trained checkpoint each",
         min_length=1,
     )
     seeds: list[int] = _knob([0, 1, 2], "training seeds of every variant (mean +- spread in the report)", min_length=1)
@@ -452,18 +466,53 @@ class StudyConfig(_Section):
         ["geneval"], "training tasks of the Prefect sweep (one `dvc exp run` per task)", min_length=1
     )
 
+    task_variants: dict[str, dict[str, Any]] = _knob(
+        {
+            "ocr-none": {"allocation": "none", VARIANT_REWARDS: {"task": "ocr"}},
+            "ocr-star": {"allocation": "star", VARIANT_REWARDS: {"task": "ocr"}},
+            "ocr-mix": {"allocation": "none", VARIANT_REWARDS: {"task": "ocr", "weights": {"ocr": 1.0, "pickscore": 0.025}}},
+            "pick-none": {"allocation": "none", VARIANT_REWARDS: {"task": "pickscore"}},
+            "pick-star": {"allocation": "star", VARIANT_REWARDS: {"task": "pickscore"}},
+        },
+        "the task study (`dvc repro report_tasks`): variants as `variants`, trained on the OCR and preference "
+        "tasks and a reward mix; same seeds, outputs under paths.task_study",
+        min_length=1,
+    )
+
     @model_validator(mode="after")
     def _variants_are_train_knobs(self) -> StudyConfig:
-        for name, overrides in self.variants.items():
-            if not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"variant name {name!r} must be letters, digits, '-' or '_'")
-            try:
-                TrainConfig.model_validate(overrides)
-            except ValidationError as error:
-                item = error.errors()[0]
-                key = ".".join(str(part) for part in item["loc"])
-                raise ValueError(f"variants.{name}.{key} = {item.get('input')!r}: {item['msg']}") from None
+        for field, variants in (("variants", self.variants), ("task_variants", self.task_variants)):
+            for name, overrides in variants.items():
+                check_variant(f"{field}.{name}", overrides)
+        shared = sorted(set(self.variants) & set(self.task_variants))
+        if shared and self.variants != self.task_variants:  # equal: the task study's own config (for_study)
+            raise ValueError(f"variants and task_variants share the names {shared}: their checkpoints would collide "
+                             "in the MLflow runs and commands that name them")
         return self
+
+
+def check_variant(key: str, overrides: dict[str, Any]) -> None:
+    """A study variant's name is a file-name part and its overrides are valid `train` knobs (its
+    'rewards' mapping valid `rewards` knobs); raises ValueError naming ``key`` and the knob."""
+    name = key.rpartition(".")[2]
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"variant name {name!r} must be letters, digits, '-' or '_'")
+    train = {k: v for k, v in overrides.items() if k != VARIANT_REWARDS}
+    rewards = overrides.get(VARIANT_REWARDS, {})
+    for prefix, section, values in (("", TrainConfig, train), (f"{VARIANT_REWARDS}.", RewardsConfig, rewards)):
+        try:
+            section.model_validate(values)
+        except ValidationError as error:
+            item = error.errors()[0]
+            knob = prefix + ".".join(str(part) for part in item["loc"])
+            raise ValueError(f"{key}.{knob} = {item.get('input')!r}: {item['msg']}") from None
+
+
+STUDIES: dict[str, str] = {
+    "default": "study.variants, outputs in paths (`dvc repro report`)",
+    "tasks": "study.task_variants, outputs under paths.task_study (`dvc repro report_tasks`)",
+}
+"""The platform's two comparisons; ``--study`` of the train, evaluate and report stages picks one."""
 
 
 class Config(_Section):
@@ -495,12 +544,30 @@ class Config(_Section):
             raise ValueError(f"base.low_res_steps = {self.base.low_res_steps} exceeds base.steps = {self.base.steps}")
         return self
 
+    def for_study(self, study: str) -> Config:
+        """This config for one of STUDIES: ``tasks`` puts ``study.task_variants`` in place of
+        ``study.variants`` and the checkpoints, metrics, sample grids and report under
+        ``paths.task_study`` (the base model, prompts and reward models stay shared)."""
+        if study not in STUDIES:
+            raise ConfigError(f"unknown study {study!r}; the studies are {sorted(STUDIES)}")
+        if study == "default":
+            return self
+        root = self.paths.task_study
+        paths = {"checkpoints": root / "checkpoints", "metrics": root / "metrics", "eval_samples": root / "eval",
+                 "reports": root / "reports"}
+        return self.model_copy(update={"paths": self.paths.model_copy(update=paths),
+                                       "study": self.study.model_copy(update={"variants": self.study.task_variants})})
+
     def for_variant(self, variant: str, seed: int | None = None) -> Config:
-        """This config with ``study.variants[variant]`` applied to ``train`` (and ``seed`` set)."""
+        """This config with ``study.variants[variant]`` applied to ``train`` (its ``rewards`` key to
+        ``rewards``: the variant's training task or reward mix) and ``seed`` set."""
         if variant not in self.study.variants:
-            raise ConfigError(f"unknown variant {variant!r}; study.variants has {sorted(self.study.variants)}")
+            raise ConfigError(f"unknown variant {variant!r}; this study's variants are {sorted(self.study.variants)} "
+                              "(study.variants; with --study tasks, study.task_variants)")
         data = self.model_dump()
-        data["train"] = _merge(data["train"], self.study.variants[variant])
+        overrides = dict(self.study.variants[variant])
+        data["rewards"] = _merge(data["rewards"], overrides.pop(VARIANT_REWARDS, {}))
+        data["train"] = _merge(data["train"], overrides)
         if seed is not None:
             data["seed"] = seed
         return config_from_dict(data, f"variant {variant!r}")

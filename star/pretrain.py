@@ -266,6 +266,13 @@ def train_transformer(
     trained.requires_grad_(False)
 
 
+def phase_mixtures(cfg: BaseConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """The family mixtures of the (low-resolution, full-size) training sets: the full-size set may
+    weigh them differently (``base.full_size_mixture``: more signs, whose characters bind to
+    their slots in sign-rich batches, method §0)."""
+    return cfg.mixture, cfg.full_size_mixture or cfg.mixture
+
+
 def pretrain_base(
     cfg: Config, work_dir: Path, on_metrics: MetricsCallback | None = None
 ) -> StableDiffusion3Pipeline:
@@ -282,10 +289,11 @@ def pretrain_base(
     pipe = build_mini_sd3(
         cfg.model.mini, vocabulary(), TEXT_CHARSET, cfg.world.image_size, seed=cfg.seed
     )
-    text, mixture = world_text(cfg.world), cfg.base.mixture
+    text = world_text(cfg.world)
+    mixture, full_size_mixture = phase_mixtures(cfg.base)
     data = render_world_dataset(
         cfg.base.dataset_size, cfg.world.image_size, seed=cfg.seed, layout=world_layout(cfg.world),
-        text=text, mixture=mixture,
+        text=text, mixture=full_size_mixture,
     )
     small = None
     if cfg.base.low_res_size:

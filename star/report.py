@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
+from star.config import Config
 from star.evaluation import HEADLINE
 from star.stats import Estimate, ScoreMatrix, bootstrap
 
@@ -55,6 +56,30 @@ class Row:
         if len(values) == 1:
             return f"{mean:.3f}"
         return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+
+
+@dataclass
+class Section:
+    """The study's variants trained on one task (``rewards.task``), compared with ``reference``:
+    the first of them that is Flow-GRPO on the task's own reward (None if there is none)."""
+
+    task: str
+    variants: list[str]
+    reference: str | None
+
+
+def is_flow_grpo(cfg: Config) -> bool:
+    """Whether a variant's config is the Flow-GRPO baseline: GRPO, allocation `none`, the task's own reward."""
+    return cfg.train.algorithm == "grpo" and cfg.train.allocation == "none" and cfg.rewards.weights is None
+
+
+def study_sections(cfg: Config) -> list[Section]:
+    """``cfg.study.variants`` grouped by training task, tasks and variants in params order."""
+    groups: dict[str, list[str]] = {}
+    for variant in cfg.study.variants:
+        groups.setdefault(cfg.for_variant(variant).rewards.task, []).append(variant)
+    return [Section(task, variants, next((v for v in variants if is_flow_grpo(cfg.for_variant(v))), None))
+            for task, variants in groups.items()]
 
 
 def split_checkpoint(name: str) -> tuple[str, int | None]:
@@ -103,9 +128,12 @@ def load_scores(eval_dir: Path, checkpoints: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def compare(scores: pd.DataFrame, tasks: list[str], variants: list[str], resamples: int) -> pd.DataFrame:
+def compare(
+    scores: pd.DataFrame, tasks: list[str], variants: list[str], resamples: int, reference: str | None = "none"
+) -> pd.DataFrame:
     """Per task and row (base, then variants): the headline with its 95 % interval, and the
-    paired differences against ``none`` and against the base (star/stats.py)."""
+    paired differences against ``reference`` (the section's Flow-GRPO variant) and against the
+    base (star/stats.py), in columns ``vs reference`` and ``vs base``."""
     records = []
     for task in tasks:
         column = HEADLINE[task]
@@ -117,9 +145,9 @@ def compare(scores: pd.DataFrame, tasks: list[str], variants: list[str], resampl
             matrix = by_variant[variant]
             record = {"task": task, "variant": variant, "seeds": len(matrix.values),
                       "value": bootstrap(matrix, resamples=resamples)}
-            for reference in ("none", "base"):
-                if reference in by_variant and reference != variant:
-                    record[f"vs {reference}"] = bootstrap(matrix, by_variant[reference], resamples=resamples)
+            for column, other in (("vs reference", reference), ("vs base", "base")):
+                if other in by_variant and other != variant:
+                    record[column] = bootstrap(matrix, by_variant[other], resamples=resamples)
             records.append(record)
     return pd.DataFrame(records)
 
@@ -131,31 +159,32 @@ def _cell(value: object, difference: bool = True) -> str:
     return value.text() + (" ✓" if difference and value.resolved else "")
 
 
-def comparison_table(comparison: pd.DataFrame) -> str:
+def comparison_table(comparison: pd.DataFrame, reference: str = "none") -> str:
     """Markdown: one row per variant; per task its headline [95 % CI] and the differences
-    against none and the base, ✓ where the interval excludes 0."""
+    against ``reference`` and the base, ✓ where the interval excludes 0."""
     tasks = list(dict.fromkeys(comparison.task))
-    header = ["variant", "seeds"] + [f"{TASK_NAMES[t]}{part}" for t in tasks for part in ("", " Δ vs none", " Δ vs base")]
+    parts = ("", f" Δ vs {reference}", " Δ vs base")
+    header = ["variant", "seeds"] + [f"{TASK_NAMES[t]}{part}" for t in tasks for part in parts]
     lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (3 * len(tasks))]
     for variant, rows in comparison.groupby("variant", sort=False):
         by_task = {row["task"]: row for row in rows.to_dict("records")}
         cells = [str(variant), str(rows.seeds.iloc[0])]
         for task in tasks:
             row = by_task.get(task, {})
-            cells += [_cell(row.get("value"), difference=False), _cell(row.get("vs none")), _cell(row.get("vs base"))]
+            cells += [_cell(row.get("value"), difference=False), _cell(row.get("vs reference")), _cell(row.get("vs base"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_differences(comparison: pd.DataFrame, reference: str, path: Path) -> Path:
-    """One panel per task: each row's paired difference against ``reference`` with its 95 %
-    interval; filled markers where the interval excludes 0."""
+def plot_differences(comparison: pd.DataFrame, column: str, reference: str, path: Path, title: str = "") -> Path:
+    """One panel per task: each row's paired difference in ``column`` ('vs reference' or 'vs
+    base'; ``reference`` names it) with its 95 % interval; filled markers where it excludes 0."""
     tasks = list(dict.fromkeys(comparison.task))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        rows = [r for r in comparison[comparison.task == task].to_dict("records") if isinstance(r.get(f"vs {reference}"), Estimate)]
+        rows = [r for r in comparison[comparison.task == task].to_dict("records") if isinstance(r.get(column), Estimate)]
         for y, row in enumerate(rows):
-            est: Estimate = row[f"vs {reference}"]
+            est: Estimate = row[column]
             ax.errorbar(est.mean, y, xerr=[[est.mean - est.low], [est.high - est.mean]], fmt="o", color=f"C{y}",
                         markerfacecolor=f"C{y}" if est.resolved else "white", capsize=4)
         ax.axvline(0, color="grey", linewidth=1)
@@ -164,7 +193,8 @@ def plot_differences(comparison: pd.DataFrame, reference: str, path: Path) -> Pa
         ax.invert_yaxis()
         ax.set_title(f"{TASK_NAMES[task]}: difference vs {reference}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("paired difference, 95 % bootstrap interval over prompts (and seeds); filled: excludes 0", fontsize=9)
+    fig.suptitle(f"{title}paired difference, 95 % bootstrap interval over prompts (and seeds); filled: excludes 0",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -260,15 +290,21 @@ def _html_table(markdown: str) -> str:
     return table + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body) + "</table>"
 
 
-def html_page(title: str, stamp: str, tables: list[tuple[str, str, str]], figures: list[tuple[str, Path]]) -> str:
-    """A self-contained page: ``tables`` as (heading, markdown table, note) and ``figures`` as
-    (caption, PNG) inlined as base64, under a stamp saying what produced it."""
+HtmlSection = tuple[str, list[tuple[str, str, str]], list[tuple[str, Path]]]
+"""A report section: heading, tables as (heading, markdown table, note), figures as (caption, PNG)."""
+
+
+def html_page(title: str, stamp: str, sections: list[HtmlSection]) -> str:
+    """A self-contained page of ``sections`` (figures inlined as base64 PNGs) under a stamp
+    saying what produced it."""
     style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
-             ".stamp{color:#555;font-size:90%}")
+             ".stamp{color:#555;font-size:90%}h2{border-bottom:2px solid #333;margin-top:2em}")
     parts = [f"<h1>{html.escape(title)}</h1><p class='stamp'>{html.escape(stamp)}</p>"]
-    for heading, markdown, note in tables:
-        parts.append(f"<h2>{html.escape(heading)}</h2>{_html_table(markdown)}<p>{html.escape(note)}</p>")
-    parts += [f"<h2>{html.escape(caption)}</h2>{_embed(path)}" for caption, path in figures if path.is_file()]
+    for section, tables, figures in sections:
+        parts.append(f"<h2>{html.escape(section)}</h2>")
+        for heading, markdown, note in tables:
+            parts.append(f"<h3>{html.escape(heading)}</h3>{_html_table(markdown)}<p>{html.escape(note)}</p>")
+        parts += [f"<h3>{html.escape(caption)}</h3>{_embed(path)}" for caption, path in figures if path.is_file()]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

@@ -123,6 +123,53 @@ def test_variants_override_train_and_are_validated(tmp_path: Path) -> None:
     assert load_config(written) == star
 
 
+def test_a_variant_may_set_its_training_task_and_reward_mix() -> None:
+    from star.report import study_sections
+
+    variants = {"none": {"allocation": "none"}, "star": {"allocation": "star"},
+                "text-star": {"allocation": "star", "rewards": {"task": "ocr"}},
+                "text-none": {"allocation": "none", "rewards": {"task": "ocr"}},
+                "mix": {"allocation": "none", "rewards": {"weights": {"geneval": 1.0, "pickscore": 0.1}}}}
+    cfg = load_config(REPO / "params.yaml", {"study": {"variants": variants}})
+    ocr = cfg.for_variant("text-star", seed=3)
+    assert (ocr.rewards.task, ocr.train.allocation, ocr.seed) == ("ocr", "star", 3)
+    assert ocr.rewards.ocr_backend == cfg.rewards.ocr_backend, "the rest of `rewards` is kept"
+    assert cfg.for_variant("mix").rewards.weights == {"geneval": 1.0, "pickscore": 0.1}
+    assert cfg.for_variant("star").rewards == cfg.rewards
+    sections = [(s.task, s.variants, s.reference) for s in study_sections(cfg)]
+    # the reward mix trains on GenEval prompts beside Flow-GRPO, but is not the reference
+    geneval = [*Config().study.variants, "mix"]  # the overrides merge into the default variants
+    assert sections == [("geneval", geneval, "none"), ("ocr", ["text-star", "text-none"], "text-none")]
+    with pytest.raises(ConfigError, match=r"variants\.x\.rewards\.task = 'foo'"):
+        load_config(REPO / "params.yaml", {"study": {"variants": {"x": {"rewards": {"task": "foo"}}}}})
+    with pytest.raises(ConfigError, match=r"variants\.x\.rewards\.weight = "):
+        load_config(REPO / "params.yaml", {"study": {"variants": {"x": {"rewards": {"weight": {"ocr": 1}}}}}})
+
+
+def test_the_task_study_has_its_own_variants_and_output_folders() -> None:
+    from star.report import study_sections
+
+    cfg = load_config(REPO / "params.yaml")
+    tasks = cfg.for_study("tasks")
+    assert cfg.for_study("default") == cfg
+    assert tasks.study.variants == cfg.study.task_variants and tasks.study.seeds == cfg.study.seeds
+    root = cfg.paths.task_study
+    assert (tasks.paths.checkpoints, tasks.paths.metrics, tasks.paths.reports) == (
+        root / "checkpoints", root / "metrics", root / "reports")
+    assert (tasks.paths.base_model, tasks.paths.prompts, tasks.paths.reward_models) == (
+        cfg.paths.base_model, cfg.paths.prompts, cfg.paths.reward_models), "base, prompts and rewards are shared"
+    sections = [(s.task, s.reference) for s in study_sections(tasks)]
+    assert sections == [("ocr", "ocr-none"), ("pickscore", "pick-none")]
+    mix = tasks.for_variant("ocr-mix")
+    assert (mix.rewards.task, mix.train.allocation, mix.rewards.weights) == ("ocr", "none", {"ocr": 1.0, "pickscore": 0.025})
+    with pytest.raises(ConfigError, match="unknown study 'ablations'"):
+        cfg.for_study("ablations")
+    with pytest.raises(ConfigError, match=r"share the names \['star'\]"):
+        load_config(REPO / "params.yaml", {"study": {"task_variants": {"star": {"allocation": "star"}}}})
+    with pytest.raises(ConfigError, match=r"task_variants\.ocr-x\.rewards\.task = 'ocrr'"):
+        load_config(REPO / "params.yaml", {"study": {"task_variants": {"ocr-x": {"rewards": {"task": "ocrr"}}}}})
+
+
 def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"layout_cell=20 must be 0 or 8\.\.image_size/3=13"):
         load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\nbase: {low_res_size: 0}\n"))
@@ -184,3 +231,5 @@ def test_world_text_and_mixture_are_validated(tmp_path: Path) -> None:
     assert cells.world.text_lengths == {2: 1.0, 3: 1.0}
     with pytest.raises(ConfigError, match=r"base.mixture.*unknown: \['shapes'\]"):
         load_config(REPO / "params.yaml", {"base": {"mixture": {"shapes": 1.0}}})
+    with pytest.raises(ConfigError, match=r"base.full_size_mixture.*unknown: \['sign'\]"):
+        load_config(REPO / "params.yaml", {"base": {"full_size_mixture": {"sign": 1.0}}})

@@ -72,6 +72,22 @@ def test_report_and_mlflow_runs(project: Path) -> None:
     assert stages >= {"prepare", "base", "reward_models", "train", "evaluate", "report"}
 
 
+def test_the_task_study_writes_only_under_its_own_folder(project: Path) -> None:
+    """`report_tasks` (the task study) ran in the same `dvc repro`: its OCR-trained variant has its
+    checkpoint, metrics and report section under studies/tasks, nothing of it in the default
+    study's folders, and `dvc repro report` (the default target) does not reach it."""
+    tasks = project / "studies/tasks"
+    assert (tasks / "checkpoints/ocr-star-s0").is_dir()
+    ocr = json.loads((tasks / "metrics/eval/ocr-star-s0.json").read_text())
+    assert 0 <= ocr["ocr_accuracy"] <= 1 and 0 <= ocr["ocr_edit_distance"] <= 1
+    assert "## Trained on OCR: ocr-star" in (tasks / "reports/table.md").read_text()
+    assert (tasks / "reports/maps_ocr-star.png").is_file(), "STAR's maps on signs"
+    assert not (project / "metrics/eval/ocr-star-s0.json").exists()
+    assert "ocr-star" not in (project / "reports/table.md").read_text()
+    default_target = _run(["dvc", "dag", "--md", "report"], project)
+    assert "train@star-0" in default_target and "_tasks" not in default_target
+
+
 def test_plots_overlay_every_variant_on_one_chart_per_metric(project: Path) -> None:
     shown = json.loads(_run(["dvc", "plots", "show", "--json"], project))
     # the micro study has no `spatial` variant, so no map figure of it
@@ -82,7 +98,7 @@ def test_plots_overlay_every_variant_on_one_chart_per_metric(project: Path) -> N
         runs = {row["run"] for row in plot["content"]["data"]["values"]}
         assert runs == {"none-s0", "star-s0"}, (name, runs)
         assert plot["content"]["encoding"]["color"]["field"] == "variant"
-    assert shown["data"]["reports/difference_vs_none.png"][0]["type"] == "image"
+    assert shown["data"]["reports/geneval_difference_vs_none.png"][0]["type"] == "image"
 
 
 def test_second_repro_is_a_no_op(project: Path) -> None:

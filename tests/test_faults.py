@@ -147,6 +147,7 @@ def test_a_bad_command_line_fails_at_once_with_one_message(long_training) -> Non
         ("train", "--variant", "star", "-S", "train.allocation=spatail"):
             "error: invalid configuration: train.allocation = 'spatail' (from -S): Input should be 'none'",
         ("train", "--variant", "nope"): "error: unknown variant 'nope'",
+        ("train", "--study", "tasks", "--variant", "star"): "error: unknown variant 'star'; this study's variants are ['ocr-star']",
         ("evaluate", "--checkpoint", "star-s7"): "error: checkpoint 'star-s7' not found at",
         ("train", "--variant", "star", "-S", "paths.base_model=/nonexistent/base"):
             "error: the embedded base model is not at /nonexistent/base (paths.base_model): build it with `dvc repro base`",

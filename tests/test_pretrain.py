@@ -11,7 +11,15 @@ import torch
 from star import checkpoint
 from star.config import BaseConfig
 from star.models import build_mini_sd3
-from star.pretrain import LatentSet, WorldDataset, flow_matching_loss, lr_factor, train_transformer, train_vae
+from star.pretrain import (
+    LatentSet,
+    WorldDataset,
+    flow_matching_loss,
+    lr_factor,
+    phase_mixtures,
+    train_transformer,
+    train_vae,
+)
 from tests.test_models import CHARSET, TINY, WORDS
 
 
@@ -146,3 +154,10 @@ def test_text_encoders_train_only_when_asked_and_resume_exactly(tmp_path: Path) 
     encoders_after(2, tmp_path / "b.ckpt", train_text_encoders=True)
     resumed = encoders_after(4, tmp_path / "b.ckpt", train_text_encoders=True)
     assert all(torch.equal(trained[k], resumed[k]) for k in trained)
+
+
+def test_the_full_size_phase_may_have_its_own_mixture() -> None:
+    signs = {"ocr": 0.6, "counting": 0.4}
+    base = BaseConfig()
+    assert phase_mixtures(base) == (base.mixture, base.mixture)
+    assert phase_mixtures(base.model_copy(update={"full_size_mixture": signs})) == (base.mixture, signs)

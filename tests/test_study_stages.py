@@ -16,6 +16,11 @@ from tests.conftest import MICRO, micro_overrides
 from tests.test_stages import micro_run  # noqa: F401  (the prepare + base fixture)
 
 
+VARIANTS = {"none": {"allocation": "none"}, "star": {"allocation": "star"},
+            "text-star": {"allocation": "star", "rewards": {"task": "ocr"}}}
+"""The micro study: the micro config's two variants and one trained on OCR (a name the micro task study does not use)."""
+
+
 @pytest.fixture(scope="module")
 def study(micro_run):  # noqa: F811
     from pipelines.evaluate import evaluate
@@ -24,10 +29,12 @@ def study(micro_run):  # noqa: F811
     from pipelines.train import train
 
     root = micro_run[0]
-    overrides = micro_overrides(root)
+    # a second training task: its section in the report, against the base only (no `none` on it)
+    overrides = micro_overrides(root) | {"study": {"variants": VARIANTS}}
     reward_models(params=str(MICRO), overrides=overrides)
-    trained = {v: train(variant=v, params=str(MICRO), overrides=overrides) for v in ("none", "star")}
-    evaluated = {c: evaluate(checkpoint=c, params=str(MICRO), overrides=overrides) for c in ("base", "none-s0", "star-s0")}
+    trained = {v: train(variant=v, params=str(MICRO), overrides=overrides) for v in VARIANTS}
+    evaluated = {c: evaluate(checkpoint=c, params=str(MICRO), overrides=overrides)
+                 for c in ("base", *(f"{v}-s0" for v in VARIANTS))}
     for suffix in (".json", ".scores.csv"):  # a stale file of a variant no longer in the study
         shutil.copy(root / "metrics" / "eval" / f"star-s0{suffix}", root / "metrics" / "eval" / f"ghost-s0{suffix}")
     out = report(params=str(MICRO), overrides=overrides)
@@ -82,11 +89,24 @@ def test_report_has_intervals_differences_curves_and_maps(study) -> None:
     assert "params hash" in table and "commit" in table
     page = (out / "report.html").read_text()
     assert "Checkpoints side by side" in page
-    # differences vs none and vs base, side by side, reward curves, STAR maps (no spatial variant here)
-    assert page.count("data:image/png;base64,") == 5
-    for name in ("difference_vs_none.png", "difference_vs_base.png", "side_by_side.png", "reward_curves.png",
-                 "maps_star.png"):
+    # GenEval: differences vs none and vs base, side by side, reward curves, STAR maps (no spatial
+    # variant here); OCR: difference vs base, reward curves, maps
+    assert page.count("data:image/png;base64,") == 5 + 3
+    for name in ("geneval_difference_vs_none.png", "geneval_difference_vs_base.png", "side_by_side.png",
+                 "geneval_reward_curves.png", "maps_star.png", "ocr_difference_vs_base.png", "ocr_reward_curves.png",
+                 "maps_text-star.png"):
         assert (out / name).is_file(), name
+    assert not (out / "ocr_difference_vs_none.png").exists(), "no Flow-GRPO variant trained on OCR"
+
+
+def test_report_has_one_section_per_training_task(study) -> None:
+    out = study[3]
+    table = (out / "table.md").read_text()
+    geneval, ocr = table.split("## Trained on GenEval: none, star")[1].split("## Trained on OCR: text-star")
+    assert "| star |" in geneval and "text-star" not in geneval and "Δ vs none" in geneval
+    assert "| text-star |" in ocr and "| star |" not in ocr and "| base |" in ocr
+    ocr_row = next(line for line in ocr.split("### Held-out")[1].splitlines() if line.startswith("| text-star |"))
+    assert ocr_row.count("[") == 2 * 3, "per task: value and vs base (no reference on OCR)"
 
 
 def test_side_by_side_marks_each_image_as_the_evaluation_scored_it(study) -> None:

@@ -498,3 +498,28 @@ def test_rapidocr_reads_cells_signs_of_the_world_test_prompts() -> None:
     batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     results = OcrReward().evaluate(batch, [r["prompt"] for r in records], records)
     assert np.mean([r.exact for r in results]) >= 0.95
+
+
+@pytest.mark.slow
+def test_the_ocr_reward_locates_cells_signs_where_they_are_drawn() -> None:
+    """Map localisation on OCR prompts: the boxes RapidOCR reads text in (mapped back from its
+    upscaled input) lie on the rendered sign's slots."""
+    import torch
+
+    from rewards.base import can_locate, score_and_locate
+    from rewards.ocr import OcrReward
+    from star.world.render import cell_sign_box
+
+    text = P.SignText("ACEHKLMNPRTX3479", ((2, 1.0), (3, 1.0)))
+    records = P.generate_prompt_sets(0, 6, 12, text=text)["ocr"]["test"]
+    images = P.render_records(records, 80, np.random.default_rng(0), Layout(10, 2, "cells"))
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    reward = OcrReward()
+    assert can_locate(reward)
+    scores, boxes = score_and_locate(reward, batch, [r["prompt"] for r in records], records)
+    torch.testing.assert_close(scores, reward.score(batch, [r["prompt"] for r in records], records))
+    for record, found in zip(records, boxes):
+        x0, y0, x1, y1 = cell_sign_box(len(record["text"]), 80, 10)
+        assert len(found) >= 1, record
+        for bx0, by0, bx1, by1 in found:  # inside the sign (its half-cell margin plus a few px of slack)
+            assert x0 - 4 <= bx0 < bx1 <= x1 + 4 and y0 - 4 <= by0 < by1 <= y1 + 4, (record, found)
