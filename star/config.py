@@ -49,6 +49,9 @@ class MiniModelConfig(_Section):
     t5_width: int = _knob(128, "T5 width = joint_attention_dim; >= 2 * text_width", ge=16)
     clip_tokens: int = _knob(16, "CLIP token length (SD3.5: 77)", ge=8, le=77)
     t5_tokens: int = _knob(16, "T5 token length (SD3.5: 256)", ge=8, le=512)
+    char_tokens: bool = _knob(
+        False, "one token per character of quoted text ('K7Q' -> K 7 Q; false: K ##7 ##Q, WordPiece's continuations)"
+    )
     scheduler_shift: float = _knob(3.0, "flow-match timestep shift of training and sampling (SD3.5: 3.0)", gt=0)
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     CLIPTextConfig,
     CLIPTextModelWithProjection,
@@ -101,14 +102,16 @@ def pipeline_for(model: ModelConfig, base_model_dir: Path) -> StableDiffusion3Pi
 
 
 def build_world_tokenizer(
-    words: list[str], charset: str, max_length: int, kind: str
+    words: list[str], charset: str, max_length: int, kind: str, char_tokens: bool = False
 ) -> PreTrainedTokenizerFast:
     """A WordPiece tokenizer over the world's words, falling back to characters.
 
     Whole words of the vocabulary are one token; anything else (the quoted strings of OCR
     prompts) is split into characters (``K7Q`` -> ``K ##7 ##Q``), so any string over ``charset``
-    is representable. ``kind`` 'clip' wraps sequences in BOS ... EOS, 't5' appends EOS only, as
-    the real CLIP and T5 tokenizers do.
+    is representable; with ``char_tokens`` every character of ``charset`` is a token of its own
+    wherever it stands (``K7Q`` -> ``K 7 Q``: one embedding per glyph, not one for the first
+    place and one for the others). ``kind`` 'clip' wraps sequences in BOS ... EOS, 't5' appends
+    EOS only, as the real CLIP and T5 tokenizers do.
     """
     vocab_tokens = list(SPECIAL_TOKENS) + ['"', ".", ","]
     vocab_tokens += sorted(set(words) - set(vocab_tokens))
@@ -117,6 +120,11 @@ def build_world_tokenizer(
     vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_tokens))}
     backend = Tokenizer(models.WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=32))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if char_tokens:
+        characters = Regex("[" + "".join(re.escape(c) for c in charset) + "]")
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Whitespace(), pre_tokenizers.Split(characters, behavior="isolated")]
+        )
     backend.decoder = decoders.WordPiece()
     if kind == "clip":
         template = processors.TemplateProcessing(
@@ -181,8 +189,8 @@ def build_mini_sd3(
             f"latent side {latent_size} (image_size {image_size} / 2**{levels - 1}) is not a "
             f"multiple of model.mini.patch_size={cfg.patch_size}"
         )
-    clip_tok = build_world_tokenizer(words, charset, cfg.clip_tokens, kind="clip")
-    t5_tok = build_world_tokenizer(words, charset, cfg.t5_tokens, kind="t5")
+    clip_tok = build_world_tokenizer(words, charset, cfg.clip_tokens, kind="clip", char_tokens=cfg.char_tokens)
+    t5_tok = build_world_tokenizer(words, charset, cfg.t5_tokens, kind="t5", char_tokens=cfg.char_tokens)
     vocab_size = len(clip_tok)
     vae = AutoencoderKL(
         in_channels=3,

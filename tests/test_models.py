@@ -37,10 +37,15 @@ def tiny_pipe():
     return build_mini_sd3(TINY, WORDS, CHARSET, image_size=32, seed=0)
 
 
-def test_tokenizer_words_characters_and_specials() -> None:
+def test_tokenizer_words_characters_and_specials(tmp_path: Path) -> None:
     clip = build_world_tokenizer(WORDS, CHARSET, 12, kind="clip")
     t5 = build_world_tokenizer(WORDS, CHARSET, 12, kind="t5")
     assert clip.tokenize('a sign says "K7Q"') == ["a", "sign", "says", '"', "K", "##7", "##Q", '"']
+    chars = build_world_tokenizer(WORDS, CHARSET, 12, kind="clip", char_tokens=True)
+    assert chars.tokenize('a sign says "K7Q"') == ["a", "sign", "says", '"', "K", "7", "Q", '"']
+    assert chars('"KK"').input_ids[2] == chars('"K"').input_ids[2] == chars('"7K"').input_ids[3], "one id per glyph"
+    chars.save_pretrained(tmp_path)  # as the base model saves it
+    assert type(chars).from_pretrained(tmp_path).tokenize('"K7Q"') == ['"', "K", "7", "Q", '"']
     ids = clip("a red circle").input_ids
     assert ids[0] == clip.bos_token_id and ids[-1] == clip.eos_token_id and len(ids) == 5
     ids5 = t5("a red circle").input_ids
