@@ -32,6 +32,9 @@ STAGES: dict[str, str] = {
     "report": "the study report: tables with intervals, figures, HTML",
 }
 
+STUDY_STAGES: tuple[str, ...] = ("train", "evaluate", "report")
+"""The stages that take ``--study`` (star.config.STUDIES)."""
+
 
 def use_threads(cfg: Config) -> None:
     """Apply ``threads`` (0 keeps torch's default) to this process."""
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override one knob in Hydra's grammar, e.g. -S base.steps=10 (repeatable)")
         sub.add_argument("--debug", action="store_true", help="print tracebacks (also STAR_DEBUG=1)")
-        if name in ("train", "evaluate", "report"):
+        if name in STUDY_STAGES:
             sub.add_argument("--study", choices=list(STUDIES), default="default",
                              help="; ".join(f"{k}: {v}" for k, v in STUDIES.items()))
         if name == "train":
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         failures.quiet_prefect_tracebacks()
         extra = {"variant": args.variant, "seed": args.seed} if args.stage == "train" else {}
         extra |= {"checkpoint": args.checkpoint} if args.stage == "evaluate" else {}
-        extra |= {"study": args.study} if args.stage in ("train", "evaluate", "report") else {}
+        extra |= {"study": args.study} if args.stage in STUDY_STAGES else {}
         entry = getattr(module, "run_cli", None) or named_flow(getattr(module, args.stage), args)
         entry(params=args.params, overrides=overrides, **extra)
     except BaseException as error:  # noqa: BLE001  (signals included: one message, an exit code)

@@ -180,15 +180,16 @@ def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None,
     eval_dir, train_dir = cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
     checkpoints = expected_checkpoints(list(cfg.study.variants), cfg.study.seeds)
     scores = load_scores(eval_dir, checkpoints)
-    sections = [section_report(cfg, section, scores, out) for section in study_sections(cfg)]
+    sections = study_sections(cfg)
+    pages = [section_report(cfg, section, scores, out) for section in sections]
     training_curves(train_dir, checkpoints).to_csv(out / "training_curves.csv", index=False)  # `dvc plots show`
-    tasks = ", ".join(TASK_NAMES[s.task].removesuffix(" acc.") for s in study_sections(cfg))
+    tasks = ", ".join(TASK_NAMES[s.task].removesuffix(" acc.") for s in sections)
     title = f"STAR study: trained on {tasks}; {len(cfg.study.seeds)} seed(s)"
     page_stamp = stamp(cfg)
-    (out / "table.md").write_text(f"# {title}\n\n{page_stamp}\n\n" + "\n".join(md for md, _ in sections))
-    (out / "report.html").write_text(html_page(title, page_stamp, [page for _, page in sections]))
+    (out / "table.md").write_text(f"# {title}\n\n{page_stamp}\n\n" + "\n".join(md for md, _ in pages))
+    (out / "report.html").write_text(html_page(title, page_stamp, [page for _, page in pages]))
     with stage_run(cfg, "report", ["study"], tags={"variant": "all", "study": study}):
-        for path in [out / "table.md", out / "report.html", *(p for _, (_, _, figures) in sections for _, p in figures)]:
+        for path in [out / "table.md", out / "report.html", *(p for _, (_, _, figures) in pages for _, p in figures)]:
             mlflow.log_artifact(str(path), "report")
     get_run_logger().info("report written to %s\n%s", out, (out / "table.md").read_text())
     return out

@@ -95,6 +95,11 @@ def upscale_factor(image: np.ndarray, min_side: int = UPSCALE_MIN_SIDE) -> int:
     return max(1, math.ceil(min_side / min(image.shape[:2])))
 
 
+def joined_text(lines: list[TextLine]) -> str:
+    """What an image says: its detected lines' text in reading order, joined."""
+    return "".join(text for text, _ in lines)
+
+
 def _line(points: Any, text: str, factor: int) -> TextLine:
     """A detector's quadrilateral (4 x 2 points in the upscaled image) as a box in the input's pixels."""
     xy = np.asarray(points, dtype=np.float64).reshape(-1, 2) / factor
@@ -129,7 +134,7 @@ class RapidOcrBackend:
         return lines
 
     def read(self, images: list[np.ndarray]) -> list[str]:
-        return ["".join(text for text, _ in found) for found in self.locate_text(images)]
+        return [joined_text(found) for found in self.locate_text(images)]
 
 
 class EasyOcrBackend:
@@ -171,7 +176,7 @@ class EasyOcrBackend:
                 for image in images]
 
     def read(self, images: list[np.ndarray]) -> list[str]:
-        return ["".join(text for text, _ in found) for found in self.locate_text(images)]
+        return [joined_text(found) for found in self.locate_text(images)]
 
 
 def make_backend(name: str, model_dir: Path | None = None) -> OcrBackend:
@@ -250,5 +255,5 @@ class OcrReward:
         check_batch(images, prompts, metadata)
         targets = self.targets(prompts, metadata)
         found = self.backend.locate_text(to_uint8_arrays(images)) if targets else []
-        rewards = [self._result(t, "".join(text for text, _ in lines)).reward for t, lines in zip(targets, found)]
+        rewards = [self._result(t, joined_text(lines)).reward for t, lines in zip(targets, found)]
         return torch.tensor(rewards, dtype=torch.float32), [[box for _, box in lines] for lines in found]

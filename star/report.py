@@ -75,10 +75,11 @@ def is_flow_grpo(cfg: Config) -> bool:
 
 def study_sections(cfg: Config) -> list[Section]:
     """``cfg.study.variants`` grouped by training task, tasks and variants in params order."""
+    configs = {variant: cfg.for_variant(variant) for variant in cfg.study.variants}
     groups: dict[str, list[str]] = {}
-    for variant in cfg.study.variants:
-        groups.setdefault(cfg.for_variant(variant).rewards.task, []).append(variant)
-    return [Section(task, variants, next((v for v in variants if is_flow_grpo(cfg.for_variant(v))), None))
+    for variant, variant_cfg in configs.items():
+        groups.setdefault(variant_cfg.rewards.task, []).append(variant)
+    return [Section(task, variants, next((v for v in variants if is_flow_grpo(configs[v])), None))
             for task, variants in groups.items()]
 
 
