@@ -12,7 +12,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from star.world.vocab import MAX_TEXT_LEN, PRETRAIN_MIXTURE, TEXT_CHARSET, TEXT_LENGTH_WEIGHTS
+from star.world.vocab import (
+    FULL_SIZE_MIXTURE,
+    MAX_TEXT_LEN,
+    PRETRAIN_MIXTURE,
+    SIGN_CHARSET,
+    TEXT_CHARSET,
+    TEXT_LENGTH_WEIGHTS,
+)
 
 
 class ConfigError(ValueError):
@@ -111,9 +118,9 @@ class WorldConfig(_Section):
     train_prompts: int = _knob(600, "prompts per task family in each train split", ge=6)
     test_prompts: int = _knob(120, "prompts per task family in each test split", ge=6)
     text_layout: Literal["free", "cells"] = _knob(
-        "free", "OCR signs: 'free' (a sign anywhere, proportional font) or 'cells' (one character per 2x3 layout cells, centred)"
+        "cells", "OCR signs: 'free' (a sign anywhere, proportional font) or 'cells' (one character per 2x3 layout cells, centred)"
     )
-    text_charset: str = _knob(TEXT_CHARSET, f"characters signs say, a subset of {TEXT_CHARSET}", min_length=1)
+    text_charset: str = _knob(SIGN_CHARSET, f"characters signs say, a subset of {TEXT_CHARSET}", min_length=1)
     text_lengths: dict[int, float] = _knob(
         dict(TEXT_LENGTH_WEIGHTS), f"sign-text length -> relative weight (lengths 1..{MAX_TEXT_LEN})", min_length=1
     )
@@ -228,15 +235,15 @@ class PromptSetsConfig(_Section):
 class BaseConfig(_Section):
     """Base pretraining of the miniature SD3 on world images (VAE, then transformer)."""
 
-    vae_steps: int = _knob(1200, "VAE optimisation steps", ge=0)
+    vae_steps: int = _knob(1000, "VAE optimisation steps", ge=0)
     vae_batch_size: int = _knob(16, "images per VAE step", ge=1)
     vae_lr: float = _knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
-    steps: int = _knob(5000, "transformer flow-matching steps (low-resolution ones included)", ge=0)
+    steps: int = _knob(4000, "transformer flow-matching steps (low-resolution ones included)", ge=0)
     low_res_size: int = _knob(
         40, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0
     )
-    low_res_steps: int = _knob(4000, "transformer steps at low_res_size before the full size", ge=0)
+    low_res_steps: int = _knob(2000, "transformer steps at low_res_size before the full size", ge=0)
     batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(1e-3, "transformer (and text encoders') AdamW learning rate, cosine decay after warm-up", gt=0)
     warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)
@@ -252,7 +259,7 @@ class BaseConfig(_Section):
         dict(PRETRAIN_MIXTURE), "family -> share of the pretraining images (GenEval tags, 'ocr', 'caption')", min_length=1
     )
     full_size_mixture: dict[str, float] | None = _knob(
-        None, "family -> share of the full-size images (null: `mixture`); the low-resolution set keeps `mixture`"
+        dict(FULL_SIZE_MIXTURE), "family -> share of the full-size images (null: `mixture`); the low-resolution set keeps `mixture`"
     )
     checkpoint_every: int = _knob(500, "steps between resumable checkpoints", ge=1)
 

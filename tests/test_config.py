@@ -173,7 +173,8 @@ def test_the_task_study_has_its_own_variants_and_output_folders() -> None:
 def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"layout_cell=20 must be 0 or 8\.\.image_size/3=13"):
         load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\nbase: {low_res_size: 0}\n"))
-    assert load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 0}\nbase: {low_res_size: 0}\n")).world.layout_cell == 0
+    free = "world: {image_size: 40, layout_cell: 0, text_layout: free}\nbase: {low_res_size: 0}\n"
+    assert load_config(write(tmp_path, free)).world.layout_cell == 0
 
 
 def test_sde_window_must_fit_the_steps(tmp_path: Path) -> None:
@@ -222,7 +223,7 @@ def test_world_text_and_mixture_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"world.text_charset = 'AB\?'"):
         load_config(REPO / "params.yaml", {"world": {"text_charset": "AB?"}})
     with pytest.raises(ConfigError, match=r"4-character texts \(text_lengths\): 4 characters of 2x3 cells of 10 px do not fit a 80 px image"):
-        load_config(REPO / "params.yaml", {"world": {"text_layout": "cells"}})
+        load_config(REPO / "params.yaml", {"world": {"text_lengths": {4: 1}}})
     with pytest.raises(ConfigError, match=r"3-character texts .* do not fit a 70 px image"):  # 7 cells: no margin left
         load_config(REPO / "params.yaml", {"world": {"image_size": 70, "text_layout": "cells", "text_lengths": {3: 1}}})
     with pytest.raises(ConfigError, match=r"text_layout='cells' .* needs layout_cell > 0"):

@@ -159,5 +159,7 @@ def test_text_encoders_train_only_when_asked_and_resume_exactly(tmp_path: Path) 
 def test_the_full_size_phase_may_have_its_own_mixture() -> None:
     signs = {"ocr": 0.6, "counting": 0.4}
     base = BaseConfig()
+    assert phase_mixtures(base) == (base.mixture, base.full_size_mixture) != (base.mixture, base.mixture)
+    base = base.model_copy(update={"full_size_mixture": None})
     assert phase_mixtures(base) == (base.mixture, base.mixture)
     assert phase_mixtures(base.model_copy(update={"full_size_mixture": signs})) == (base.mixture, signs)

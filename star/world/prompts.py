@@ -40,7 +40,7 @@ from star.world.vocab import (
     RELATIONS,
     SHAPE_PLURALS,
     SHAPES,
-    TEXT_CHARSET,
+    SIGN_CHARSET,
     TEXT_LENGTH_WEIGHTS,
 )
 
@@ -439,7 +439,7 @@ class SignText:
     """What the world's signs say (``world.text_charset``, ``world.text_lengths``): a length drawn
     from ``lengths`` (length -> weight), then that many characters uniformly from ``charset``."""
 
-    charset: str = TEXT_CHARSET
+    charset: str = SIGN_CHARSET
     lengths: tuple[tuple[int, float], ...] = tuple(TEXT_LENGTH_WEIGHTS.items())
 
 

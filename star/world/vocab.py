@@ -34,10 +34,14 @@ MAX_COUNT: int = 4
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 
 TEXT_CHARSET: str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-"""Characters of the short strings rendered on signs (OCR prompts)."""
+"""Characters the world's tokenizers know and signs may say (``world.text_charset`` picks from them)."""
+SIGN_CHARSET: str = "ACEHKLMNPRTX3479"
+"""Default ``world.text_charset``: 16 glyphs the OCR backend never confuses on ``cells`` signs
+(read exactly 1.00; with all 36, 0/O and I/1 cap the ground truth near 0.91: method §0)."""
 MAX_TEXT_LEN: int = 4
-TEXT_LENGTH_WEIGHTS: dict[int, float] = {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
-"""Default chance of each sign-text length (``world.text_lengths``)."""
+TEXT_LENGTH_WEIGHTS: dict[int, float] = {2: 0.5, 3: 0.5}
+"""Default chance of each sign-text length (``world.text_lengths``): 2-3 characters fit the 8-token
+row of ``cells`` signs with a margin, and a miniature learns to letter them within its budget."""
 
 GENEVAL_TASKS: tuple[str, ...] = (
     "single_object",
@@ -48,21 +52,36 @@ GENEVAL_TASKS: tuple[str, ...] = (
     "color_attr",
 )
 
-# Pretraining mixture. The GenEval tags get 85% (counting and position, the hardest for a
-# small model, the most): at 40 px the signs' text is not learnt within the base budget, so OCR
-# keeps 5% (the OCR task still has its prompts) and free captions 10% for the preference task's
-# phrasings; moving that share from 30% to 15% raised the base's world GenEval by about 0.06
-# (two eval seeds, same training seed). Prompts without colours (single_object, two_object,
-# counting, position) are rendered in random colours: that is how the model meets both prompt
-# styles, "a photo of a circle" and "a photo of a red circle", for the same picture.
+# Pretraining mixture. The GenEval tags get 63% (counting and position, the hardest for a small
+# model, the most), OCR signs 30% and free captions 7% for the preference task's phrasings.
+# Signs need that share: at 5% no base lettered a readable sign, and a base with 30% still
+# needs its 80 px steps to bind each character to its slot (method §0, "Signs that a small model
+# can learn to write"). Prompts without colours (single_object, two_object, counting, position)
+# are rendered in random colours: that is how the model meets both prompt styles, "a photo of a
+# circle" and "a photo of a red circle", for the same picture.
 PRETRAIN_MIXTURE: dict[str, float] = {
-    "single_object": 0.12,
-    "two_object": 0.14,
-    "counting": 0.17,
-    "colors": 0.12,
-    "position": 0.17,
-    "color_attr": 0.13,
-    "ocr": 0.05,
-    "caption": 0.10,
+    "single_object": 0.09,
+    "two_object": 0.105,
+    "counting": 0.125,
+    "colors": 0.09,
+    "position": 0.125,
+    "color_attr": 0.095,
+    "ocr": 0.30,
+    "caption": 0.07,
 }
 """Default ``base.mixture``: the share of each family among the pretraining images."""
+
+# The full-size (80 px) phase: signs get 60% and the other families keep their relative shares.
+# Lettering is learnt there: with the low-resolution mixture's 30% the base reads 0.016 exact,
+# with 60% 0.453, at the price of GenEval (0.138 -> 0.117; method §0, bases b4 and b5).
+FULL_SIZE_MIXTURE: dict[str, float] = {
+    "single_object": 0.0514,
+    "two_object": 0.06,
+    "counting": 0.0714,
+    "colors": 0.0514,
+    "position": 0.0714,
+    "color_attr": 0.0543,
+    "ocr": 0.60,
+    "caption": 0.04,
+}
+"""Default ``base.full_size_mixture``: the share of each family among the full-size images."""
