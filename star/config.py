@@ -495,7 +495,7 @@ class StudyConfig(_Section):
             for name, overrides in variants.items():
                 check_variant(f"{field}.{name}", overrides)
         shared = sorted(set(self.variants) & set(self.task_variants))
-        if shared and self.variants != self.task_variants:  # equal: the task study's own config (for_study)
+        if shared:
             raise ValueError(f"variants and task_variants share the names {shared}: their checkpoints would collide "
                              "in the MLflow runs and commands that name them")
         return self
@@ -555,8 +555,9 @@ class Config(_Section):
         return self
 
     def for_study(self, study: str) -> Config:
-        """This config for one of STUDIES: ``tasks`` puts ``study.task_variants`` in place of
-        ``study.variants`` and the checkpoints, metrics, sample grids and report under
+        """This config for one of STUDIES: ``tasks`` swaps ``study.task_variants`` and
+        ``study.variants`` (the study's own variants are then ``variants``, and the two sets stay
+        disjoint) and puts the checkpoints, metrics, sample grids and report under
         ``paths.task_study`` (the base model, prompts and reward models stay shared)."""
         if study not in STUDIES:
             raise ConfigError(f"unknown study {study!r}; the studies are {sorted(STUDIES)}")
@@ -566,7 +567,8 @@ class Config(_Section):
         paths = {"checkpoints": root / "checkpoints", "metrics": root / "metrics", "eval_samples": root / "eval",
                  "reports": root / "reports"}
         return self.model_copy(update={"paths": self.paths.model_copy(update=paths),
-                                       "study": self.study.model_copy(update={"variants": self.study.task_variants})})
+                                       "study": self.study.model_copy(update={"variants": self.study.task_variants,
+                                                                                "task_variants": self.study.variants})})
 
     def for_variant(self, variant: str, seed: int | None = None) -> Config:
         """This config with ``study.variants[variant]`` applied to ``train`` (its ``rewards`` key to

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import parse_overrides
-from star.config import BaseConfig, Config, ConfigError, describe_knobs, fingerprint, load_config
+from star.config import BaseConfig, Config, ConfigError, describe_knobs, fingerprint, load_config, StudyConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,6 +153,7 @@ def test_the_task_study_has_its_own_variants_and_output_folders() -> None:
     tasks = cfg.for_study("tasks")
     assert cfg.for_study("default") == cfg
     assert tasks.study.variants == cfg.study.task_variants and tasks.study.seeds == cfg.study.seeds
+    assert tasks.study.task_variants == cfg.study.variants, "swapped, so the two sets stay disjoint"
     root = cfg.paths.task_study
     assert (tasks.paths.checkpoints, tasks.paths.metrics, tasks.paths.reports) == (
         root / "checkpoints", root / "metrics", root / "reports")
@@ -166,6 +167,8 @@ def test_the_task_study_has_its_own_variants_and_output_folders() -> None:
         cfg.for_study("ablations")
     with pytest.raises(ConfigError, match=r"share the names \['star'\]"):
         load_config(REPO / "params.yaml", {"study": {"task_variants": {"star": {"allocation": "star"}}}})
+    with pytest.raises(ValueError, match=r"share the names \['a'\]"):  # equal sets too
+        StudyConfig(variants={"a": {}}, task_variants={"a": {}})
     with pytest.raises(ConfigError, match=r"task_variants\.ocr-x\.rewards\.task = 'ocrr'"):
         load_config(REPO / "params.yaml", {"study": {"task_variants": {"ocr-x": {"rewards": {"task": "ocrr"}}}}})
 
