@@ -138,7 +138,7 @@ class WorldConfig(_Section):
     def _valid_lengths(cls, value: dict[int, float]) -> dict[int, float]:
         if any(not 1 <= k <= MAX_TEXT_LEN for k in value) or any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
             raise ValueError(f"{value} needs lengths 1..{MAX_TEXT_LEN} with weights >= 0, not all 0")
-        return value
+        return dict(sorted(value.items()))  # a draw depends on key order: the same lengths draw the same signs
 
     @model_validator(mode="after")
     def _cells_fit_layouts(self) -> WorldConfig:
@@ -272,7 +272,9 @@ class BaseConfig(_Section):
         if unknown or any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
             raise ValueError(f"{value}: families must be among {sorted(PRETRAIN_MIXTURE)} (unknown: {unknown}), "
                              "weights >= 0, not all 0")
-        return value
+        # A draw depends on key order, the config's equality and fingerprint do not: one canonical
+        # order makes the same shares draw the same images whatever order params.yaml lists them in.
+        return {family: value[family] for family in PRETRAIN_MIXTURE if family in value}
 
 
 AllocationMode = Literal["none", "uniform_region", "temporal", "spatial", "star", "oracle", "shuffled"]

@@ -237,3 +237,25 @@ def test_world_text_and_mixture_are_validated(tmp_path: Path) -> None:
         load_config(REPO / "params.yaml", {"base": {"mixture": {"shapes": 1.0}}})
     with pytest.raises(ConfigError, match=r"base.full_size_mixture.*unknown: \['sign'\]"):
         load_config(REPO / "params.yaml", {"base": {"full_size_mixture": {"sign": 1.0}}})
+
+
+def test_the_order_of_mixture_and_length_keys_does_not_change_the_run() -> None:
+    """Draws follow key order while Config equality and `fingerprint` ignore it: the config puts
+    the families and sign lengths in one order, so a reordered params.yaml renders the same set."""
+    import numpy as np
+
+    from star.config import config_from_dict
+    from star.world.prompts import sample_training_example, world_text
+
+    cfg = load_config(REPO / "params.yaml")
+    data = cfg.model_dump()
+    data["base"]["mixture"] = dict(reversed(cfg.base.mixture.items()))
+    data["world"]["text_lengths"] = {3: 0.5, 2: 0.5}
+    other = config_from_dict(data, "reordered")
+    assert list(other.base.mixture) == list(cfg.base.mixture) and list(other.world.text_lengths) == [2, 3]
+
+    def prompts(c: Config) -> list[str]:
+        rng = np.random.default_rng(0)
+        return [sample_training_example(rng, 32, text=world_text(c.world), mixture=c.base.mixture)[1] for _ in range(40)]
+
+    assert prompts(other) == prompts(cfg)
