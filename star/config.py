@@ -243,7 +243,9 @@ class BaseConfig(_Section):
     low_res_size: int = _knob(
         40, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0
     )
-    low_res_steps: int = _knob(2000, "transformer steps at low_res_size before the full size", ge=0)
+    low_res_steps: int = _knob(
+        1500, "transformer steps at low_res_size before the full size (method §0: 2500 at 80 px letter the signs)", ge=0
+    )
     batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(1e-3, "transformer (and text encoders') AdamW learning rate, cosine decay after warm-up", gt=0)
     warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)
