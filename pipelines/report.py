@@ -128,8 +128,9 @@ def stamp(cfg: Config) -> str:
             return ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    # the stages' own outputs change during `dvc repro`; only edited sources make the tree dirty
-    outputs = [":!dvc.lock", ":!metrics", ":!reports"]
+    # the studies' own outputs change during `dvc repro` (this study's and, in a run of both, the
+    # other's); only edited sources make the tree dirty
+    outputs = [":!dvc.lock", *(f":!{path}" for path in (cfg.paths.metrics, cfg.paths.reports, cfg.paths.task_study))]
     dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs) else ""
     sections = list(Config.model_fields)
     return (f"params hash {fingerprint(cfg, sections)} · commit {commit}{dirty} · "
