@@ -162,7 +162,7 @@ def test_the_task_study_has_its_own_variants_and_output_folders() -> None:
     sections = [(s.task, s.reference) for s in study_sections(tasks)]
     assert sections == [("ocr", "ocr-none"), ("pickscore", "pick-none")]
     mix = tasks.for_variant("ocr-mix")
-    assert (mix.rewards.task, mix.train.allocation, mix.rewards.weights) == ("ocr", "none", {"ocr": 1.0, "pickscore": 0.010})
+    assert (mix.rewards.task, mix.train.allocation, mix.rewards.weights) == ("ocr", "none", {"ocr": 1.0, "pickscore": 0.026})
     with pytest.raises(ConfigError, match="unknown study 'ablations'"):
         cfg.for_study("ablations")
     with pytest.raises(ConfigError, match=r"share the names \['star'\]"):

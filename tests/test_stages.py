@@ -127,3 +127,22 @@ def test_profile_prints_each_phase_share(micro_run, capsys, tmp_path: Path) -> N
     for phase in ("sample", "score", "update", "advantages (+ maps)", "sampling (ODE, CFG)", "scoring (detector + rules)"):
         assert phase in phases, out
     assert all(0 <= share <= 100 for share in phases.values())
+
+
+def test_reward_spread_prints_each_task_and_the_mix_weight(micro_run, capsys, tmp_path: Path) -> None:
+    from benchmarks.reward_spread import main
+    from star.config import load_config, write_params
+
+    cfg = load_config(MICRO, micro_overrides(micro_run[0]))
+    main(["--params", str(write_params(cfg, tmp_path / "params.yaml")), "--prompts", "2", "--tasks", "ocr", "geneval"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:-1]] for line in out.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in ("ocr", "geneval")}
+    assert set(rows) == {"ocr", "geneval"}, out
+    for prompts, noises, mean, std in rows.values():
+        assert (prompts, noises) == (2, cfg.eval.noises) and 0 <= mean <= 1 and 0 <= std <= 1
+    ratio = out.split("weight of geneval for equal spread with ocr at weight 1: ")[1].strip()
+    if rows["geneval"][3] > 0:
+        assert float(ratio) == pytest.approx(rows["ocr"][3] / rows["geneval"][3], rel=1e-3)
+    else:
+        assert ratio.startswith("undefined")
