@@ -31,7 +31,8 @@ from star.prompt_source import load_task_prompts  # noqa: E402
 
 EVALUATORS = {"geneval": evaluate_geneval, "ocr": evaluate_ocr, "pickscore": evaluate_pickscore}
 SCORE_COLUMN = {"geneval": "correct", "ocr": "reward", "pickscore": "score"}
-"""The per-image column of each task's rows that is its training reward's value (GenEval: strict)."""
+"""The per-image column of each task's evaluation rows that stands for its reward. GenEval's is the
+strict verdict, which equals the training reward only with ``rewards.geneval_partial_credit`` off."""
 
 
 def spread(params: str, tasks: list[str], prompts: int) -> pd.DataFrame:
