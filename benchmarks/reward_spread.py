@@ -25,11 +25,10 @@ sys.path.insert(0, str(REPO))
 
 from rewards.registry import build_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
-from star.evaluation import evaluate_geneval, evaluate_ocr, evaluate_pickscore  # noqa: E402
+from star.evaluation import TASK_EVALUATORS  # noqa: E402
 from star.models import pipeline_for  # noqa: E402
 from star.prompt_source import load_task_prompts  # noqa: E402
 
-EVALUATORS = {"geneval": evaluate_geneval, "ocr": evaluate_ocr, "pickscore": evaluate_pickscore}
 SCORE_COLUMN = {"geneval": "correct", "ocr": "reward", "pickscore": "score"}
 """The per-image column of each task's evaluation rows that stands for its reward. GenEval's is the
 strict verdict, which equals the training reward only with ``rewards.geneval_partial_credit`` off."""
@@ -43,7 +42,7 @@ def spread(params: str, tasks: list[str], prompts: int) -> pd.DataFrame:
     for task in tasks:
         reward = build_reward(cfg.rewards.model_copy(update={"task": task, "weights": None}), cfg.paths.reward_models)
         records = load_task_prompts(cfg.paths.prompts, task, "train")[:prompts]
-        scores = pd.DataFrame(EVALUATORS[task](pipe, records, cfg.eval, reward, progress=False).rows)
+        scores = pd.DataFrame(TASK_EVALUATORS[task](pipe, records, cfg.eval, reward, progress=False).rows)
         column = scores[SCORE_COLUMN[task]].astype(float)
         rows.append({"task": task, "prompts": len(records), "noises": cfg.eval.noises, "mean": column.mean(),
                      "within-prompt std": column.groupby(scores["prompt_index"]).std().mean()})
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--prompts", type=int, default=16, help="training prompts per task")
-    parser.add_argument("--tasks", nargs="+", default=["ocr", "pickscore"], choices=sorted(EVALUATORS))
+    parser.add_argument("--tasks", nargs="+", default=["ocr", "pickscore"], choices=sorted(TASK_EVALUATORS))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:

@@ -28,7 +28,7 @@ from pipelines.tracking import log_metrics, stage_run
 from star.checkpoint import remove_if_left_empty
 from rewards.registry import build_reward
 from star.config import Config
-from star.evaluation import TaskReport, balanced_subset, evaluate_geneval, evaluate_ocr, evaluate_pickscore
+from star.evaluation import TASK_EVALUATORS, TaskReport, balanced_subset
 from star.models import pipeline_for
 from star.prompt_source import load_task_prompts
 from star.variants import load_variant, variant_info
@@ -52,8 +52,7 @@ def score_task(pipe: Any, cfg: Config, task_name: str) -> TaskReport:
     rewards = strict_rewards(cfg).rewards.model_copy(update={"task": task_name, "weights": None})
     reward = build_reward(rewards, cfg.paths.reward_models)
     records = test_records(cfg, task_name)
-    evaluate = {"geneval": evaluate_geneval, "ocr": evaluate_ocr, "pickscore": evaluate_pickscore}[task_name]
-    return evaluate(pipe, records, cfg.eval, reward)
+    return TASK_EVALUATORS[task_name](pipe, records, cfg.eval, reward)
 
 
 @task(cache_policy=NO_CACHE)

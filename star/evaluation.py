@@ -9,7 +9,7 @@ keeps one score row per (prompt, noise) besides its summary metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from diffusers import StableDiffusion3Pipeline
@@ -105,6 +105,12 @@ def evaluate_pickscore(pipe: StableDiffusion3Pipeline, records: list[dict[str, A
     rows = _rows(records, cfg, [{"score": float(s)} for s in scores])
     return TaskReport({"pickscore_mean": scores.mean().item(), "pickscore_std": scores.std(unbiased=False).item()},
                       images, prompts, None, rows, cfg.noises)
+
+
+TASK_EVALUATORS: dict[str, Callable[..., TaskReport]] = {
+    "geneval": evaluate_geneval, "ocr": evaluate_ocr, "pickscore": evaluate_pickscore,
+}
+"""Each task's evaluation: ``(pipe, records, cfg, reward, progress) -> TaskReport``."""
 
 
 def balanced_subset(records: list[dict[str, Any]], per_tag: int) -> list[dict[str, Any]]:
