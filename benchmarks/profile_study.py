@@ -90,8 +90,7 @@ def profile_training(params: str, iterations: int) -> None:
 def profile_evaluation(params: str) -> None:
     cfg = load_config(params)
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
-    reward = build_reward(strict_rewards(cfg).rewards.model_copy(update={"task": "geneval", "weights": None}),
-                          cfg.paths.reward_models)
+    reward = build_reward(strict_rewards(cfg).rewards.for_task("geneval"), cfg.paths.reward_models)
     records = test_records(cfg, "geneval")
     one_noise = cfg.eval.model_copy(update={"noises": 1})
     seconds: dict[str, float] = defaultdict(float)

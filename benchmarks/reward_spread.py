@@ -40,7 +40,7 @@ def spread(params: str, tasks: list[str], prompts: int) -> pd.DataFrame:
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     rows = []
     for task in tasks:
-        reward = build_reward(cfg.rewards.model_copy(update={"task": task, "weights": None}), cfg.paths.reward_models)
+        reward = build_reward(cfg.rewards.for_task(task), cfg.paths.reward_models)
         records = load_task_prompts(cfg.paths.prompts, task, "train")[:prompts]
         scores = pd.DataFrame(TASK_EVALUATORS[task](pipe, records, cfg.eval, reward, progress=False).rows)
         column = scores[SCORE_COLUMN[task]].astype(float)

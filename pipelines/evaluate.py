@@ -49,7 +49,7 @@ def strict_rewards(cfg: Config) -> Config:
 
 def score_task(pipe: Any, cfg: Config, task_name: str) -> TaskReport:
     """Sample the task's test prompts and score them with the task's reward backend."""
-    rewards = strict_rewards(cfg).rewards.model_copy(update={"task": task_name, "weights": None})
+    rewards = strict_rewards(cfg).rewards.for_task(task_name)
     reward = build_reward(rewards, cfg.paths.reward_models)
     records = test_records(cfg, task_name)
     return TASK_EVALUATORS[task_name](pipe, records, cfg.eval, reward)

@@ -69,7 +69,7 @@ def map_figure(cfg: Config, variant: str, out: Path) -> Path | None:
     if task == "geneval":
         records = [next(r for r in records if r["tag"] == tag) for tag in ("two_object", "position", "color_attr", "colors")]
     picked = records[:MAP_PROMPTS]
-    reward = build_reward(cfg.rewards.model_copy(update={"task": task, "weights": None}), cfg.paths.reward_models)
+    reward = build_reward(cfg.rewards.for_task(task), cfg.paths.reward_models)
     images, maps, scores = model_allocation_maps(pipe, picked, variant_cfg.train, cfg.eval.seed, reward)
     steps = sorted({0, variant_cfg.train.steps // 3, 2 * variant_cfg.train.steps // 3, variant_cfg.train.steps - 1})
     located = {"geneval": "the detected objects", "ocr": "the text the OCR reads"}.get(task)

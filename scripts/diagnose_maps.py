@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     train = cfg.train
     records = prompt_pool(load_task_prompts(cfg.paths.prompts, "geneval", "train"), args.prompts, cfg.seed)
     records = [r for r in records for _ in range(args.per_prompt)]
-    reward = build_reward(cfg.rewards.model_copy(update={"task": "geneval", "weights": None}), cfg.paths.reward_models)
+    reward = build_reward(cfg.rewards.for_task("geneval"), cfg.paths.reward_models)
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     layers = len(pipe.transformer.transformer_blocks)
     captures = {

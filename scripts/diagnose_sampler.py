@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         from star.variants import load_variant
 
         load_variant(pipe, cfg.paths.checkpoints / args.checkpoint)
-    rewards = strict_rewards(cfg).rewards.model_copy(update={"task": "geneval", "weights": None})
+    rewards = strict_rewards(cfg).rewards.for_task("geneval")
     reward = build_reward(rewards, cfg.paths.reward_models)
     records = balanced_subset(load_task_prompts(cfg.paths.prompts, "geneval", "train"), args.per_tag)
     print(f"{args.checkpoint}: strict GenEval on {len(records)} training prompts, one noise per prompt and seed\n")

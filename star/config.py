@@ -411,6 +411,10 @@ class RewardsConfig(_Section):
     )
     world_clip: WorldClipConfig = _knob(WorldClipConfig(), "the embedded PickScore stand-in")
 
+    def for_task(self, task: Literal["geneval", "ocr", "pickscore"]) -> RewardsConfig:
+        """These backends scoring ``task`` with its own reward alone (no mix): how evaluation scores."""
+        return self.model_copy(update={"task": task, "weights": None})
+
 
 class EvalConfig(_Section):
     """Evaluation sampling (ODE, classifier-free guidance, fixed seeds)."""

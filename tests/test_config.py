@@ -135,6 +135,8 @@ def test_a_variant_may_set_its_training_task_and_reward_mix() -> None:
     assert (ocr.rewards.task, ocr.train.allocation, ocr.seed) == ("ocr", "star", 3)
     assert ocr.rewards.ocr_backend == cfg.rewards.ocr_backend, "the rest of `rewards` is kept"
     assert cfg.for_variant("mix").rewards.weights == {"geneval": 1.0, "pickscore": 0.1}
+    scored = cfg.for_variant("mix").rewards.for_task("ocr")  # how evaluation scores a mix-trained model
+    assert (scored.task, scored.weights, scored.ocr_backend) == ("ocr", None, cfg.rewards.ocr_backend)
     assert cfg.for_variant("star").rewards == cfg.rewards
     sections = [(s.task, s.variants, s.reference) for s in study_sections(cfg)]
     # the reward mix trains on GenEval prompts beside Flow-GRPO, but is not the reference
