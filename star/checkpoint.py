@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import shutil
@@ -96,6 +97,18 @@ def load(path: Path) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a corrupt file must not be silently ignored
         raise RuntimeError(f"checkpoint {path} cannot be read ({error}); delete it to restart") from error
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """16 hex digits of a hash of ``module``'s state dict (names, shapes, dtypes and bytes):
+    which weights a run started from. Reads every byte once, tensor by tensor (seconds for
+    SD3.5-M's 2.5 B parameters), so a resume can tell that the base model changed."""
+    digest = hashlib.blake2b(digest_size=8)
+    with torch.no_grad():
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            digest.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:

@@ -45,7 +45,7 @@ tracking, evaluation, other variants) may change between a crash and its resume.
 
 
 class ResumeMismatch(RuntimeError):
-    """A checkpoint written by a run with another trajectory config."""
+    """A checkpoint written by a run with another trajectory config or from other base weights."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,6 +106,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
         self.prompts = PromptSource(prompt_pool(records, cfg.train.prompt_pool, cfg.seed), seed=cfg.seed * 1000 + rank)
         self.objective = build_objective(cfg.train, pipe.transformer.config.patch_size)
+        self.base_weights = checkpoint.weights_digest(pipe.transformer)  # before LoRA joins it
         self._setup_model()
         self.capture = AttentionCapture(self.transformer, cfg.train.capture_blocks) if self.objective.needs_capture else None
         # the core objects' coverage feeds the oracle, and the localisation score of captured maps
@@ -155,6 +156,7 @@ class Trainer:
             "prompts": self.prompts.state_dict(),
             "history": self.history,
             "config": self.cfg.model_dump(mode="json"),
+            "base_weights": self.base_weights,
             "seconds": self.seconds(),
         }
 
@@ -162,14 +164,17 @@ class Trainer:
         state = checkpoint.load(self._checkpoint_path)
         if state is None:
             return
+        # the config names the base model, not its weights: an embedded base rebuilt at the same
+        # path is another starting point, and a LoRA trained on the old one must not join it
         differences = config_differences(
-            trajectory_config(state["config"]), trajectory_config(self.cfg.model_dump(mode="json"))
+            trajectory_config(state["config"]) | {"base weights": state.get("base_weights", "<unrecorded>")},
+            trajectory_config(self.cfg.model_dump(mode="json")) | {"base weights": self.base_weights},
         )
         if differences:
             raise ResumeMismatch(
                 f"checkpoint {self._checkpoint_path} (iteration {state['iteration']}) was written with another "
-                "training config:\n  " + "\n  ".join(differences) + f"\nRestore those values to resume, or delete "
-                f"{self.work_dir} to start this run from iteration 0."
+                "training config or base model:\n  " + "\n  ".join(differences) + "\nRestore those values to "
+                f"resume, or delete {self.work_dir} to start this run from iteration 0."
             )
         load_trainable_state(self.transformer, state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -160,6 +160,35 @@ def test_checkpoint_of_another_training_config_is_refused_naming_each_key(tmp_pa
     assert f"delete {tmp_path}" in message and "iteration 1" in message
 
 
+def test_checkpoint_trained_from_other_base_weights_is_refused(tmp_path: Path) -> None:
+    """A rebuilt embedded base keeps its path and config: only its weights tell it apart."""
+    first = _trainer(tmp_path, iterations=2)
+    first.step()
+    first.save_checkpoint()
+    rebuilt = micro_pipeline()
+    with torch.no_grad():
+        next(rebuilt.transformer.parameters()).view(-1)[0] += 1e-3
+    with pytest.raises(ResumeMismatch, match=rf"base weights: '{first.base_weights}' in the checkpoint, '[0-9a-f]{{16}}' now"):
+        Trainer(first.cfg, rebuilt, BrightnessReward(), GENEVAL_RECORDS, tmp_path, progress=False)
+    assert Trainer(first.cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, tmp_path, progress=False).iteration == 1
+
+
+def test_weights_digest_tells_apart_one_changed_value_a_dtype_and_a_name() -> None:
+    from star.checkpoint import weights_digest
+
+    def layer(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Linear(3, 2).to(dtype)
+
+    assert weights_digest(layer()) == weights_digest(layer())
+    changed = layer()
+    with torch.no_grad():
+        changed.bias[1] = torch.nextafter(changed.bias[1], torch.tensor(2.0))  # one ulp
+    renamed = torch.nn.Sequential(layer())
+    digests = {weights_digest(m) for m in (layer(), changed, layer(torch.bfloat16), renamed)}
+    assert len(digests) == 4
+
+
 def test_resume_survives_edits_that_do_not_change_the_trajectory(tmp_path: Path) -> None:
     """eval, paths, tracking and the other variants may change between a crash and its resume."""
     interrupted = _trainer(tmp_path, iterations=3)
