@@ -489,6 +489,7 @@ class StudyConfig(_Section):
             "ocr-none": {"allocation": "none", VARIANT_REWARDS: {"task": "ocr"}},
             "ocr-star": {"allocation": "star", VARIANT_REWARDS: {"task": "ocr"}},
             "ocr-mix": {"allocation": "none", VARIANT_REWARDS: {"task": "ocr", "weights": {"ocr": 1.0, "pickscore": 0.026}}},
+            "ocr-fdfo": {"algorithm": "fdfo", VARIANT_REWARDS: {"task": "ocr"}},
             "pick-none": {"allocation": "none", VARIANT_REWARDS: {"task": "pickscore"}},
             "pick-star": {"allocation": "star", VARIANT_REWARDS: {"task": "pickscore"}},
         },
