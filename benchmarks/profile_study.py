@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.evaluate import strict_rewards, test_records  # noqa: E402
+from pipelines.evaluate import evaluation_reward, test_records  # noqa: E402
 from pipelines.shared_server import prefect_server  # noqa: E402
 from rewards.registry import build_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
@@ -90,7 +90,7 @@ def profile_training(params: str, iterations: int) -> None:
 def profile_evaluation(params: str) -> None:
     cfg = load_config(params)
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
-    reward = build_reward(strict_rewards(cfg).rewards.for_task("geneval"), cfg.paths.reward_models)
+    reward = evaluation_reward(cfg, "geneval")
     records = test_records(cfg, "geneval")
     one_noise = cfg.eval.model_copy(update={"noises": 1})
     seconds: dict[str, float] = defaultdict(float)

@@ -26,6 +26,7 @@ from pipelines.cli import stage_config, stage_main
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from star.checkpoint import remove_if_left_empty
+from rewards.base import Reward
 from rewards.registry import build_reward
 from star.config import Config
 from star.evaluation import TASK_EVALUATORS, TaskReport, balanced_subset
@@ -42,17 +43,16 @@ def test_records(cfg: Config, task_name: str) -> list[dict[str, Any]]:
     return records[: cfg.eval.ocr_prompts if task_name == "ocr" else cfg.eval.pickscore_prompts]
 
 
-def strict_rewards(cfg: Config) -> Config:
-    """Evaluation scores GenEval strictly (the official 0/1 verdicts), whatever training used."""
-    return cfg.model_copy(update={"rewards": cfg.rewards.model_copy(update={"geneval_partial_credit": False})})
+def evaluation_reward(cfg: Config, task_name: str) -> Reward:
+    """The task's own reward with ``cfg``'s backends, no mix, and GenEval strict (the official
+    0/1 verdicts), whatever training used: what every checkpoint is scored with."""
+    strict = cfg.rewards.model_copy(update={"geneval_partial_credit": False})
+    return build_reward(strict.for_task(task_name), cfg.paths.reward_models)
 
 
 def score_task(pipe: Any, cfg: Config, task_name: str) -> TaskReport:
     """Sample the task's test prompts and score them with the task's reward backend."""
-    rewards = strict_rewards(cfg).rewards.for_task(task_name)
-    reward = build_reward(rewards, cfg.paths.reward_models)
-    records = test_records(cfg, task_name)
-    return TASK_EVALUATORS[task_name](pipe, records, cfg.eval, reward)
+    return TASK_EVALUATORS[task_name](pipe, test_records(cfg, task_name), cfg.eval, evaluation_reward(cfg, task_name))
 
 
 @task(cache_policy=NO_CACHE)

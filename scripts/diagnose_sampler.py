@@ -16,8 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
-from pipelines.evaluate import strict_rewards  # noqa: E402
-from rewards.registry import build_reward  # noqa: E402
+from pipelines.evaluate import evaluation_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
 from star.evaluation import balanced_subset, evaluate_geneval  # noqa: E402
 from star.models import pipeline_for  # noqa: E402
@@ -50,8 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         from star.variants import load_variant
 
         load_variant(pipe, cfg.paths.checkpoints / args.checkpoint)
-    rewards = strict_rewards(cfg).rewards.for_task("geneval")
-    reward = build_reward(rewards, cfg.paths.reward_models)
+    reward = evaluation_reward(cfg, "geneval")
     records = balanced_subset(load_task_prompts(cfg.paths.prompts, "geneval", "train"), args.per_tag)
     print(f"{args.checkpoint}: strict GenEval on {len(records)} training prompts, one noise per prompt and seed\n")
     print("| CFG | steps | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
