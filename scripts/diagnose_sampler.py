@@ -1,9 +1,10 @@
-"""The evaluation sampler's share of a checkpoint's GenEval score, measured on *training* prompts
-(the test set stays untouched): strict GenEval per (CFG scale, ODE steps) setting, each at
-several noise seeds (docs/method.md §0).
+"""The evaluation sampler's share of a checkpoint's score, measured on *training* prompts (the
+test set stays untouched): strict GenEval (or, with ``--task ocr``, OCR exact match / normalised
+edit distance) per (CFG scale, ODE steps) setting, each at several noise seeds (docs/method.md
+§0). With one setting it is how candidate bases are compared without looking at the test set.
 
     python scripts/diagnose_sampler.py [--settings 4.5:20 7:20 10:20 4.5:40 7:40] [--per-tag 16]
-                                       [--seeds 11 12] [-S key=value]
+                                       [--seeds 11 12] [--task geneval|ocr] [-S key=value]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
 from pipelines.evaluate import evaluation_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
-from star.evaluation import balanced_subset, evaluate_geneval  # noqa: E402
+from star.evaluation import TASK_EVALUATORS, balanced_subset  # noqa: E402
 from star.models import pipeline_for  # noqa: E402
 from star.prompt_source import load_task_prompts  # noqa: E402
 
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--settings", type=setting, nargs="+", default=[setting(s) for s in
                                                                         ("4.5:20", "7:20", "10:20", "4.5:40", "7:40")])
-    parser.add_argument("--per-tag", type=int, default=16, help="GenEval training prompts per tag")
+    parser.add_argument("--per-tag", type=int, default=16, help="training prompts per tag (OCR has one tag)")
+    parser.add_argument("--task", choices=("geneval", "ocr"), default="geneval", help="the task scored")
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12], help="noise seeds (x 1000)")
     parser.add_argument("--checkpoint", default="base", help="'base' or a trained variant directory name")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
@@ -49,18 +51,26 @@ def main(argv: list[str] | None = None) -> None:
         from star.variants import load_variant
 
         load_variant(pipe, cfg.paths.checkpoints / args.checkpoint)
-    reward = evaluation_reward(cfg, "geneval")
-    records = balanced_subset(load_task_prompts(cfg.paths.prompts, "geneval", "train"), args.per_tag)
-    print(f"{args.checkpoint}: strict GenEval on {len(records)} training prompts, one noise per prompt and seed\n")
+    reward = evaluation_reward(cfg, args.task)
+    records = balanced_subset(load_task_prompts(cfg.paths.prompts, args.task, "train"), args.per_tag)
+    what = "strict GenEval" if args.task == "geneval" else "OCR exact match / normalised edit distance"
+    print(f"{args.checkpoint}: {what} on {len(records)} training prompts, one noise per prompt and seed\n")
     print("| CFG | steps | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
     print("|---:|---:|" + "---:|" * (len(args.seeds) + 1))
     for scale, steps in args.settings:
         scores = []
         for seed in args.seeds:
             sampler = cfg.eval.model_copy(update={"guidance_scale": scale, "steps": steps, "seed": seed * 1000, "noises": 1})
-            scores.append(evaluate_geneval(pipe, records, sampler, reward, progress=False).metrics["geneval_overall"])
-        print(f"| {scale:g} | {steps} | " + " | ".join(f"{v:.3f}" for v in scores) + f" | {statistics.fmean(scores):.3f} |",
-              flush=True)
+            scores.append(score(TASK_EVALUATORS[args.task](pipe, records, sampler, reward, progress=False).metrics))
+        cells = [" / ".join(f"{v:.3f}" for v in values) for values in [*scores, [statistics.fmean(v) for v in zip(*scores)]]]
+        print(f"| {scale:g} | {steps} | " + " | ".join(cells) + " |", flush=True)
+
+
+def score(metrics: dict[str, float]) -> tuple[float, ...]:
+    """A task's headline numbers: (GenEval overall,) or (OCR exact, normalised edit distance)."""
+    if "geneval_overall" in metrics:
+        return (metrics["geneval_overall"],)
+    return metrics["ocr_accuracy"], metrics["ocr_edit_distance"]
 
 
 if __name__ == "__main__":

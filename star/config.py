@@ -246,9 +246,15 @@ class BaseConfig(_Section):
     low_res_steps: int = _knob(
         1500, "transformer steps at low_res_size before the full size (method §0: 2500 at 80 px letter the signs)", ge=0
     )
+    low_res_signs: bool = _knob(
+        True, "the low-resolution transformer steps train on that set's (free) signs too (false: only the VAE sees them)"
+    )
     batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(1e-3, "transformer (and text encoders') AdamW learning rate, cosine decay after warm-up", gt=0)
     warmup_steps: int = _knob(100, "linear learning-rate warm-up steps", ge=0)
+    final_lr_fraction: float = _knob(
+        0.1, "each transformer phase's cosine decays the learning rate to this fraction of lr", ge=0, le=1
+    )
     weight_decay: float = _knob(0.0, "AdamW weight decay", ge=0)
     grad_clip: float = _knob(1.0, "gradient-norm clip", gt=0)
     caption_dropout: float = _knob(0.1, "probability of the empty caption (for CFG)", ge=0, le=1)

@@ -2,7 +2,8 @@
 
 Two phases, each resumable from an atomic checkpoint: the VAE (reconstruction + small KL),
 then the MMDiT transformer with rectified-flow matching (docs/method.md §0) and caption dropout
-so that classifier-free guidance works. Text encoders stay frozen, as in SD3.
+so that classifier-free guidance works. The text encoders train with the transformer unless
+``base.train_text_encoders`` is off (then frozen, as in SD3).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ MetricsCallback = Callable[[str, dict[str, float], int], None]
 
 @dataclass
 class WorldDataset:
-    """Rendered training examples. images: (N, 3, H, W) uint8; captions: N strings."""
+    """Rendered training examples. images: (N, 3, H, W) uint8; captions and tags (the family:
+    a GenEval tag, "ocr" or "caption"): N strings each."""
 
     images: torch.Tensor
     captions: list[str]
+    tags: list[str]
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
         """(B, 3, H, W) float images in [0, 1] and their captions."""
@@ -56,20 +59,21 @@ def render_world_dataset(
     grid and sign text (``world.layout_*``, ``world.text_layout``), ``text`` is what signs say."""
     rng = np.random.default_rng(seed)
     images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
-    captions = []
+    captions, tags = [], []
     for i in tqdm(range(n), desc="rendering world", disable=not progress, leave=False):
-        image, caption, _ = sample_training_example(rng, image_size, layout, text, mixture)
+        image, caption, metadata = sample_training_example(rng, image_size, layout, text, mixture)
         images[i] = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
         captions.append(caption)
-    return WorldDataset(images, captions)
+        tags.append(metadata["tag"])
+    return WorldDataset(images, captions, tags)
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak learning rate."""
+def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``floor`` of the peak learning rate."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, float]:
@@ -193,11 +197,12 @@ def _drop_captions(captions: list[str], p: float, generator: torch.Generator) ->
 def phase_lr_factor(step: int, cfg: BaseConfig, two_phases: bool) -> float:
     """``lr_factor`` over the whole run, or, with a low-resolution phase, one warm-up and
     cosine per phase: the full-size phase adapts at the peak rate, not at the tail of one decay."""
+    floor = cfg.final_lr_fraction
     if not two_phases or cfg.low_res_steps == 0:
-        return lr_factor(step, cfg.steps, cfg.warmup_steps)
+        return lr_factor(step, cfg.steps, cfg.warmup_steps, floor)
     if step < cfg.low_res_steps:
-        return lr_factor(step, cfg.low_res_steps, cfg.warmup_steps)
-    return lr_factor(step - cfg.low_res_steps, cfg.steps - cfg.low_res_steps, cfg.warmup_steps)
+        return lr_factor(step, cfg.low_res_steps, cfg.warmup_steps, floor)
+    return lr_factor(step - cfg.low_res_steps, cfg.steps - cfg.low_res_steps, cfg.warmup_steps, floor)
 
 
 @dataclass
@@ -273,6 +278,15 @@ def phase_mixtures(cfg: BaseConfig) -> tuple[dict[str, float], dict[str, float]]
     return cfg.mixture, cfg.full_size_mixture or cfg.mixture
 
 
+def low_res_latents(vae: AutoencoderKL, small: WorldDataset, signs: bool) -> LatentSet:
+    """The low-resolution phase's training set: ``small``'s latents, without its signs unless
+    ``signs`` (``base.low_res_signs``: the VAE learns strokes from them, but they are free signs,
+    not the full size's `cells` ones the transformer must learn to letter, method §0)."""
+    keep = [i for i, tag in enumerate(small.tags) if signs or tag != "ocr"]
+    subset = WorldDataset(small.images[keep], [small.captions[i] for i in keep], [small.tags[i] for i in keep])
+    return LatentSet(encode_dataset(vae, subset), subset.captions)
+
+
 def pretrain_base(
     cfg: Config, work_dir: Path, on_metrics: MetricsCallback | None = None
 ) -> StableDiffusion3Pipeline:
@@ -310,6 +324,6 @@ def pretrain_base(
     train_vae(pipe.vae, small or data, cfg.base, generator, work_dir / "vae.ckpt", on_metrics)
     pipe.vae.requires_grad_(False)
     latents = LatentSet(calibrate_latents(pipe.vae, data), data.captions)
-    low_res = LatentSet(encode_dataset(pipe.vae, small), small.captions) if small is not None else None
+    low_res = low_res_latents(pipe.vae, small, cfg.base.low_res_signs) if small is not None else None
     train_transformer(pipe, latents, cfg.base, generator, work_dir / "transformer.ckpt", on_metrics, low_res)
     return pipe

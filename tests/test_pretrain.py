@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from star import checkpoint
-from star.config import BaseConfig
+from star.config import BaseConfig, WorldConfig
 from star.models import build_mini_sd3
 from star.pretrain import (
     LatentSet,
@@ -26,7 +26,7 @@ from tests.test_models import CHARSET, TINY, WORDS
 def tiny_data(n: int = 16) -> WorldDataset:
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 255, (n, 3, 32, 32), dtype=np.uint8))
-    return WorldDataset(images, [["a red circle", "a blue square"][i % 2] for i in range(n)])
+    return WorldDataset(images, [["a red circle", "a blue square"][i % 2] for i in range(n)], ["colors"] * n)
 
 
 def run_transformer(
@@ -128,6 +128,33 @@ def test_each_resolution_phase_has_its_own_warm_up_and_decay() -> None:
     assert phase_lr_factor(200, cfg, two_phases=True) == pytest.approx(0.1)  # warm-up again
     assert phase_lr_factor(210, cfg, two_phases=True) == pytest.approx(1.0, abs=1e-3)
     assert phase_lr_factor(250, cfg, two_phases=False) == lr_factor(250, 300, 10)
+
+
+def test_final_lr_fraction_is_where_each_phase_decays_to() -> None:
+    from star.pretrain import phase_lr_factor
+
+    cfg = BaseConfig(steps=300, low_res_steps=200, warmup_steps=10, final_lr_fraction=0.5)
+    assert phase_lr_factor(199, cfg, two_phases=True) == pytest.approx(0.5, abs=1e-3)
+    assert phase_lr_factor(299, cfg, two_phases=True) == pytest.approx(0.5, abs=1e-3)
+    assert phase_lr_factor(150, cfg, two_phases=True) > lr_factor(150, 200, 10)  # held above the default's 0.1 floor
+    with pytest.raises(ValueError, match="final_lr_fraction"):
+        BaseConfig(final_lr_fraction=1.5)
+
+
+def test_low_res_phase_leaves_out_signs_only_when_asked() -> None:
+    """``base.low_res_signs`` false: the low-resolution transformer set keeps every family but
+    "ocr", in its order; the VAE's set (the rendered one) is untouched."""
+    from star.pretrain import low_res_latents, render_world_dataset
+    from star.world.prompts import world_text
+
+    world = WorldConfig()
+    small = render_world_dataset(48, 40, seed=3, progress=False, text=world_text(world), mixture=BaseConfig().mixture)
+    assert "ocr" in small.tags and len(set(small.tags)) > 2
+    vae = build_mini_sd3(TINY, WORDS, CHARSET, image_size=40, seed=0).vae
+    kept = low_res_latents(vae, small, signs=False)
+    assert kept.captions == [c for c, t in zip(small.captions, small.tags) if t != "ocr"]
+    assert kept.latents.shape[0] == len(kept.captions)
+    assert low_res_latents(vae, small, signs=True).captions == small.captions
 
 
 def test_text_encoders_train_only_when_asked_and_resume_exactly(tmp_path: Path) -> None:

@@ -113,6 +113,15 @@ def test_diagnose_sampler_prints_one_row_per_setting(micro_run, capsys) -> None:
         assert all(0 <= v <= 1 for v in seeds) and float(row[4]) == pytest.approx(sum(seeds) / 2, abs=1e-3)
     with pytest.raises(SystemExit):
         main(["--params", str(MICRO), "--settings", "seven"])
+    # --task ocr: exact match / edit distance per seed, and their means
+    main(["--params", str(MICRO), "--settings", "4.5:2", "--per-tag", "2", "--seeds", "1", "2", "--task", "ocr",
+          *[arg for path in paths for arg in ("-S", path)]])
+    out = capsys.readouterr().out
+    assert "OCR exact match" in out and "on 2 training prompts" in out
+    row = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")][1]
+    pairs = [tuple(float(v) for v in cell.split(" / ")) for cell in row[2:5]]
+    assert all(0 <= exact <= 1 and 0 <= distance <= 1 for exact, distance in pairs)
+    assert pairs[2][1] == pytest.approx((pairs[0][1] + pairs[1][1]) / 2, abs=1e-3)
 
 
 def test_profile_prints_each_phase_share(micro_run, capsys, tmp_path: Path) -> None:
