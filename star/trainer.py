@@ -195,11 +195,16 @@ class Trainer:
     def save_checkpoint(self) -> None:
         checkpoint.atomic_save(self._state(), self._checkpoint_path)
 
+    @property
+    def method(self) -> str:
+        """What trains, for progress output: 'fdfo', or the allocation of the policy-gradient objective."""
+        return "fdfo" if self.train_cfg.algorithm == "fdfo" else self.train_cfg.allocation
+
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> list[dict[str, float]]:
         """Run the remaining iterations; returns the per-iteration metrics history."""
         bar = tqdm(
-            range(self.iteration, self.train_cfg.iterations), desc=f"train {self.train_cfg.allocation}",
+            range(self.iteration, self.train_cfg.iterations), desc=f"train {self.method}",
             initial=self.iteration, total=self.train_cfg.iterations, disable=not self.progress,
         )
         for _ in bar:

@@ -45,6 +45,8 @@ def test_every_algorithm_updates_the_policy(tmp_path: Path, train: dict) -> None
     assert any(not torch.equal(before[k], after[k]) for k in before)
     for key in ("reward_mean", "loss", "clip_fraction", "approx_kl", "grad_norm", "advantage_std"):
         assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
+    # the progress bar names what trains: FDFO, not the (unused) allocation its config carries
+    assert trainer.method == train.get("algorithm", train.get("allocation"))
 
 
 def test_trained_steps_are_the_first_fraction_of_the_schedule() -> None:
