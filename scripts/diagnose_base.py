@@ -1,6 +1,8 @@
-"""Diagnose a base model on ground-truth single-object scenes (star/diagnostics.py).
+"""Diagnose a base model on ground-truth scenes (star/diagnostics.py).
 
-Prints three markdown tables: how much the x̂₀ prediction moves when the caption's shape word,
+Prints four markdown tables: the strict GenEval of ground-truth renders after the VAE's round
+trip (single objects per colour, and the balanced GenEval training prompts): the ceiling the VAE
+puts on every checkpoint; how much the x̂₀ prediction moves when the caption's shape word,
 its colour word or the whole caption changes, per noise level; the strict GenEval score of
 scenes noised to a sampler step and solved back to 0, per starting step; and the variance of
 the GenEval training reward that each step's SDE noise causes (one training prompt per GenEval
@@ -25,19 +27,20 @@ from rewards.geneval import GenEvalReward, world_detector  # noqa: E402
 from rewards.registry import build_reward  # noqa: E402
 from star.config import Config, load_config  # noqa: E402
 from star.world.render import world_layout  # noqa: E402
-from star.diagnostics import caption_sensitivity, commitment_curve, reward_variance_by_step  # noqa: E402
+from star.diagnostics import caption_sensitivity, commitment_curve, reward_variance_by_step, vae_round_trip  # noqa: E402
+from star.evaluation import balanced_subset  # noqa: E402
 from star.models import load_pipeline  # noqa: E402
 from star.prompt_source import load_task_prompts  # noqa: E402
 from star.world.prompts import colors_record, render_records  # noqa: E402
-from star.world.vocab import SHAPES  # noqa: E402
+from star.world.vocab import COLORS, SHAPES  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/base", help="base model directory")
     parser.add_argument("--params", default="params.yaml", help="params file (eval steps, CFG)")
     parser.add_argument("--per-shape", type=int, default=8, help="scenes per shape class")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = load_config(args.params)
     pipe = load_pipeline(args.model)
     size = pipe.vae.config.sample_size
@@ -47,6 +50,7 @@ def main() -> None:
     prompts = [r["prompt"] for r in records]
     other_shape = [p.replace(s, SHAPES[(SHAPES.index(s) + 3) % len(SHAPES)]) for p, s in zip(prompts, (r["include"][0]["class"] for r in records))]
     variants = {"shape word swapped": other_shape, "colour word swapped": [p.replace("red", "blue") for p in prompts], "empty caption": [""] * len(prompts)}
+    print_vae_ceiling(pipe, cfg, args.per_shape)
     table = caption_sensitivity(pipe, images, prompts, variants, sigmas=[0.9, 0.8, 0.7, 0.5])
     print("| s | x̂₀ error | " + " | ".join(f"change: {name}" for name in variants) + " |")
     print("|---" * (len(variants) + 2) + "|")
@@ -56,12 +60,32 @@ def main() -> None:
     steps = cfg.eval.steps
     curve = commitment_curve(
         pipe, images, prompts, lambda x: reward.score(x, prompts, records), steps, cfg.eval.guidance_scale,
-        start_steps=sorted({round(f * steps) for f in (0.0, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85)}),
+        start_steps=sorted({min(steps - 1, round(f * steps)) for f in (0.0, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85)}),
     )
     print("\n| start s | strict GenEval after solving to 0 |\n|---|---|")
     for sigma, score in curve:
         print(f"| {sigma:.3f} | {score:.3f} |")
     print_reward_variance(pipe, cfg)
+
+
+def print_vae_ceiling(pipe: StableDiffusion3Pipeline, cfg: Config, per_shape: int) -> None:
+    """Strict GenEval of ground-truth renders, as drawn and after encode -> decode (method §0)."""
+    reward = GenEvalReward(world_detector(), partial_credit=False)
+    size, layout = pipe.vae.config.sample_size, world_layout(cfg.world)
+    rng = np.random.default_rng(1)
+
+    def scores(records: list[dict]) -> tuple[float, float]:
+        images = torch.from_numpy(render_records(records, size, rng, layout)).permute(0, 3, 1, 2).float() / 255
+        prompts = [r["prompt"] for r in records]
+        return tuple(reward.score(x, prompts, records).float().mean().item() for x in (images, vae_round_trip(pipe.vae, images)))
+
+    print("| ground truth | strict GenEval as drawn | after the VAE's round trip |\n|---|---|---|")
+    for color in COLORS:
+        drawn, round_trip = scores([colors_record(shape, color) for shape in SHAPES for _ in range(per_shape)])
+        print(f"| one {color} object | {drawn:.3f} | {round_trip:.3f} |")
+    records = balanced_subset(load_task_prompts(cfg.paths.prompts, "geneval", "train"), 16)
+    drawn, round_trip = scores(records)
+    print(f"| {len(records)} GenEval training prompts | {drawn:.3f} | {round_trip:.3f} |\n")
 
 
 def print_reward_variance(pipe: StableDiffusion3Pipeline, cfg: Config) -> None:

@@ -1,6 +1,7 @@
-"""Diagnostics of a base model: does the caption steer the denoiser, from which noise level on
-does the model keep the object the caption asks for, and which steps' SDE noise moves the
-reward? (How much of a training gradient is signal: ``star.gradient_snr``.)
+"""Diagnostics of a base model: how much of a scene survives its VAE, does the caption steer
+the denoiser, from which noise level on does the model keep the object the caption asks for, and
+which steps' SDE noise moves the reward? (How much of a training gradient is signal:
+``star.gradient_snr``.)
 
 The first two start from clean latents z₀ of rendered scenes noised to z_s = (1 − s) z₀ + s ε
 (docs/method.md §0), so they separate "cannot read the caption" from "cannot draw". The last two
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers import StableDiffusion3Pipeline
+from diffusers import AutoencoderKL, StableDiffusion3Pipeline
 
 from star.models import images_from_latents, latents_from_images
 from star.rollout import sample_rollouts
@@ -26,6 +27,14 @@ def noised(latents: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
     """(B, C, h, w) z_s = (1 − s) z₀ + s ε with ε drawn from ``seed``."""
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     return (1 - sigma) * latents + sigma * noise.to(latents)
+
+
+@torch.no_grad()
+def vae_round_trip(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) images in [0, 1], encoded to their latent means and decoded back: what the
+    transformer could at best reproduce. Scoring these bounds every checkpoint's score from
+    above (a VAE that turns red into orange caps GenEval whatever the transformer learns)."""
+    return images_from_latents(vae, latents_from_images(vae, images.to(vae.device)))
 
 
 @torch.no_grad()

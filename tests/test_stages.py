@@ -88,6 +88,23 @@ def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_pat
         main(["--params", str(MICRO), "--row", "t5={allocation: star, core_segments: t5}"])
 
 
+def test_diagnose_base_prints_the_vae_ceiling_per_colour(micro_run, capsys, tmp_path: Path) -> None:
+    from scripts.diagnose_base import main
+    from star.config import load_config, write_params
+    from star.world.vocab import COLORS
+
+    root, _, _ = micro_run
+    cfg = load_config(MICRO, micro_overrides(root))
+    main(["--model", str(cfg.paths.base_model), "--params", str(write_params(cfg, tmp_path / "params.yaml")),
+          "--per-shape", "1"])
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| one ") or "GenEval training prompts" in line}
+    assert len(rows) == len(COLORS) + 1
+    drawn = [float(d) for d, _ in rows.values()]
+    assert all(0 <= float(r) <= 1 for _, r in rows.values())
+    assert sum(drawn) / len(drawn) >= 0.8  # the detector reads its own renders (most of them at the micro 32 px)
+
+
 def test_diagnose_maps_prints_localisation_per_setting(micro_run, capsys) -> None:
     from scripts.diagnose_maps import main
 
