@@ -91,7 +91,8 @@ def render_clip_dataset(n: int, image_size: int, seed: int, layout: Layout = FRE
     mixture = render_world_dataset(n - k, image_size, seed=seed, layout=layout)
     records = generate_prompt_sets(seed, n_train=k, n_test=0)["pickscore"]["train"]
     images = _render(records, image_size, np.random.default_rng([seed, 4]), layout)
-    return WorldDataset(torch.cat([mixture.images, images]), mixture.captions + [r["prompt"] for r in records])
+    return WorldDataset(torch.cat([mixture.images, images]), mixture.captions + [r["prompt"] for r in records],
+                        mixture.tags + [r["tag"] for r in records])
 
 
 def normalise(images: torch.Tensor, processor: CLIPProcessor) -> torch.Tensor:
