@@ -4,7 +4,7 @@ edit distance) per (CFG scale, ODE steps) setting, each at several noise seeds (
 §0). With one setting it is how candidate bases are compared without looking at the test set.
 
     python scripts/diagnose_sampler.py [--settings 4.5:20 7:20 10:20 4.5:40 7:40] [--per-tag 16]
-                                       [--seeds 11 12] [--task geneval|ocr] [-S key=value]
+                                       [--seeds 11 12] [--task geneval|ocr] [--pool] [-S key=value]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pipelines.evaluate import evaluation_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
 from star.evaluation import TASK_EVALUATORS, balanced_subset  # noqa: E402
 from star.models import pipeline_for  # noqa: E402
-from star.prompt_source import load_task_prompts  # noqa: E402
+from star.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
 
 
 def setting(text: str) -> tuple[float, int]:
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                         ("4.5:20", "7:20", "10:20", "4.5:40", "7:40")])
     parser.add_argument("--per-tag", type=int, default=16, help="training prompts per tag (OCR has one tag)")
     parser.add_argument("--task", choices=("geneval", "ocr"), default="geneval", help="the task scored")
+    parser.add_argument("--pool", action="store_true",
+                        help="score the prompts a training run draws (train.prompt_pool at `seed`) instead of --per-tag")
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12], help="noise seeds (x 1000)")
     parser.add_argument("--checkpoint", default="base", help="'base' or a trained variant directory name")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
@@ -52,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
 
         load_variant(pipe, cfg.paths.checkpoints / args.checkpoint)
     reward = evaluation_reward(cfg, args.task)
-    records = balanced_subset(load_task_prompts(cfg.paths.prompts, args.task, "train"), args.per_tag)
+    train_records = load_task_prompts(cfg.paths.prompts, args.task, "train")
+    records = (prompt_pool(train_records, cfg.train.prompt_pool, cfg.seed) if args.pool
+               else balanced_subset(train_records, args.per_tag))
     what = "strict GenEval" if args.task == "geneval" else "OCR exact match / normalised edit distance"
     print(f"{args.checkpoint}: {what} on {len(records)} training prompts, one noise per prompt and seed\n")
     print("| CFG | steps | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")

@@ -139,6 +139,10 @@ def test_diagnose_sampler_prints_one_row_per_setting(micro_run, capsys) -> None:
     pairs = [tuple(float(v) for v in cell.split(" / ")) for cell in row[2:5]]
     assert all(0 <= exact <= 1 and 0 <= distance <= 1 for exact, distance in pairs)
     assert pairs[2][1] == pytest.approx((pairs[0][1] + pairs[1][1]) / 2, abs=1e-3)
+    # --pool: the prompts a training run of that seed draws (train.prompt_pool of them)
+    main(["--params", str(MICRO), "--settings", "4.5:2", "--seeds", "1", "--task", "ocr", "--pool",
+          "-S", "train.prompt_pool=3", *[arg for path in paths for arg in ("-S", path)]])
+    assert "on 3 training prompts" in capsys.readouterr().out
 
 
 def test_profile_prints_each_phase_share(micro_run, capsys, tmp_path: Path) -> None:
