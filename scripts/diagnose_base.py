@@ -43,20 +43,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
     pipe = load_pipeline(args.model)
-    size = pipe.vae.config.sample_size
+    reward = GenEvalReward(world_detector(), partial_credit=False)
+    print_vae_ceiling(pipe, cfg, reward, args.per_shape)
     records = [colors_record(shape, "red") for shape in SHAPES for _ in range(args.per_shape)]
-    rng = np.random.default_rng(0)
-    images = torch.from_numpy(render_records(records, size, rng, world_layout(cfg.world))).permute(0, 3, 1, 2).float() / 255
+    images = rendered(records, pipe, cfg, np.random.default_rng(0))
     prompts = [r["prompt"] for r in records]
     other_shape = [p.replace(s, SHAPES[(SHAPES.index(s) + 3) % len(SHAPES)]) for p, s in zip(prompts, (r["include"][0]["class"] for r in records))]
     variants = {"shape word swapped": other_shape, "colour word swapped": [p.replace("red", "blue") for p in prompts], "empty caption": [""] * len(prompts)}
-    print_vae_ceiling(pipe, cfg, args.per_shape)
     table = caption_sensitivity(pipe, images, prompts, variants, sigmas=[0.9, 0.8, 0.7, 0.5])
     print("| s | x̂₀ error | " + " | ".join(f"change: {name}" for name in variants) + " |")
     print("|---" * (len(variants) + 2) + "|")
     for sigma, row in table.items():
         print(f"| {sigma} | {row['x0_mse']:.4f} | " + " | ".join(f"{row[name]:.4f}" for name in variants) + " |")
-    reward = GenEvalReward(world_detector(), partial_credit=False)
     steps = cfg.eval.steps
     curve = commitment_curve(
         pipe, images, prompts, lambda x: reward.score(x, prompts, records), steps, cfg.eval.guidance_scale,
@@ -68,14 +66,18 @@ def main(argv: list[str] | None = None) -> None:
     print_reward_variance(pipe, cfg)
 
 
-def print_vae_ceiling(pipe: StableDiffusion3Pipeline, cfg: Config, per_shape: int) -> None:
+def rendered(records: list[dict], pipe: StableDiffusion3Pipeline, cfg: Config, rng: np.random.Generator) -> torch.Tensor:
+    """(B, 3, H, W) ground-truth renders in [0, 1] of ``records`` at the VAE's size, in the world's layout."""
+    pixels = render_records(records, pipe.vae.config.sample_size, rng, world_layout(cfg.world))
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+
+
+def print_vae_ceiling(pipe: StableDiffusion3Pipeline, cfg: Config, reward: GenEvalReward, per_shape: int) -> None:
     """Strict GenEval of ground-truth renders, as drawn and after encode -> decode (method §0)."""
-    reward = GenEvalReward(world_detector(), partial_credit=False)
-    size, layout = pipe.vae.config.sample_size, world_layout(cfg.world)
     rng = np.random.default_rng(1)
 
     def scores(records: list[dict]) -> tuple[float, float]:
-        images = torch.from_numpy(render_records(records, size, rng, layout)).permute(0, 3, 1, 2).float() / 255
+        images = rendered(records, pipe, cfg, rng)
         prompts = [r["prompt"] for r in records]
         return tuple(reward.score(x, prompts, records).float().mean().item() for x in (images, vae_round_trip(pipe.vae, images)))
 

@@ -282,9 +282,10 @@ def low_res_latents(vae: AutoencoderKL, small: WorldDataset, signs: bool) -> Lat
     """The low-resolution phase's training set: ``small``'s latents, without its signs unless
     ``signs`` (``base.low_res_signs``: the VAE learns strokes from them, but they are free signs,
     not the full size's `cells` ones the transformer must learn to letter, method §0)."""
-    keep = [i for i, tag in enumerate(small.tags) if signs or tag != "ocr"]
-    subset = WorldDataset(small.images[keep], [small.captions[i] for i in keep], [small.tags[i] for i in keep])
-    return LatentSet(encode_dataset(vae, subset), subset.captions)
+    if not signs:  # a copy of the images only when something is left out
+        keep = [i for i, tag in enumerate(small.tags) if tag != "ocr"]
+        small = WorldDataset(small.images[keep], [small.captions[i] for i in keep], [small.tags[i] for i in keep])
+    return LatentSet(encode_dataset(vae, small), small.captions)
 
 
 def pretrain_base(
