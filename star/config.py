@@ -239,6 +239,9 @@ class BaseConfig(_Section):
     vae_batch_size: int = _knob(16, "images per VAE step", ge=1)
     vae_lr: float = _knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = _knob(1e-6, "weight of the VAE's KL term", ge=0)
+    vae_foreground_weight: float = _knob(
+        0.0, "extra weight of the VAE's reconstruction error on pixels off the grey background (0: plain MSE; method §0)", ge=0
+    )
     steps: int = _knob(4000, "transformer flow-matching steps (low-resolution ones included)", ge=0)
     low_res_size: int = _knob(
         40, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0

@@ -25,7 +25,7 @@ from star.ema import EMA
 from star.models import build_mini_sd3, encode_prompts, latents_from_images
 from star.world.prompts import DEFAULT_TEXT, SignText, sample_training_example, vocabulary, world_text
 from star.world.render import FREE, Layout, world_layout
-from star.world.vocab import PRETRAIN_MIXTURE, TEXT_CHARSET
+from star.world.vocab import BACKGROUND_RGB, PRETRAIN_MIXTURE, TEXT_CHARSET
 
 MetricsCallback = Callable[[str, dict[str, float], int], None]
 """Called as (phase, metrics, step); pipelines use it to log to MLflow."""
@@ -76,12 +76,32 @@ def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, float]:
-    """MSE reconstruction of (B, 3, H, W) images in [0, 1] plus a small KL; returns (loss, mse)."""
-    posterior = vae.encode(images * 2 - 1).latent_dist
+def foreground_weights(images: torch.Tensor, extra: float) -> torch.Tensor:
+    """(B, 1, H, W) per-pixel weights of (B, 3, H, W) images in [0, 1]: 1 on the world's grey
+    background, 1 + ``extra`` where any channel is off it by more than 6/255 (objects, signs and
+    their anti-aliased edges)."""
+    background = torch.tensor(BACKGROUND_RGB, dtype=images.dtype, device=images.device).view(1, 3, 1, 1) / 255
+    off = (images - background).abs().amax(dim=1, keepdim=True) > 6 / 255
+    return 1 + extra * off.to(images.dtype)
+
+
+def vae_loss(
+    vae: AutoencoderKL, images: torch.Tensor, kl_weight: float, foreground_weight: float = 0.0
+) -> tuple[torch.Tensor, float]:
+    """Reconstruction of (B, 3, H, W) images in [0, 1] plus a small KL; returns (loss, mse).
+
+    With ``foreground_weight`` > 0 the squared error is averaged with ``foreground_weights``:
+    objects cover a few percent of a scene, so plain MSE lets the VAE trade their colours for
+    the background (red decoded as orange, method §0)."""
+    target = images * 2 - 1
+    posterior = vae.encode(target).latent_dist
     recon = vae.decode(posterior.sample()).sample
-    mse = F.mse_loss(recon, images * 2 - 1)
-    return mse + kl_weight * posterior.kl().mean(), mse.item()
+    mse = F.mse_loss(recon, target)
+    reconstruction = mse
+    if foreground_weight > 0:
+        weights = foreground_weights(images, foreground_weight)
+        reconstruction = ((recon - target) ** 2 * weights).sum() / (weights.sum() * target.shape[1])
+    return reconstruction + kl_weight * posterior.kl().mean(), mse.item()
 
 
 def train_vae(
@@ -102,7 +122,7 @@ def train_vae(
         images, _ = data.batch(index)
         for group in optimizer.param_groups:
             group["lr"] = cfg.vae_lr * lr_factor(step, cfg.vae_steps, cfg.warmup_steps)
-        loss, mse = vae_loss(vae, images, cfg.vae_kl_weight)
+        loss, mse = vae_loss(vae, images, cfg.vae_kl_weight, cfg.vae_foreground_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -15,10 +15,12 @@ from star.pretrain import (
     LatentSet,
     WorldDataset,
     flow_matching_loss,
+    foreground_weights,
     lr_factor,
     phase_mixtures,
     train_transformer,
     train_vae,
+    vae_loss,
 )
 from tests.test_models import CHARSET, TINY, WORDS
 
@@ -79,6 +81,36 @@ def test_vae_resume_is_bit_identical(tmp_path: Path) -> None:
     run(2, tmp_path / "b.ckpt")
     resumed = run(4, tmp_path / "b.ckpt")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_foreground_weights_mark_what_is_off_the_grey_background() -> None:
+    images = torch.full((1, 3, 4, 4), 128 / 255)
+    images[0, :, 1, 2] = torch.tensor([220, 30, 30]) / 255  # a red pixel
+    images[0, 0, 3, 3] = 131 / 255  # off by 3/255 in one channel: background noise, not an object
+    weights = foreground_weights(images, 4.0)
+    expected = torch.ones(1, 1, 4, 4)
+    expected[0, 0, 1, 2] = 5.0
+    assert torch.equal(weights, expected)
+
+
+def test_vae_foreground_weight_averages_the_error_with_those_weights() -> None:
+    vae = build_mini_sd3(TINY, WORDS, CHARSET, image_size=32, seed=0).vae
+    images = tiny_data(2).images.float() / 255
+    images[:, :, :16] = 128 / 255  # the top half is background
+    target = images * 2 - 1
+    with torch.no_grad():
+        torch.manual_seed(0)  # the posterior sample draws from the global generator
+        recon = vae.decode(vae.encode(target).latent_dist.sample()).sample
+        torch.manual_seed(0)
+        plain, mse = vae_loss(vae, images, 0.0)
+        torch.manual_seed(0)
+        weighted, logged = vae_loss(vae, images, 0.0, foreground_weight=4.0)
+    weights = foreground_weights(images, 4.0)
+    assert plain.item() == pytest.approx(((recon - target) ** 2).mean().item(), rel=1e-5)  # weight 0: MSE
+    expected = ((recon - target) ** 2 * weights).sum() / (weights.sum() * 3)
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert logged == pytest.approx(mse, rel=1e-5)  # the logged MSE stays unweighted
+    assert weighted.item() > plain.item() * 1.1  # the objects' error counts more than the background's
 
 
 def test_flow_matching_loss_decreases_when_fitting_one_batch() -> None:
