@@ -249,6 +249,9 @@ class BaseConfig(_Section):
     low_res_steps: int = _knob(
         1500, "transformer steps at low_res_size before the full size (method §0: 2500 at 80 px letter the signs)", ge=0
     )
+    low_res_interleave: int = _knob(
+        0, "in the full-size phase every n-th step trains on a low-resolution batch (0: none; n >= 2; method §0)", ge=0
+    )
     low_res_signs: bool = _knob(
         True, "the low-resolution transformer steps train on that set's (free) signs too (false: only the VAE sees them)"
     )
@@ -273,6 +276,19 @@ class BaseConfig(_Section):
         dict(FULL_SIZE_MIXTURE), "family -> share of the full-size images (null: `mixture`); the low-resolution set keeps `mixture`"
     )
     checkpoint_every: int = _knob(500, "steps between resumable checkpoints", ge=1)
+
+    @field_validator("low_res_interleave")
+    @classmethod
+    def _interleave_leaves_full_size_steps(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 would train every full-size step at low resolution: use 0 (none) or n >= 2")
+        return value
+
+    @model_validator(mode="after")
+    def _interleave_needs_low_res(self) -> "BaseConfig":
+        if self.low_res_interleave and not self.low_res_size:
+            raise ValueError(f"low_res_interleave {self.low_res_interleave} needs a low-resolution set: low_res_size is 0")
+        return self
 
     @field_validator("mixture", "full_size_mixture")
     @classmethod

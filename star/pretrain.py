@@ -225,6 +225,16 @@ def phase_lr_factor(step: int, cfg: BaseConfig, two_phases: bool) -> float:
     return lr_factor(step - cfg.low_res_steps, cfg.steps - cfg.low_res_steps, cfg.warmup_steps, floor)
 
 
+def trains_low_res(step: int, cfg: BaseConfig) -> bool:
+    """Whether transformer step ``step`` draws its batch from the low-resolution set: every step
+    of the first ``cfg.low_res_steps``, then every ``cfg.low_res_interleave``-th one (method §0:
+    the cheap dense scenes keep training the binding while the full-size phase letters signs)."""
+    if step < cfg.low_res_steps:
+        return True
+    every = cfg.low_res_interleave
+    return every > 0 and (step - cfg.low_res_steps) % every == every - 1
+
+
 @dataclass
 class LatentSet:
     """Clean normalised latents (N, C, h, w) of rendered scenes at one resolution, and their N captions."""
@@ -255,7 +265,7 @@ def train_transformer(
 ) -> None:
     """Phase 2: flow matching on precomputed latents; the first ``cfg.low_res_steps`` steps on
     the ``low_res`` set (fewer tokens, as SD3 pretrains at a lower resolution first), the rest
-    on ``data``. Leaves the EMA weights in ``pipe.transformer``."""
+    on ``data``, but for every ``cfg.low_res_interleave``-th one (``trains_low_res``). Leaves the EMA weights in ``pipe.transformer``."""
     transformer = pipe.transformer
     shift = pipe.scheduler.config.shift
     trained = trained_modules(pipe, cfg.train_text_encoders)
@@ -267,7 +277,7 @@ def train_transformer(
     start = checkpoint.resume_progress(ckpt_path, generator, transformer=trained, optimizer=optimizer, ema=ema)
     bar = tqdm(range(start, cfg.steps), desc="base: transformer", initial=start, total=cfg.steps)
     for step in bar:
-        stage = low_res if low_res is not None and step < cfg.low_res_steps else data
+        stage = low_res if low_res is not None and trains_low_res(step, cfg) else data
         index = torch.randint(len(stage.captions), (cfg.batch_size,), generator=generator)
         batch_captions = _drop_captions([stage.captions[i] for i in index.tolist()], cfg.caption_dropout, generator)
         embeds, pooled = text.lookup(batch_captions) if text else encode_prompts(pipe, batch_captions, grad=True)

@@ -182,6 +182,14 @@ def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, free)).world.layout_cell == 0
 
 
+def test_low_res_interleave_must_leave_full_size_steps_and_have_a_low_res_set(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"base\.low_res_interleave.*use 0 \(none\) or n >= 2"):
+        load_config(write(tmp_path, "base: {low_res_interleave: 1}\n"))
+    with pytest.raises(ConfigError, match=r"low_res_interleave 2 needs a low-resolution set: low_res_size is 0"):
+        load_config(write(tmp_path, "base: {low_res_interleave: 2, low_res_size: 0, low_res_steps: 0}\n"))
+    assert load_config(write(tmp_path, "base: {low_res_interleave: 4}\n")).base.low_res_interleave == 4
+
+
 def test_sde_window_must_fit_the_steps(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"train.*sde_window = 11 exceeds steps = 10"):
         load_config(write(tmp_path, "train: {steps: 10, sde_window: 11}\n"))

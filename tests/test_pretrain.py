@@ -19,6 +19,7 @@ from star.pretrain import (
     lr_factor,
     phase_mixtures,
     train_transformer,
+    trains_low_res,
     train_vae,
     vae_loss,
 )
@@ -66,6 +67,28 @@ def test_low_resolution_steps_come_first_and_resume_across_the_switch(tmp_path: 
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     without = run_transformer(BaseConfig(steps=4, **cfg), tmp_path / "c.ckpt", latents, data)
     assert any(not torch.equal(straight[k], without[k]) for k in straight), "the low-resolution set was used"
+
+
+def test_interleaved_low_resolution_steps_fall_every_nth_full_size_step() -> None:
+    """``low_res_interleave`` n: after the low-resolution phase, every n-th step is low-resolution."""
+    cfg = BaseConfig(steps=12, low_res_steps=3, low_res_interleave=3)
+    assert [s for s in range(cfg.steps) if trains_low_res(s, cfg)] == [0, 1, 2, 5, 8, 11]
+    plain = BaseConfig(steps=12, low_res_steps=3)
+    assert [s for s in range(plain.steps) if trains_low_res(s, plain)] == [0, 1, 2]
+
+
+def test_interleaved_training_uses_the_low_resolution_set_and_resumes_exactly(tmp_path: Path) -> None:
+    data = tiny_data()
+    latents = torch.randn(len(data.captions), 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    small = LatentSet(torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(2)), ["a red circle"] * 8)
+    cfg = dict(batch_size=4, checkpoint_every=3, low_res_steps=1, low_res_interleave=2)
+    straight = run_transformer(BaseConfig(steps=5, **cfg), tmp_path / "a.ckpt", latents, data, small)
+    run_transformer(BaseConfig(steps=3, **cfg), tmp_path / "b.ckpt", latents, data, small)
+    resumed = run_transformer(BaseConfig(steps=5, **cfg), tmp_path / "b.ckpt", latents, data, small)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    cfg["low_res_interleave"] = 0
+    phased = run_transformer(BaseConfig(steps=5, **cfg), tmp_path / "c.ckpt", latents, data, small)
+    assert any(not torch.equal(straight[k], phased[k]) for k in straight), "the interleaved steps changed the run"
 
 
 def test_vae_resume_is_bit_identical(tmp_path: Path) -> None:
