@@ -284,12 +284,6 @@ class BaseConfig(_Section):
             raise ValueError("1 would train every full-size step at low resolution: use 0 (none) or n >= 2")
         return value
 
-    @model_validator(mode="after")
-    def _interleave_needs_low_res(self) -> "BaseConfig":
-        if self.low_res_interleave and not self.low_res_size:
-            raise ValueError(f"low_res_interleave {self.low_res_interleave} needs a low-resolution set: low_res_size is 0")
-        return self
-
     @field_validator("mixture", "full_size_mixture")
     @classmethod
     def _known_families(cls, value: dict[str, float] | None) -> dict[str, float] | None:
@@ -586,6 +580,9 @@ class Config(_Section):
             )
         if self.base.low_res_steps > self.base.steps:
             raise ValueError(f"base.low_res_steps = {self.base.low_res_steps} exceeds base.steps = {self.base.steps}")
+        if self.base.low_res_interleave and not size:
+            raise ValueError(f"base.low_res_interleave {self.base.low_res_interleave} needs a low-resolution set: "
+                             "low_res_size is 0")
         return self
 
     def for_study(self, study: str) -> Config:

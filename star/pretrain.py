@@ -265,7 +265,8 @@ def train_transformer(
 ) -> None:
     """Phase 2: flow matching on precomputed latents; the first ``cfg.low_res_steps`` steps on
     the ``low_res`` set (fewer tokens, as SD3 pretrains at a lower resolution first), the rest
-    on ``data``, but for every ``cfg.low_res_interleave``-th one (``trains_low_res``). Leaves the EMA weights in ``pipe.transformer``."""
+    on ``data``, but for every ``cfg.low_res_interleave``-th one (``trains_low_res``). Leaves the
+    EMA weights in ``pipe.transformer``."""
     transformer = pipe.transformer
     shift = pipe.scheduler.config.shift
     trained = trained_modules(pipe, cfg.train_text_encoders)
