@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv at the repo root when missing and install the project into it (once per
-# version of pyproject.toml and constraints.txt). torch is installed first, pinned to its CPU build: a looser torch
-# requirement would pull gigabytes of CUDA wheels. torchvision is never installed. Every package
-# is held at its version in constraints.txt: unpinned, a newer release of a dependency changed
-# the world-CLIP reward model between two fresh installs of the same commit (docs/method.md §0).
+# version of pyproject.toml and constraints.txt). torch is installed first, pinned to its CPU
+# build: a looser torch requirement would pull gigabytes of CUDA wheels. torchvision is never
+# installed. Every package is held at its version in constraints.txt: unpinned, two fresh
+# installs of the same commit trained different world-CLIP reward models (docs/method.md §0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
