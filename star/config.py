@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from star.world.vocab import (
     FULL_SIZE_MIXTURE,
+    LOW_RES_MIXTURE,
     MAX_TEXT_LEN,
     PRETRAIN_MIXTURE,
     SIGN_CHARSET,
@@ -242,7 +243,7 @@ class BaseConfig(_Section):
     vae_foreground_weight: float = _knob(
         0.0, "extra weight of the VAE's reconstruction error on pixels off the grey background (0: plain MSE; method §0)", ge=0
     )
-    steps: int = _knob(4000, "transformer flow-matching steps (low-resolution ones included)", ge=0)
+    steps: int = _knob(5250, "transformer flow-matching steps (low-resolution ones included)", ge=0)
     low_res_size: int = _knob(
         40, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0
     )
@@ -250,10 +251,10 @@ class BaseConfig(_Section):
         1500, "transformer steps at low_res_size before the full size (method §0: 2500 at 80 px letter the signs)", ge=0
     )
     low_res_interleave: int = _knob(
-        0, "in the full-size phase every n-th step trains on a low-resolution batch (0: none; n >= 2; method §0)", ge=0
+        3, "in the full-size phase every n-th step trains on a low-resolution batch (0: none; n >= 2; method §0)", ge=0
     )
     low_res_signs: bool = _knob(
-        True, "the low-resolution transformer steps train on that set's (free) signs too (false: only the VAE sees them)"
+        False, "the low-resolution transformer steps train on that set's (free) signs too (false: only the VAE sees them)"
     )
     batch_size: int = _knob(32, "images per transformer step", ge=1)
     lr: float = _knob(1e-3, "transformer (and text encoders') AdamW learning rate, cosine decay after warm-up", gt=0)
@@ -270,7 +271,7 @@ class BaseConfig(_Section):
     )
     dataset_size: int = _knob(20000, "world images rendered once and reused across steps", ge=64)
     mixture: dict[str, float] = _knob(
-        dict(PRETRAIN_MIXTURE), "family -> share of the pretraining images (GenEval tags, 'ocr', 'caption')", min_length=1
+        dict(LOW_RES_MIXTURE), "family -> share of the low-resolution (VAE) images (GenEval tags, 'ocr', 'caption')", min_length=1
     )
     full_size_mixture: dict[str, float] | None = _knob(
         dict(FULL_SIZE_MIXTURE), "family -> share of the full-size images (null: `mixture`); the low-resolution set keeps `mixture`"

@@ -177,8 +177,8 @@ def test_the_task_study_has_its_own_variants_and_output_folders() -> None:
 
 def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"layout_cell=20 must be 0 or 8\.\.image_size/3=13"):
-        load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\nbase: {low_res_size: 0}\n"))
-    free = "world: {image_size: 40, layout_cell: 0, text_layout: free}\nbase: {low_res_size: 0}\n"
+        load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\nbase: {low_res_size: 0, low_res_interleave: 0}\n"))
+    free = "world: {image_size: 40, layout_cell: 0, text_layout: free}\nbase: {low_res_size: 0, low_res_interleave: 0}\n"
     assert load_config(write(tmp_path, free)).world.layout_cell == 0
 
 

@@ -160,7 +160,7 @@ def test_default_text_segments_hold_every_world_prompt() -> None:
     [
         ({}, 8),  # the embedded default: 80 px, objects on every other 10 px token of the 8x8 grid
         ({"world": {"image_size": 40, "layout_stride": 1, "text_layout": "free"}, "model": {"mini": {"vae_channels": [32, 64]}},
-          "base": {"low_res_size": 0, "low_res_steps": 0}}, 4),  # the earlier 4x4 world, by params
+          "base": {"low_res_size": 0, "low_res_steps": 0, "low_res_interleave": 0}}, 4),  # the earlier 4x4 world, by params
     ],
     ids=["8x8", "4x4"],
 )

@@ -73,7 +73,7 @@ def test_interleaved_low_resolution_steps_fall_every_nth_full_size_step() -> Non
     """``low_res_interleave`` n: after the low-resolution phase, every n-th step is low-resolution."""
     cfg = BaseConfig(steps=12, low_res_steps=3, low_res_interleave=3)
     assert [s for s in range(cfg.steps) if trains_low_res(s, cfg)] == [0, 1, 2, 5, 8, 11]
-    plain = BaseConfig(steps=12, low_res_steps=3)
+    plain = BaseConfig(steps=12, low_res_steps=3, low_res_interleave=0)
     assert [s for s in range(plain.steps) if trains_low_res(s, plain)] == [0, 1, 2]
 
 
