@@ -97,7 +97,7 @@ class ModelConfig(_Section):
     revision: str | None = _knob(None, "hub revision of `pretrained` (None: the default branch)")
     dtype: Literal["float32", "bfloat16", "float16"] = _knob("float32", "weights dtype for inference")
     decode_dtype: Literal["float32", "bfloat16"] = _knob(
-        "bfloat16", "VAE decoding of sampled latents to images (bfloat16 autocast, channels-last: 3.6x faster on CPU, pixels within 0.01; method §7)"
+        "float32", "VAE decoding of sampled latents (bfloat16: autocast, pixels within 0.01; faster only on CPUs/GPUs with bf16 units; method §7)"
     )
     resolution: int | None = _knob(
         None, "image side in px for training and evaluation (None: the model's own; SD3.5-M 1024, Flow-GRPO trains at 512)",
