@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from rewards.ocr import (
     EasyOcrBackend,
+    UPSCALE_MIN_SIDE,
     OcrReward,
     RapidOcrBackend,
     levenshtein,
@@ -143,6 +145,28 @@ def test_rapidocr_reads_world_signs_at_32px(rapid: OcrReward) -> None:
     assert scores.shape == (40,)
     assert (scores == 1.0).float().mean() >= 0.5, scores
     assert scores.mean() >= 0.7, scores
+
+
+def test_batched_recognition_reads_what_rapidocr_itself_reads(rapid: OcrReward) -> None:
+    """``RapidOcrBackend.locate_text`` recognises every image's crops in one call; each line's
+    text and box equal RapidOCR's own per-image call (blank, one-word, two-line and sign images)."""
+    rng = np.random.default_rng(3)
+    signs = [render_array(sample_sign_scene(rng, "".join(rng.choice(list(TEXT_CHARSET), size=3)), 80)) for _ in range(6)]
+    top, bottom = _pil_text("K7Q", 48), _pil_text("STAR", 48)
+    two_lines = np.full((96, max(top.shape[1], bottom.shape[1]), 3), 255, np.uint8)
+    two_lines[:48, : top.shape[1]], two_lines[48:, : bottom.shape[1]] = top, bottom
+    images = [np.full((80, 80, 3), 128, np.uint8), _pil_text("FLOW", 64), two_lines, *signs]
+    backend = rapid.backend
+    ours = backend.locate_text(images)
+    engine = backend._load()
+    for image, lines in zip(images, ours):
+        result, _ = engine(np.ascontiguousarray(upscale(image)[..., ::-1]), use_cls=False)
+        factor = math.ceil(UPSCALE_MIN_SIDE / min(image.shape[:2]))
+        expected = [(text, np.asarray(points, dtype=np.float64).reshape(-1, 2) / factor) for points, text, _ in result or []]
+        assert [text for text, _ in lines] == [text for text, _ in expected]
+        for (_, box), (_, xy) in zip(lines, expected):
+            assert box == pytest.approx((xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()))
+    assert ours[0] == [] and len(ours[2]) == 2 and sum(bool(lines) for lines in ours) >= 7
 
 
 def test_rapidocr_reads_nothing_on_a_blank_image(rapid: OcrReward) -> None:
