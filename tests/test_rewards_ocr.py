@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import numpy as np
 import pytest
@@ -12,13 +11,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from rewards.ocr import (
     EasyOcrBackend,
-    UPSCALE_MIN_SIDE,
     OcrReward,
     RapidOcrBackend,
+    _line,
     levenshtein,
     normalize_text,
     ocr_reward_value,
     upscale,
+    upscale_factor,
 )
 from star.world.render import render_array, sample_sign_scene
 from star.world.vocab import MAX_TEXT_LEN, TEXT_CHARSET
@@ -161,11 +161,10 @@ def test_batched_recognition_reads_what_rapidocr_itself_reads(rapid: OcrReward) 
     engine = backend._load()
     for image, lines in zip(images, ours):
         result, _ = engine(np.ascontiguousarray(upscale(image)[..., ::-1]), use_cls=False)
-        factor = math.ceil(UPSCALE_MIN_SIDE / min(image.shape[:2]))
-        expected = [(text, np.asarray(points, dtype=np.float64).reshape(-1, 2) / factor) for points, text, _ in result or []]
+        expected = [_line(points, text, upscale_factor(image)) for points, text, _ in result or []]
         assert [text for text, _ in lines] == [text for text, _ in expected]
-        for (_, box), (_, xy) in zip(lines, expected):
-            assert box == pytest.approx((xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()))
+        for (_, box), (_, expected_box) in zip(lines, expected):
+            assert box == pytest.approx(expected_box)
     assert ours[0] == [] and len(ours[2]) == 2 and sum(bool(lines) for lines in ours) >= 7
 
 
