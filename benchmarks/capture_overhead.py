@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from rewards.geneval import GenEvalReward, world_detector
+from rewards.geneval import GenEvalReward
+from star.world.detector import detect
 from star.config import load_config
-from star.models import build_mini_sd3, pipeline_for
-from star.prompt_source import Record
-from star.rollout import Rollouts, sample_rollouts
-from star.trainer import Trainer
+from star.models.sd3 import build_mini_sd3, pipeline_for
+from star.rl.prompt_source import Record
+from star.sampling.rollout import Rollouts, sample_rollouts
+from star.rl.trainer import Trainer
 from star.world.prompts import generate_prompt_sets, vocabulary
 from star.world.vocab import TEXT_CHARSET
 
@@ -39,7 +40,7 @@ def make_trainer(params: str, allocation: str, work: Path) -> Trainer:
         print(f"note: {cfg.paths.base_model} missing; an untrained model scores 0 and skips updates")
         pipe = build_mini_sd3(cfg.model.mini, vocabulary(), TEXT_CHARSET, cfg.world.image_size, seed=0)
     records: list[Record] = generate_prompt_sets(0, 40, 6)["geneval"]["train"]
-    return Trainer(cfg, pipe, GenEvalReward(world_detector()), records, work / allocation, progress=False)
+    return Trainer(cfg, pipe, GenEvalReward(detect), records, work / allocation, progress=False)
 
 
 def time_score(trainer: Trainer, rollouts: Rollouts) -> float:

@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.evaluate import evaluation_reward, test_records  # noqa: E402
 from pipelines.shared_server import prefect_server  # noqa: E402
-from rewards.registry import build_reward  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
-from star.evaluation import sample_records  # noqa: E402
-from star.models import configure_decoding, images_from_latents, pipeline_for  # noqa: E402
-from star.prompt_source import load_task_prompts  # noqa: E402
-from star.sampling import latent_shape  # noqa: E402
-from star.trainer import Trainer  # noqa: E402
+from star.evaluation.evaluate import sample_records  # noqa: E402
+from star.models.sd3 import configure_decoding, images_from_latents, pipeline_for  # noqa: E402
+from star.rl.prompt_source import load_task_prompts  # noqa: E402
+from star.sampling.sampler import latent_shape  # noqa: E402
+from star.rl.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

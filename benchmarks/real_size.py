@@ -36,13 +36,13 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from star.attention import AttentionCapture  # noqa: E402
+from star.method.attention import AttentionCapture  # noqa: E402
 from star.config import load_config  # noqa: E402
-from star.lora import add_lora, reference_policy  # noqa: E402
-from star.objectives import Policy  # noqa: E402
-from star.rollout import Rollouts, sample_rollouts, trained_steps  # noqa: E402
-from star.sampling import Conditioning  # noqa: E402
-from star.trainer import build_objective  # noqa: E402
+from star.models.lora import add_lora, reference_policy  # noqa: E402
+from star.rl.objectives import Policy  # noqa: E402
+from star.sampling.rollout import Rollouts, sample_rollouts, trained_steps  # noqa: E402
+from star.sampling.sampler import Conditioning  # noqa: E402
+from star.rl.trainer import build_objective  # noqa: E402
 from tests.tiny_models import SD35_MEDIUM_TRANSFORMER  # noqa: E402
 
 SD3_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,

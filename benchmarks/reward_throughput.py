@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rewards.base import Reward  # noqa: E402
-from rewards.registry import build_reward  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 from star.config import RewardsConfig  # noqa: E402
 from star.world.prompts import geneval_pool, ocr_record, scene_for_metadata  # noqa: E402
 from star.world.render import render_array  # noqa: E402

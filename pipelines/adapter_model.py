@@ -36,8 +36,8 @@ class TrainedVariant(PythonModel):
     """The base pipeline with the variant's adapter fused; ``predict`` samples one image per prompt."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        from star.models import load_pipeline
-        from star.variants import load_variant
+        from star.models.sd3 import load_pipeline
+        from star.models.variants import load_variant
 
         config = context.model_config
         pipe = load_pipeline(config["base_model"], dtype=config.get("dtype", "float32"), revision=config.get("revision"))
@@ -45,7 +45,7 @@ class TrainedVariant(PythonModel):
         self.steps, self.guidance_scale = int(config["steps"]), float(config["guidance_scale"])
 
     def predict(self, context: PythonModelContext, model_input: list[str], params: dict[str, Any] | None = None) -> np.ndarray:
-        from star.sampling import sample_ode
+        from star.sampling.sampler import sample_ode
 
         prompts = _prompts(model_input)
         images = sample_ode(self.pipe, prompts, list(range(len(prompts))), self.steps, self.guidance_scale)

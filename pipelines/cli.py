@@ -121,7 +121,7 @@ def preflight(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
 def check_model_source(cfg: Config) -> None:
     """The model a stage loads exists: the embedded base (built by the ``base`` stage), or a
     local ``model.pretrained`` directory (anything that is not a hub id ``owner/name``)."""
-    from star.model_source import missing_model
+    from star.models.source import missing_model
 
     problem = missing_model(cfg.model, cfg.paths.base_model)
     if problem:

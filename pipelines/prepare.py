@@ -20,7 +20,7 @@ from pipelines.cli import stage_main
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from star.config import Config, load_config
-from star.task_prompts import check_prompt_files, materialise_prompt_sets, sources
+from star.data.task_prompts import check_prompt_files, materialise_prompt_sets, sources
 from star.world.prompts import generate_prompt_sets, world_text
 
 

@@ -20,13 +20,13 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import stage_config, stage_main
 from pipelines.evaluate import test_records
 from pipelines.tracking import stage_run
-from rewards.registry import build_reward
+from star.scoring import build_reward
 from star.config import Config, fingerprint
-from star.evaluation import noise_seeds
-from star.maps import model_allocation_maps
-from star.models import pipeline_for
-from star.sampling import sample_ode
-from star.report import (
+from star.evaluation.evaluate import noise_seeds
+from star.diagnostics.maps import model_allocation_maps
+from star.models.sd3 import pipeline_for
+from star.sampling.sampler import sample_ode
+from star.evaluation.report import (
     TASK_NAMES,
     HtmlSection,
     Section,
@@ -43,8 +43,8 @@ from star.report import (
     study_sections,
     training_curves,
 )
-from star.variants import load_variant
-from star.visualize import allocation_overlay, comparison_grid
+from star.models.variants import load_variant
+from star.evaluation.figures import allocation_overlay, comparison_grid
 
 MAP_PROMPTS = 4
 """Prompts shown in each allocation-map figure (GenEval: one per task family; others: the first test prompts)."""
@@ -85,7 +85,7 @@ SIDE_BY_SIDE_TAGS = ("single_object", "two_object", "counting", "colors", "posit
 
 def side_by_side_plan(records: list[dict[str, Any]], scores: Any, cfg: Config, checkpoints: list[str]
                       ) -> tuple[list[str], list[int], dict[str, list[bool]]]:
-    """The grid's prompts, their evaluation noise 0 seeds (``star.evaluation.noise_seeds``), and
+    """The grid's prompts, their evaluation noise 0 seeds (``star.evaluation.evaluate.noise_seeds``), and
     per checkpoint whether the evaluation counted each of those images correct (strict GenEval)."""
     picked = [next(i for i, r in enumerate(records) if r["tag"] == tag)
               for tag in SIDE_BY_SIDE_TAGS if any(r["tag"] == tag for r in records)]

@@ -28,14 +28,14 @@ from pipelines import REPO_ROOT, tracking
 from pipelines.cli import stage_main, use_threads
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
-from rewards.registry import build_reward
-from star import checkpoint
-from star.checkpoint import remove_if_left_empty
+from star.scoring import build_reward
+from star.rl import checkpoint
+from star.rl.checkpoint import remove_if_left_empty
 from star.config import Config, fingerprint, load_config
-from star.models import pipeline_for
-from star.prompt_source import load_task_prompts
-from star.trainer import TRAJECTORY_SECTIONS, Trainer
-from star.variants import save_variant
+from star.models.sd3 import pipeline_for
+from star.rl.prompt_source import load_task_prompts
+from star.rl.trainer import TRAJECTORY_SECTIONS, Trainer
+from star.models.variants import save_variant
 
 SECTIONS = ["model", "train", "rewards"]
 

@@ -16,13 +16,6 @@ Detector = Callable[[np.ndarray], list[Detection]]
 """Maps one (H, W, 3) uint8 image to its detections."""
 
 
-def world_detector() -> Detector:
-    """The shapes world's deterministic detector (the embedded default's backend)."""
-    from star.world.detector import detect
-
-    return detect
-
-
 class GenEvalReward:
     """``score`` returns 1/0 correctness (strict) or Flow-GRPO's partial credit per image."""
 

@@ -36,7 +36,7 @@ from PIL import Image
 
 from rewards.detection import Detection
 from rewards.geneval_rules import COLORS, THRESHOLD
-from star.models import load_pretrained as load_from_hub
+from rewards.hub import load_pretrained as load_from_hub
 
 COLOR_TEMPLATES: tuple[str, ...] = (
     "a photo of a {color} {object}",

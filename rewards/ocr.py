@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rewards.base import Box, check_batch, to_uint8_arrays
-from star.prompt_sets import extract_quoted_text
+from rewards.ocr_target import extract_quoted_text
 
 UPSCALE_MIN_SIDE: int = 128
 """Images whose short side is below this many pixels are upscaled before OCR."""

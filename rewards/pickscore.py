@@ -2,7 +2,7 @@
 
 The real PickScore (``yuvalkirstain/PickScore_v1`` with the processor of
 ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``) and the embedded world CLIP stand-in
-(``rewards/world_clip.py``, saved with ``save_pretrained``) are both loaded by
+(``star/world/clip.py``, saved with ``save_pretrained``) are both loaded by
 ``CLIPModel.from_pretrained`` / ``AutoProcessor.from_pretrained``, by hub id or local path.
 """
 
@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import AutoProcessor, CLIPModel
 
 from rewards.base import check_batch, to_uint8_arrays
-from star.models import load_pretrained
+from rewards.hub import load_pretrained
 
 
 class PickScoreReward:

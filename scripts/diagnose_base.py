@@ -1,4 +1,4 @@
-"""Diagnose a base model on ground-truth scenes (star/diagnostics.py).
+"""Diagnose a base model on ground-truth scenes (star/diagnostics/base_model.py).
 
 Prints four markdown tables: the strict GenEval of ground-truth renders after the VAE's round
 trip (single objects per colour, and the balanced GenEval training prompts): the ceiling the VAE
@@ -23,14 +23,15 @@ from diffusers import StableDiffusion3Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewards.geneval import GenEvalReward, world_detector  # noqa: E402
-from rewards.registry import build_reward  # noqa: E402
+from rewards.geneval import GenEvalReward  # noqa: E402
+from star.world.detector import detect  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 from star.config import Config, load_config  # noqa: E402
 from star.world.render import world_layout  # noqa: E402
-from star.diagnostics import caption_sensitivity, commitment_curve, reward_variance_by_step, vae_round_trip  # noqa: E402
-from star.evaluation import balanced_subset  # noqa: E402
-from star.models import load_pipeline  # noqa: E402
-from star.prompt_source import load_task_prompts  # noqa: E402
+from star.diagnostics.base_model import caption_sensitivity, commitment_curve, reward_variance_by_step, vae_round_trip  # noqa: E402
+from star.evaluation.evaluate import balanced_subset  # noqa: E402
+from star.models.sd3 import load_pipeline  # noqa: E402
+from star.rl.prompt_source import load_task_prompts  # noqa: E402
 from star.world.prompts import colors_record, render_records  # noqa: E402
 from star.world.vocab import COLORS, SHAPES  # noqa: E402
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
     pipe = load_pipeline(args.model)
-    reward = GenEvalReward(world_detector(), partial_credit=False)
+    reward = GenEvalReward(detect, partial_credit=False)
     print_vae_ceiling(pipe, cfg, reward, args.per_shape)
     records = [colors_record(shape, "red") for shape in SHAPES for _ in range(args.per_shape)]
     images = rendered(records, pipe, cfg, np.random.default_rng(0))

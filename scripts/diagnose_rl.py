@@ -1,5 +1,5 @@
 """The signal-to-noise table: how much of a training batch's gradient is signal, per objective,
-on the same rollouts of the base model (star/gradient_snr.py, docs/method.md §4.1).
+on the same rollouts of the base model (star/diagnostics/gradient_snr.py, docs/method.md §4.1).
 
 For each row (a set of ``train`` overrides: an allocation, a temporal rule, γ, FDFO, …),
 ``--estimates`` gradients of its objective at the base weights, each summed over ``--batches``
@@ -27,13 +27,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
-from rewards.registry import build_reward  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 from star.config import Config, TrainConfig, config_from_dict, load_config  # noqa: E402
-from star.gradient_snr import GradientRow, gradient_table  # noqa: E402
-from star.models import pipeline_for  # noqa: E402
-from star.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
-from star.rollout import trained_steps  # noqa: E402
-from star.trainer import Trainer, build_objective  # noqa: E402
+from star.diagnostics.gradient_snr import GradientRow, gradient_table  # noqa: E402
+from star.models.sd3 import pipeline_for  # noqa: E402
+from star.rl.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
+from star.sampling.rollout import trained_steps  # noqa: E402
+from star.rl.trainer import Trainer, build_objective  # noqa: E402
 
 REFERENCE = "none"
 ROWS: dict[str, dict[str, Any]] = {

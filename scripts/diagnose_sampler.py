@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
 from pipelines.evaluate import evaluation_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
-from star.evaluation import TASK_EVALUATORS, balanced_subset  # noqa: E402
-from star.models import pipeline_for  # noqa: E402
-from star.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
+from star.evaluation.evaluate import TASK_EVALUATORS, balanced_subset  # noqa: E402
+from star.models.sd3 import pipeline_for  # noqa: E402
+from star.rl.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
 
 
 def setting(text: str) -> tuple[float, int]:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     use_threads(cfg)
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     if args.checkpoint != "base":
-        from star.variants import load_variant
+        from star.models.variants import load_variant
 
         load_variant(pipe, cfg.paths.checkpoints / args.checkpoint)
     reward = evaluation_reward(cfg, args.task)

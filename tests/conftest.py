@@ -62,7 +62,7 @@ def micro_overrides(root: Path) -> dict[str, Any]:
 def micro_pipeline(seed: int = 0) -> Any:
     """A fresh, untrained miniature SD3 of the micro config (trainers mutate it: build one per use)."""
     from star.config import load_config
-    from star.models import build_mini_sd3
+    from star.models.sd3 import build_mini_sd3
     from star.world.prompts import vocabulary
     from star.world.vocab import TEXT_CHARSET
 

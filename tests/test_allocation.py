@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from star.advantages import group_advantages, informative_groups
-from star.allocation import (
+from star.rl.advantages import group_advantages, informative_groups
+from star.method.allocation import (
     AllocationInputs,
     AllocationParams,
     allocate,

@@ -8,11 +8,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-from star.attention import AttentionCapture, default_capture_blocks
+from star.method.attention import AttentionCapture, default_capture_blocks
 from star.config import load_config
-from star.core_content import core_token_mask, text_segments
-from star.sampling import condition, latent_shape
-from star.trainer import Trainer
+from star.method.core_content import core_token_mask, text_segments
+from star.sampling.sampler import condition, latent_shape
+from star.rl.trainer import Trainer
 from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
 
 

@@ -124,7 +124,7 @@ def test_variants_override_train_and_are_validated(tmp_path: Path) -> None:
 
 
 def test_a_variant_may_set_its_training_task_and_reward_mix() -> None:
-    from star.report import study_sections
+    from star.evaluation.report import study_sections
 
     variants = {"none": {"allocation": "none"}, "star": {"allocation": "star"},
                 "text-star": {"allocation": "star", "rewards": {"task": "ocr"}},
@@ -149,7 +149,7 @@ def test_a_variant_may_set_its_training_task_and_reward_mix() -> None:
 
 
 def test_the_task_study_has_its_own_variants_and_output_folders() -> None:
-    from star.report import study_sections
+    from star.evaluation.report import study_sections
 
     cfg = load_config(REPO / "params.yaml")
     tasks = cfg.for_study("tasks")

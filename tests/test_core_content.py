@@ -11,8 +11,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer, CLIPTokenizerFast
 
-from star.core_content import core_token_mask, core_words, token_positions, word_spans
-from star.models import build_world_tokenizer
+from star.method.core_content import core_token_mask, core_words, token_positions, word_spans
+from star.models.sd3 import build_world_tokenizer
 from star.world.prompts import vocabulary
 from star.world.vocab import TEXT_CHARSET
 

@@ -1,5 +1,5 @@
 """Diagnostics on a micro model: caption sensitivity, the commitment curve, reward variance per
-step, and the signal-to-noise table of training gradients (star.gradient_snr)."""
+step, and the signal-to-noise table of training gradients (star.diagnostics.gradient_snr)."""
 
 import numpy as np
 import pytest
@@ -7,16 +7,16 @@ import torch
 
 from conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
 from star.config import load_config
-from star.diagnostics import (
+from star.diagnostics.base_model import (
     caption_sensitivity,
     commitment_curve,
     noised,
     reward_variance_by_step,
 )
-from star.lora import trainable_state
-from star.models import images_from_latents, latents_from_images
-from star.gradient_snr import cosine, gradient_table, objective_gradients
-from star.trainer import Trainer, build_objective
+from star.models.lora import trainable_state
+from star.models.sd3 import images_from_latents, latents_from_images
+from star.diagnostics.gradient_snr import cosine, gradient_table, objective_gradients
+from star.rl.trainer import Trainer, build_objective
 from star.world.prompts import colors_record, render_records
 
 

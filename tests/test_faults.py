@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from pipelines.failures import is_transient, temporary_servers
-from star import checkpoint
-from star.checkpoint import CheckpointWriteError
+from star.rl import checkpoint
+from star.rl.checkpoint import CheckpointWriteError
 from star.config import load_config, write_params
-from star.trainer import Trainer, TrainingDiverged
+from star.rl.trainer import Trainer, TrainingDiverged
 from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_overrides, micro_pipeline
 from tests.test_stages import micro_run  # noqa: F401  (the prepare + base fixture)
 
@@ -183,7 +183,7 @@ def test_a_failing_stage_prints_its_error_once_without_a_traceback(long_training
 
 def test_a_failed_evaluation_leaves_no_empty_sample_folder(micro_run) -> None:  # noqa: F811
     from pipelines.evaluate import evaluate
-    from star.models import ModelLoadError
+    from rewards.hub import ModelLoadError
 
     root = micro_run[0]
     overrides = micro_overrides(root) | {"study": {"eval_tasks": ["pickscore"]},

@@ -10,10 +10,11 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from rewards.geneval import GenEvalReward, world_detector
+from rewards.geneval import GenEvalReward
+from star.world.detector import detect
 from rewards.ocr import OcrReward
 from rewards.pickscore import PickScoreReward
-from rewards.registry import WeightedReward
+from rewards.mix import WeightedReward
 from star.world.prompts import colors_record
 from star.world.render import ObjectSpec, Scene, fitted_side, render_array
 from tests.test_pickscore import tiny_clip_dir  # noqa: F401  (the fixture)
@@ -29,10 +30,10 @@ def _red_star_with_sign() -> tuple[torch.Tensor, list[str], list[dict[str, Any]]
 
 
 REWARDS: dict[str, Callable[[Path], Any]] = {
-    "geneval": lambda clip: GenEvalReward(world_detector()),
+    "geneval": lambda clip: GenEvalReward(detect),
     "ocr": lambda clip: OcrReward("rapidocr"),
     "pickscore": lambda clip: PickScoreReward(clip, clip),
-    "mix": lambda clip: WeightedReward({"geneval": GenEvalReward(world_detector()), "ocr": OcrReward("rapidocr")},
+    "mix": lambda clip: WeightedReward({"geneval": GenEvalReward(detect), "ocr": OcrReward("rapidocr")},
                                        {"geneval": 1.0, "ocr": 1.0}),
 }
 
@@ -66,6 +67,6 @@ def test_the_valid_picture_scores_and_half_precision_scores_the_same() -> None:
     """The batch the refusals start from is a right picture: GenEval and OCR read it (1.0), and
     float16 or bfloat16 copies are accepted and score the same."""
     images, prompts, metadata = _red_star_with_sign()
-    for reward in (GenEvalReward(world_detector()), OcrReward("rapidocr")):
+    for reward in (GenEvalReward(detect), OcrReward("rapidocr")):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             assert reward.score(images.to(dtype), prompts, metadata).tolist() == [1.0], (reward, dtype)

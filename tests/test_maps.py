@@ -1,13 +1,13 @@
-"""Captured maps of a model and their localisation on the core objects (star/maps.py)."""
+"""Captured maps of a model and their localisation on the core objects (star/diagnostics/maps.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from star.allocation import AllocationParams
+from star.method.allocation import AllocationParams
 from star.config import load_config
-from star.maps import capture_maps, localisation_rows, model_allocation_maps
+from star.diagnostics.maps import capture_maps, localisation_rows, model_allocation_maps
 from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
 
 

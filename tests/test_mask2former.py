@@ -25,7 +25,7 @@ from rewards.mask2former import (
     masked_crop,
     resized_shape,
 )
-from star.models import ModelLoadError
+from rewards.hub import ModelLoadError
 from tests.tiny_models import TINY_LABELS, save_tiny_detector
 
 LABELS = TINY_LABELS

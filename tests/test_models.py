@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
 from star.config import MiniModelConfig
-from star.models import (
+from star.models.sd3 import (
     ModelLoadError,
     build_mini_sd3,
     build_world_tokenizer,
@@ -19,7 +19,7 @@ from star.models import (
     latents_from_images,
     load_pipeline,
 )
-from star.sampling import sample_ode
+from star.sampling.sampler import sample_ode
 from star.world.prompts import sample_training_example, vocabulary
 from star.world.render import Layout
 from star.world.vocab import TEXT_CHARSET
@@ -169,7 +169,7 @@ def test_world_geometry_one_object_per_token(overrides: dict, grid: int) -> None
     4-object GenEval scene covers 4 whole tokens: a sixteenth of the default's 64, a quarter of
     the 4x4 world's 16 (the reason for the 8x8 default)."""
     from star.config import config_from_dict
-    from star.regions import token_coverage
+    from star.method.regions import token_coverage
     from star.world.prompts import counting_record, scene_for_metadata
     from star.world.render import world_layout
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from star.config import load_config
-from star.objectives import FdfoObjective, PolicyGradientObjective, Targets
-from star.allocation import AllocationParams
-from star.trainer import Trainer
+from star.rl.objectives import FdfoObjective, PolicyGradientObjective, Targets
+from star.method.allocation import AllocationParams
+from star.rl.trainer import Trainer
 from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
 
 TRAIN = {"prompts_per_iteration": 2, "group_size": 2, "steps": 3, "minibatch_size": 4, "kl_beta": 0.04}
@@ -31,7 +31,7 @@ def _perturb_lora(trainer: Trainer) -> None:
 
 
 def _flow_grpo_loss(trainer: Trainer, rollouts, advantages: torch.Tensor, t: int, clip: float, beta: float) -> torch.Tensor:
-    """Flow-GRPO's image-level loss written out independently of star.objectives."""
+    """Flow-GRPO's image-level loss written out independently of star.rl.objectives."""
     x, x_next, sig = rollouts.latents[:, t], rollouts.latents[:, t + 1], rollouts.sigmas
     s, dt = sig[t], sig[t + 1] - sig[t]
     s_hat = sig[1] if s == 1 else s  # only the denominator (Flow-GRPO's sd3_sde_with_logprob.py)

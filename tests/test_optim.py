@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from star.lora import trainable_state
-from star.optim import NormalizedSGD, build_optimizer
+from star.models.lora import trainable_state
+from star.rl.optim import NormalizedSGD, build_optimizer
 from tests.test_trainer import _trainer
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from rewards.pickscore import PickScoreReward
-from rewards.registry import build_reward
-from rewards.world_clip import (
+from star.scoring import build_reward
+from star.world.clip import (
     build_world_clip,
     contrastive_loss,
     heldout_accuracy,
@@ -22,9 +22,10 @@ from rewards.world_clip import (
     normalise,
     train_world_clip,
 )
-from star import checkpoint
+from star.rl import checkpoint
 from star.config import RewardsConfig, WorldClipConfig
-from star.models import ModelLoadError, build_world_tokenizer
+from rewards.hub import ModelLoadError
+from star.models.sd3 import build_world_tokenizer
 from star.world.prompts import is_test_combination
 from tests.conftest import MICRO, micro_overrides
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from star import checkpoint
-from star.config import BaseConfig, WorldConfig
-from star.models import build_mini_sd3
-from star.pretrain import (
+from star.rl import checkpoint
+from star.config import BaseConfig
+from star.world.config import WorldConfig
+from star.models.sd3 import build_mini_sd3
+from star.world.pretrain import (
     LatentSet,
     WorldDataset,
     flow_matching_loss,
@@ -139,7 +140,7 @@ def test_vae_foreground_weight_averages_the_error_with_those_weights() -> None:
 def test_flow_matching_loss_decreases_when_fitting_one_batch() -> None:
     pipe = build_mini_sd3(TINY, WORDS, CHARSET, image_size=32, seed=0)
     latents = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    from star.models import encode_prompts
+    from star.models.sd3 import encode_prompts
 
     embeds, pooled = encode_prompts(pipe, ["a red circle"] * 4)
     optimizer = torch.optim.AdamW(pipe.transformer.parameters(), lr=3e-3)
@@ -159,7 +160,7 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth() -> None:
 
 
 def test_training_sigmas_use_the_samplers_shift() -> None:
-    from star.pretrain import shifted_sigmas
+    from star.world.pretrain import shifted_sigmas
 
     u = torch.linspace(0, 1, 11)
     assert torch.allclose(shifted_sigmas(u, 1.0), u)
@@ -176,7 +177,7 @@ def test_training_sigmas_use_the_samplers_shift() -> None:
 
 
 def test_each_resolution_phase_has_its_own_warm_up_and_decay() -> None:
-    from star.pretrain import phase_lr_factor
+    from star.world.pretrain import phase_lr_factor
 
     cfg = BaseConfig(steps=300, low_res_steps=200, warmup_steps=10)
     assert phase_lr_factor(199, cfg, two_phases=True) == pytest.approx(lr_factor(199, 200, 10))
@@ -186,7 +187,7 @@ def test_each_resolution_phase_has_its_own_warm_up_and_decay() -> None:
 
 
 def test_final_lr_fraction_is_where_each_phase_decays_to() -> None:
-    from star.pretrain import phase_lr_factor
+    from star.world.pretrain import phase_lr_factor
 
     cfg = BaseConfig(steps=300, low_res_steps=200, warmup_steps=10, final_lr_fraction=0.5)
     assert phase_lr_factor(199, cfg, two_phases=True) == pytest.approx(0.5, abs=1e-3)
@@ -199,7 +200,7 @@ def test_final_lr_fraction_is_where_each_phase_decays_to() -> None:
 def test_low_res_phase_leaves_out_signs_only_when_asked() -> None:
     """``base.low_res_signs`` false: the low-resolution transformer set keeps every family but
     "ocr", in its order; the VAE's set (the rendered one) is untouched."""
-    from star.pretrain import low_res_latents, render_world_dataset
+    from star.world.pretrain import low_res_latents, render_world_dataset
     from star.world.prompts import world_text
 
     world = WorldConfig()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -11,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from star.prompt_sets import (
+from rewards.ocr_target import extract_quoted_text
+from star.data.prompt_sets import (
     BENCHMARK_FILES,
     MAX_LISTED,
     PromptSetError,
-    extract_quoted_text,
     load_geneval_metadata,
     load_object_names,
     load_ocr_prompts,

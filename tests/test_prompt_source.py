@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from star.prompt_source import PromptSource, prompt_pool
+from star.rl.prompt_source import PromptSource, prompt_pool
 
 RECORDS = [{"prompt": f"prompt {i}", "tag": "single_object"} for i in range(40)]
 

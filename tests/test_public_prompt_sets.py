@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewards.geneval import GenEvalReward, world_detector
+from rewards.geneval import GenEvalReward
+from star.world.detector import detect
 from star.config import ConfigError, PromptSetsConfig, load_config
-from star.geneval_templates import make_plural, prompt_for, template_training_set, with_article
-from star.prompt_sets import PromptSetError, load_geneval_metadata, load_object_names, load_ocr_prompts
-from star.prompt_source import load_task_prompts
-from star.task_prompts import PromptSetConfigError, materialise_prompt_sets
+from star.data.geneval_templates import make_plural, prompt_for, template_training_set, with_article
+from star.data.prompt_sets import PromptSetError, load_geneval_metadata, load_object_names, load_ocr_prompts
+from star.rl.prompt_source import load_task_prompts
+from star.data.task_prompts import PromptSetConfigError, materialise_prompt_sets
 from star.world.prompts import generate_prompt_sets
 from star.world.vocab import SHAPES
 from tests.conftest import MICRO, micro_overrides
@@ -134,7 +135,7 @@ def test_malformed_public_line_is_named(bench: Path, ocr_train: Path, tmp_path: 
 
 
 def test_world_detector_rejects_classes_it_cannot_find(bench: Path) -> None:
-    reward = GenEvalReward(world_detector(), partial_credit=False, classes=SHAPES)
+    reward = GenEvalReward(detect, partial_credit=False, classes=SHAPES)
     record = load_geneval_metadata(bench / "geneval/evaluation_metadata.jsonl")[0]
     with pytest.raises(ValueError, match=r"\['bench'\].*geneval_detector: mask2former"):
         reward.score(torch.zeros(1, 3, 32, 32), [record["prompt"]], [record])

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from rewards.base import can_locate, score_and_locate
-from rewards.geneval import GenEvalReward, world_detector
-from rewards.registry import WeightedReward
-from star.regions import localisation, mean_localisation, token_coverage
+from rewards.geneval import GenEvalReward
+from star.world.detector import detect
+from rewards.mix import WeightedReward
+from star.method.regions import localisation, mean_localisation, token_coverage
 from star.world.render import ObjectSpec, Scene, render_array
 from tests.conftest import BrightnessReward
 
@@ -39,7 +40,7 @@ def test_geneval_locates_the_core_objects_only() -> None:
     )
     image = torch.from_numpy(render_array(scene)).permute(2, 0, 1)[None].float() / 255
     record = {"tag": "colors", "include": [{"class": "star", "count": 1, "color": "red"}], "prompt": "a photo of a red star"}
-    reward = GenEvalReward(world_detector())
+    reward = GenEvalReward(detect)
     scores, boxes = score_and_locate(reward, image, [record["prompt"]], [record])
     assert scores.tolist() == reward.score(image, [record["prompt"]], [record]).tolist()
     assert len(boxes[0]) == 1 and np.allclose(boxes[0][0], (3, 3, 13, 13), atol=1)  # the circle is not core
@@ -51,7 +52,7 @@ def test_geneval_locates_the_core_objects_only() -> None:
 
 def test_rewards_that_cannot_locate_say_so() -> None:
     assert not can_locate(BrightnessReward())
-    assert can_locate(GenEvalReward(world_detector()))
+    assert can_locate(GenEvalReward(detect))
     with pytest.raises(ValueError, match="'brightness' reward cannot locate"):
         score_and_locate(BrightnessReward(), torch.zeros(1, 3, 8, 8), ["x"], [{}])
     mix = WeightedReward({"b": BrightnessReward()}, {"b": 1.0})

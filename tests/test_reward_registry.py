@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from rewards.geneval import GenEvalReward, world_detector
+from rewards.geneval import GenEvalReward
+from star.world.detector import detect
 from rewards.ocr import EasyOcrBackend, OcrReward, RapidOcrBackend
-from rewards.registry import WeightedReward, build_reward, score_components
+from rewards.mix import WeightedReward, score_components
+from star.scoring import build_reward
 from star.config import ConfigError, RewardsConfig, config_from_dict
 from star.world.prompts import colors_record
 from star.world.render import ObjectSpec, Scene, fitted_side, render_array
@@ -120,7 +122,7 @@ def test_default_config_builds_the_geneval_reward() -> None:
 
 def test_world_geneval_reward_bad_input_is_named() -> None:
     """The world GenEval reward: clear errors for malformed batches, an empty batch scores empty."""
-    reward = GenEvalReward(world_detector())
+    reward = GenEvalReward(detect)
     record = {"prompt": "a photo of a star", "tag": "single_object", "include": [{"class": "star", "count": 1}]}
     grey = torch.full((1, 3, 32, 32), 0.5)
     assert reward.score(grey, [record["prompt"]], [record]).tolist() == [0.0]

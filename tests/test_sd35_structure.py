@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from star.attention import AttentionCapture
+from star.method.attention import AttentionCapture
 from star.config import load_config
-from star.core_content import core_token_mask, text_segments
-from star.lora import add_lora
-from star.models import encode_prompts, pipeline_for, text_sequence_length
-from star.sampling import sample_ode
-from star.trainer import Trainer
+from star.method.core_content import core_token_mask, text_segments
+from star.models.lora import add_lora
+from star.models.sd3 import encode_prompts, pipeline_for, text_sequence_length
+from star.sampling.sampler import sample_ode
+from star.rl.trainer import Trainer
 from tests.conftest import MICRO, BrightnessReward
 from tests.tiny_models import SD35_MEDIUM_TRANSFORMER, save_sd35_structured_pipeline
 

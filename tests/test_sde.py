@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from star.sde import diffusion_coefficient, step_distribution
+from star.sampling.sde import diffusion_coefficient, step_distribution
 
 
 def test_log_prob_matches_torch_normal() -> None:

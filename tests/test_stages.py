@@ -9,8 +9,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from star.models import load_pipeline
-from star.prompt_sets import load_geneval_metadata
+from star.models.sd3 import load_pipeline
+from star.data.prompt_sets import load_geneval_metadata
 from tests.conftest import MICRO, micro_overrides
 
 

@@ -1,4 +1,4 @@
-"""Bootstrap intervals of the study's comparisons (star/stats.py)."""
+"""Bootstrap intervals of the study's comparisons (star/evaluation/stats.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from rewards.geneval_rules import geneval_summary
-from star.stats import ScoreMatrix, bootstrap, stratified_prompts
+from star.evaluation.stats import ScoreMatrix, bootstrap, stratified_prompts
 
 TAGS = np.array(["counting"] * 10 + ["colors"] * 30)
 

@@ -113,7 +113,7 @@ def test_side_by_side_marks_each_image_as_the_evaluation_scored_it(study) -> Non
     from pipelines.evaluate import test_records
     from pipelines.report import SIDE_BY_SIDE_TAGS, side_by_side_plan
     from star.config import load_config
-    from star.report import load_scores
+    from star.evaluation.report import load_scores
 
     root = study[0]
     cfg = load_config(MICRO, micro_overrides(root))
@@ -165,9 +165,9 @@ def test_prefect_flow_runs_are_named_like_the_mlflow_runs(study) -> None:
 
 def test_training_run_logs_its_variant_as_a_loadable_model(study) -> None:
     from star.config import load_config
-    from star.models import load_pipeline
-    from star.sampling import sample_ode
-    from star.variants import LORA_FILE, load_variant
+    from star.models.sd3 import load_pipeline
+    from star.sampling.sampler import sample_ode
+    from star.models.variants import LORA_FILE, load_variant
 
     root = study[0]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")

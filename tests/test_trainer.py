@@ -15,12 +15,12 @@ from safetensors import safe_open
 
 from pipelines.shared_server import free_port
 from star.config import load_config
-from star.lora import trainable_state
-from star.prompt_source import prompt_pool
-from star.sampling import sample_ode
-from star.rollout import trained_steps
-from star.trainer import ResumeMismatch, Trainer, config_differences
-from star.variants import load_variant, save_variant, sort_safetensors_metadata
+from star.models.lora import trainable_state
+from star.rl.prompt_source import prompt_pool
+from star.sampling.sampler import sample_ode
+from star.sampling.rollout import trained_steps
+from star.rl.trainer import ResumeMismatch, Trainer, config_differences
+from star.models.variants import load_variant, save_variant, sort_safetensors_metadata
 from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_pipeline
 
 SMALL = {"iterations": 4, "prompts_per_iteration": 2, "group_size": 2, "steps": 3, "minibatch_size": 2, "checkpoint_every": 1}
@@ -176,7 +176,7 @@ def test_checkpoint_trained_from_other_base_weights_is_refused(tmp_path: Path) -
 
 
 def test_weights_digest_tells_apart_one_changed_value_a_dtype_and_a_name() -> None:
-    from star.checkpoint import weights_digest
+    from star.rl.checkpoint import weights_digest
 
     def layer(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         torch.manual_seed(0)
@@ -278,8 +278,8 @@ OCR_AND_GENEVAL_RECORDS = [
 def test_trainer_runs_on_each_reward_chosen_in_params(tmp_path: Path, rewards: dict) -> None:
     """The real reward backends (world detector, rapidocr, a world CLIP saved and loaded as
     PickScore) built from the config drive a training iteration."""
-    from rewards.registry import build_reward
-    from rewards.world_clip import WORLD_CLIP_DIR, build_world_clip
+    from star.scoring import build_reward
+    from star.world.clip import WORLD_CLIP_DIR, build_world_clip
 
     cfg = load_config(MICRO, overrides={"train": SMALL | {"iterations": 1}, "rewards": rewards})
     build_world_clip(cfg.rewards.world_clip, cfg.world.image_size, seed=0).save_pretrained(tmp_path / WORLD_CLIP_DIR)
@@ -292,7 +292,7 @@ def test_trainer_runs_on_each_reward_chosen_in_params(tmp_path: Path, rewards: d
 
 
 def test_atomic_directory_keeps_the_old_model_when_writing_fails(tmp_path: Path) -> None:
-    from star.checkpoint import atomic_directory
+    from star.rl.checkpoint import atomic_directory
 
     target = tmp_path / "model"
     atomic_directory(target, lambda path: (path.mkdir(), (path / "weights").write_text("old")))

@@ -34,7 +34,6 @@ from star.world.render import FREE, Layout, Scene, render_scene, sample_objects,
 from star.world.vocab import (
     COLOR_NAMES,
     GENEVAL_TASKS,
-    MAX_TEXT_LEN,
     NUMBER_WORDS,
     PRETRAIN_MIXTURE,
     RELATIONS,
@@ -45,7 +44,7 @@ from star.world.vocab import (
 )
 
 if TYPE_CHECKING:
-    from star.config import WorldConfig
+    from star.world.config import WorldConfig
 
 Metadata = dict[str, Any]
 

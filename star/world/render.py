@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from star.world.vocab import BACKGROUND_RGB, COLORS, MAX_TEXT_LEN, SHAPES
 
 if TYPE_CHECKING:  # annotations only
-    from star.config import WorldConfig
+    from star.world.config import WorldConfig
 
 Box = tuple[int, int, int, int]
 

@@ -11,8 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from star.config import load_config  # noqa: E402
-from star.lora import trainable_state  # noqa: E402
-from star.trainer import Trainer  # noqa: E402
+from star.models.lora import trainable_state  # noqa: E402
+from star.rl.trainer import Trainer  # noqa: E402
 from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline  # noqa: E402
 
 

@@ -10,13 +10,13 @@ from typing import Any
 import torch
 
 from rewards.base import Reward, can_locate, score_and_locate
-from star.allocation import AllocationInputs, AllocationParams, allocate, allocation_maps
-from star.attention import AttentionCapture
+from star.method.allocation import AllocationInputs, AllocationParams, allocate, allocation_maps
+from star.method.attention import AttentionCapture
 from star.config import TrainConfig
-from star.core_content import core_token_mask, text_segments
-from star.regions import localisation, token_coverage
-from star.rollout import sample_rollouts, trained_steps
-from star.sampling import condition, initial_noise, latent_shape, sigma_schedule
+from star.method.core_content import core_token_mask, text_segments
+from star.method.regions import localisation, token_coverage
+from star.sampling.rollout import sample_rollouts, trained_steps
+from star.sampling.sampler import condition, initial_noise, latent_shape, sigma_schedule
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from star.prompt_sets import extract_quoted_text
+from rewards.ocr_target import extract_quoted_text
 
 Span = tuple[int, int]
 
@@ -85,7 +85,7 @@ def text_segments(pipe: Any, which: str = "both") -> list[tuple[PreTrainedTokeni
 
     ``which`` ('both', 'clip' or 't5', ``train.core_segments``) keeps the core positions of one
     segment only: the other's tokenizer is None, so it keeps its length and marks nothing."""
-    from star.models import text_sequence_length
+    from star.models.sd3 import text_sequence_length
 
     if which not in ("both", "clip", "t5"):
         raise ValueError(f"core segments must be 'both', 'clip' or 't5', got {which!r}")

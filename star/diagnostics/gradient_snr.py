@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from star.objectives import Objective
-from star.regions import mean_localisation
-from star.rollout import Rollouts
+from star.rl.objectives import Objective
+from star.method.regions import mean_localisation
+from star.sampling.rollout import Rollouts
 
 if TYPE_CHECKING:  # annotations only
-    from star.prompt_source import Record
-    from star.trainer import Trainer
+    from star.rl.prompt_source import Record
+    from star.rl.trainer import Trainer
 
 
 def _mean_sem(values: list[float]) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 from peft.utils import get_peft_model_state_dict
 
-from star.lora import ADAPTER, has_lora
+from star.models.lora import ADAPTER, has_lora
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 INFO_FILE = "variant.json"

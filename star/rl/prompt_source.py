@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from star.prompt_sets import load_geneval_metadata, load_ocr_prompts, load_plain_prompts
+from star.data.prompt_sets import load_geneval_metadata, load_ocr_prompts, load_plain_prompts
 
 Record = dict[str, Any]
 

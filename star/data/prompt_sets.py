@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rewards.geneval_rules import COLORS, RELATIONS, TASKS
+from rewards.ocr_target import extract_quoted_text
 
 MAX_LISTED: int = 20
 """Bad lines listed in an error message; the rest are counted."""
@@ -207,14 +208,6 @@ def load_geneval_metadata(path: str | Path, classes: Collection[str] | None = No
 
 
 # ------------------------------------------------------------------------------ OCR and plain
-
-
-def extract_quoted_text(prompt: str) -> str | None:
-    """The text between the first pair of double quotes (possibly empty), or None when the
-    prompt has fewer than two double quotes."""
-    start = prompt.find('"')
-    end = prompt.find('"', start + 1) if start >= 0 else -1
-    return prompt[start + 1 : end] if end >= 0 else None
 
 
 def _parse_ocr_line(text: str) -> tuple[dict[str, str] | None, list[str]]:

@@ -2,7 +2,7 @@
 
 Every checkpoint sees the same ``eval.noises`` initial noises per test prompt (noise k of prompt
 i has seed ``eval.seed + k · NOISE_STRIDE + i``), so differences between checkpoints are
-differences of the models, and they can be compared pair by pair (star/stats.py). Each report
+differences of the models, and they can be compared pair by pair (star/evaluation/stats.py). Each report
 keeps one score row per (prompt, noise) besides its summary metrics.
 """
 
@@ -17,12 +17,12 @@ from diffusers import StableDiffusion3Pipeline
 from rewards.geneval import GenEvalReward
 from rewards.geneval_rules import geneval_summary
 from star.config import EvalConfig
-from star.sampling import sample_ode
+from star.sampling.sampler import sample_ode
 
 NOISE_STRIDE: int = 100_003
 """Seed offset between the noises of one prompt (more than any test set has prompts)."""
 HEADLINE: dict[str, str] = {"geneval": "correct", "ocr": "exact", "pickscore": "score"}
-"""Each task's per-image score column whose prompt means the study compares (star/stats.py)."""
+"""Each task's per-image score column whose prompt means the study compares (star/evaluation/stats.py)."""
 
 
 @dataclass

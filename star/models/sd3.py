@@ -11,13 +11,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import logging
-import os
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers import (
@@ -36,7 +33,8 @@ from transformers import (
 )
 
 from star.config import MiniModelConfig, ModelConfig
-from star.model_source import HUB_ID, missing_model
+from rewards.hub import ModelLoadError, load_pretrained
+from star.models.source import missing_model
 
 logger = logging.getLogger(__name__)
 
@@ -45,27 +43,6 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 # treats eos_token_id == 2 as the legacy "argmax of ids" convention).
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelLoadError(RuntimeError):
-    """The requested model could not be loaded; the message names it and what to do."""
-
-
-def load_pretrained(loader: Callable[..., Any], name: str, what: str, hint: str = "pass a local copy", **kwargs: Any) -> Any:
-    """``loader(name, **kwargs)`` (a ``from_pretrained``), turning a missing model into a
-    ``ModelLoadError`` that names the model, ``HF_HUB_OFFLINE`` and what to do."""
-    if not HUB_ID.match(name) and not Path(name).expanduser().exists():
-        raise ModelLoadError(f"could not load the {what}: {name} does not exist (a local path, not a hub id); {hint}")
-    try:
-        return loader(name, **kwargs)
-    except (OSError, ValueError) as error:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0")
-        raise ModelLoadError(
-            f"could not load the {what} {name!r}: {error}\n"
-            f"Its weights are neither a local directory nor in the Hugging Face cache, and the hub "
-            f"was not reachable (HF_HUB_OFFLINE={offline}). Download it on a connected machine "
-            f"(`hf download {name}`), or {hint}."
-        ) from error
 
 
 def load_pipeline(

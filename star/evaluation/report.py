@@ -15,8 +15,8 @@ import matplotlib
 import pandas as pd
 
 from star.config import Config
-from star.evaluation import HEADLINE
-from star.stats import Estimate, ScoreMatrix, bootstrap
+from star.evaluation.evaluate import HEADLINE
+from star.evaluation.stats import Estimate, ScoreMatrix, bootstrap
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,7 +38,7 @@ COLUMNS: dict[str, str] = {
 }
 """Metric key -> column header, in table order (missing metrics are left blank)."""
 TASK_NAMES: dict[str, str] = {"geneval": "GenEval", "ocr": "OCR acc.", "pickscore": "PickScore"}
-"""Each task's headline (star.evaluation.HEADLINE's prompt means) as a column title."""
+"""Each task's headline (star.evaluation.evaluate.HEADLINE's prompt means) as a column title."""
 
 
 @dataclass
@@ -134,7 +134,7 @@ def compare(
 ) -> pd.DataFrame:
     """Per task and row (base, then variants): the headline with its 95 % interval, and the
     paired differences against ``reference`` (the section's Flow-GRPO variant) and against the
-    base (star/stats.py), in columns ``vs reference`` and ``vs base``."""
+    base (star/evaluation/stats.py), in columns ``vs reference`` and ``vs base``."""
     records = []
     for task in tasks:
         column = HEADLINE[task]

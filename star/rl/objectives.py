@@ -15,11 +15,11 @@ from typing import Protocol
 
 import torch
 
-from star.advantages import group_advantages, informative_groups
-from star.allocation import CAPTURING_MODES, AllocationInputs, AllocationMode, AllocationParams, allocate
-from star.rollout import Rollouts
-from star.sampling import Conditioning, guided_velocity
-from star.sde import StepDistribution, step_distribution
+from star.rl.advantages import group_advantages, informative_groups
+from star.method.allocation import CAPTURING_MODES, AllocationInputs, AllocationMode, AllocationParams, allocate
+from star.sampling.rollout import Rollouts
+from star.sampling.sampler import Conditioning, guided_velocity
+from star.sampling.sde import StepDistribution, step_distribution
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """The prompt sets a study trains and evaluates on, per task, materialised by ``prepare``.
 
 ``prompt_sets`` names, for each task and split, the embedded world's generated set or a file in
-the public formats (``star/prompt_sets.py``). ``materialise_prompt_sets`` reads and validates
+the public formats (``star/data/prompt_sets.py``). ``materialise_prompt_sets`` reads and validates
 every file, generates what is generated, and writes all of it in one layout under
 ``paths.prompts`` — the only place ``train`` and ``evaluate`` read prompts from
-(``star.prompt_source.load_task_prompts``), so DVC's record of that folder is the record of the
+(``star.rl.prompt_source.load_task_prompts``), so DVC's record of that folder is the record of the
 prompts a run used.
 
 Layout: ``geneval/{split}_metadata.jsonl``; ``ocr/{split}.txt`` and ``pickscore/{split}.txt``
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from star.config import GENEVAL_TEMPLATES, WORLD_SET, GenEvalPromptSets, PromptSetsConfig, TaskPromptSets
-from star.geneval_templates import template_training_set
-from star.prompt_sets import load_geneval_metadata, load_object_names, load_ocr_prompts, load_plain_prompts
+from star.data.geneval_templates import template_training_set
+from star.data.prompt_sets import load_geneval_metadata, load_object_names, load_ocr_prompts, load_plain_prompts
 
 Record = dict[str, Any]
 TASKS: tuple[str, ...] = ("geneval", "ocr", "pickscore")

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from star.attention import AttentionCapture
-from star.models import images_from_latents
-from star.sampling import Conditioning, guided_velocity
-from star.sde import step_distribution
+from star.method.attention import AttentionCapture
+from star.models.sd3 import images_from_latents
+from star.sampling.sampler import Conditioning, guided_velocity
+from star.sampling.sde import step_distribution
 
 
 @dataclass

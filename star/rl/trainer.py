@@ -20,20 +20,20 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from rewards.base import Reward, can_locate, score_and_locate
-from star import checkpoint
-from star.allocation import AllocationParams
-from star.attention import AttentionCapture
+from star.rl import checkpoint
+from star.method.allocation import AllocationParams
+from star.method.attention import AttentionCapture
 from star.config import Config, TrainConfig
-from star.core_content import core_token_mask, text_segments
-from star.ema import EMA
-from star.lora import add_lora, has_lora, load_trainable_state, reference_policy, trainable_state
-from star.objectives import FdfoObjective, Objective, PolicyGradientObjective, Policy, Targets
-from star.optim import build_optimizer
-from star.prompt_source import PromptSource, Record, prompt_pool
-from star.regions import mean_localisation, token_coverage
-from star.rollout import Rollouts, initial_latents, sample_rollouts, trained_steps
-from star.sampling import condition, latent_shape, sigma_schedule
-from star.visualize import allocation_overlay, sample_grid
+from star.method.core_content import core_token_mask, text_segments
+from star.rl.ema import EMA
+from star.models.lora import add_lora, load_trainable_state, reference_policy, trainable_state
+from star.rl.objectives import FdfoObjective, Objective, PolicyGradientObjective, Policy, Targets
+from star.rl.optim import build_optimizer
+from star.rl.prompt_source import PromptSource, Record, prompt_pool
+from star.method.regions import mean_localisation, token_coverage
+from star.sampling.rollout import Rollouts, initial_latents, sample_rollouts, trained_steps
+from star.sampling.sampler import condition, latent_shape, sigma_schedule
+from star.evaluation.figures import allocation_overlay, sample_grid
 
 MetricsCallback = Callable[[dict[str, float], int], None]
 ArtifactCallback = Callable[[Path, int], None]

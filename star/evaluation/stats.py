@@ -1,7 +1,7 @@
 """Confidence intervals for the study's comparisons (docs/method.md §9).
 
 Every checkpoint is scored on the same test prompts with the same initial noises
-(star/evaluation.py), so a task's scores form a matrix P (seeds × prompts): entry (s, i) is the
+(star/evaluation/evaluate.py), so a task's scores form a matrix P (seeds × prompts): entry (s, i) is the
 mean over the noises of prompt i's per-image score for the variant trained with seed s. The
 headline statistic is the mean over tags of the mean over prompts of the seed-mean, which for
 GenEval is the official "overall" (mean of the per-task accuracies) and for a task without tags

@@ -13,7 +13,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 from tqdm.auto import tqdm
 
-from star.models import encode_prompts, images_from_latents
+from star.models.sd3 import encode_prompts, images_from_latents
 
 
 @dataclass

@@ -21,16 +21,16 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
 
 from rewards.pickscore import PickScoreReward
-from star import checkpoint
+from star.rl import checkpoint
 from star.config import WorldClipConfig
-from star.models import BOS, EOS, PAD, SPECIAL_TOKENS, build_world_tokenizer
-from star.pretrain import MetricsCallback, WorldDataset, lr_factor, render_world_dataset
+from star.models.sd3 import BOS, EOS, PAD, SPECIAL_TOKENS, build_world_tokenizer
+from star.world.pretrain import MetricsCallback, WorldDataset, lr_factor, render_world_dataset
 from star.world.prompts import Metadata, combination_keys, generate_prompt_sets, render_records, vocabulary
 from star.world.render import FREE, Layout
 from star.world.vocab import TEXT_CHARSET
 
 WORLD_CLIP_DIR = "world_clip"
-"""Folder of the stand-in inside ``paths.reward_models`` (``rewards.registry`` reads it there)."""
+"""Folder of the stand-in inside ``paths.reward_models`` (``star.scoring`` reads it there)."""
 MAX_TOKENS = 32
 """Text positions; the longest world prompt is 16 tokens with BOS/EOS."""
 MAX_LOGIT_SCALE = math.log(100.0)

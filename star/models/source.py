@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from rewards.hub import HUB_ID
 from star.config import ModelConfig
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-"""A Hugging Face repo id: ``name`` or ``owner/name`` (no leading ``/``, ``.`` or ``~``, one slash)."""
 
 
 def missing_model(model: ModelConfig, base_model_dir: Path) -> str | None:

@@ -1,7 +1,7 @@
 """Diagnostics of a base model: how much of a scene survives its VAE, does the caption steer
 the denoiser, from which noise level on does the model keep the object the caption asks for, and
 which steps' SDE noise moves the reward? (How much of a training gradient is signal:
-``star.gradient_snr``.)
+``star.diagnostics.gradient_snr``.)
 
 The first two start from clean latents z₀ of rendered scenes noised to z_s = (1 − s) z₀ + s ε
 (docs/method.md §0), so they separate "cannot read the caption" from "cannot draw". The last two
@@ -15,9 +15,9 @@ from collections.abc import Callable
 import torch
 from diffusers import AutoencoderKL, StableDiffusion3Pipeline
 
-from star.models import images_from_latents, latents_from_images
-from star.rollout import sample_rollouts
-from star.sampling import condition, guided_velocity, initial_noise, latent_shape, sigma_schedule
+from star.models.sd3 import images_from_latents, latents_from_images
+from star.sampling.rollout import sample_rollouts
+from star.sampling.sampler import condition, guided_velocity, initial_noise, latent_shape, sigma_schedule
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 """(B, 3, H, W) images in [0, 1] -> (B,) scores, e.g. a GenEval reward bound to its prompts."""

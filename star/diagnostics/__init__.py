@@ -1,0 +1,1 @@
+"""Diagnostics: gradient signal-to-noise, map localisation, what the base model has learnt."""

@@ -1,0 +1,1 @@
+"""Checkpoint evaluation and the study report: scores, intervals, tables and figures."""

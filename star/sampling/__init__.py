@@ -1,0 +1,1 @@
+"""Sampling: noise, sigma schedules, CFG, the ODE sampler, the SDE policy step and batched rollouts."""
