@@ -1,8 +1,10 @@
-"""Shared fixtures: the micro configuration and one Prefect test server per session."""
+"""Shared fixtures: the micro configuration, one Prefect test server per session, and the micro
+project's prompts and base model, built once per test run."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,18 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect is imported)
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "configs" / "micro.yaml"
 DEFAULT_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+
+
+STAGE_FIXTURES = {"prefect_server"}
+"""A test that needs Prefect's server runs stages or flows (tens of seconds to minutes): ``slow``."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that runs a stage ``slow``, so ``pytest -m "not slow"`` is the fast subset
+    (the unit tests of the math, the config, the rewards and the world); the rest is marked by hand."""
+    for item in items:
+        if STAGE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +71,33 @@ def micro_overrides(root: Path) -> dict[str, Any]:
         },
         "tracking": {"uri": f"sqlite:///{root / 'mlruns.db'}", "artifacts": str(root / "mlartifacts")},
     }
+
+
+@pytest.fixture(scope="session")
+def micro_base(prefect_server, tmp_path_factory) -> tuple[Path, dict[str, int], dict[str, float]]:
+    """``prepare`` and ``base`` on the micro config, once per test run: (root, prompt counts, base
+    metrics). Read-only: a test that writes into a project takes ``micro_run``."""
+    from pipelines.base import base
+    from pipelines.prepare import prepare
+
+    root = tmp_path_factory.mktemp("micro-base")
+    overrides = micro_overrides(root)
+    counts = prepare(params=str(MICRO), overrides=overrides)
+    metrics = base(params=str(MICRO), overrides=overrides)
+    return root, counts, metrics
+
+
+@pytest.fixture(scope="module")
+def micro_run(micro_base, tmp_path_factory) -> tuple[Path, dict[str, int], dict[str, float]]:
+    """A writable micro project for one test module: the shared prompts and base model copied
+    into a fresh root (its own MLflow store, checkpoints and metrics)."""
+    source, counts, metrics = micro_base
+    root = tmp_path_factory.mktemp("micro")
+    for part in ("data/prompts", "models/base"):
+        shutil.copytree(source / part, root / part)
+    (root / "metrics").mkdir()
+    shutil.copy(source / "metrics" / "base.json", root / "metrics" / "base.json")
+    return root, counts, metrics
 
 
 def micro_pipeline(seed: int = 0) -> Any:

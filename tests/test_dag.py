@@ -53,6 +53,15 @@ def project(prefect_api_url: str, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def own_project(project: Path, tmp_path: Path) -> Path:
+    """A copy of the reproduced project for a test that changes it (params, git history, DVC
+    state): the tests do not depend on their order."""
+    copy = tmp_path / "dag"
+    shutil.copytree(project, copy, symlinks=True)
+    return copy
+
+
 def test_every_stage_left_its_metrics(project: Path) -> None:
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], project))
     files = {path for workspace in shown.values() for path in workspace["data"]}
@@ -107,49 +116,49 @@ def test_second_repro_is_a_no_op(project: Path) -> None:
     assert "up to date" in _run(["dvc", "status"], project).lower()
 
 
-def test_a_temporary_experiment_logs_into_the_projects_store(project: Path) -> None:
+def test_a_temporary_experiment_logs_into_the_projects_store(own_project: Path) -> None:
     """`dvc exp run --temp` runs the stages in a workspace under .dvc/tmp/exps that it deletes
     afterwards; the relative tracking URI must still land the runs in the project's store."""
     def evaluations() -> int:
-        mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns.db'}")
+        mlflow.set_tracking_uri(f"sqlite:///{own_project / 'mlruns.db'}")
         runs = mlflow.search_runs(experiment_names=["star"], output_format="list")
         return sum(run.info.run_name == "evaluate-base" for run in runs)
 
-    assert load_config(project / "params.yaml").tracking.uri == "sqlite:///mlruns.db"  # relative
+    assert load_config(own_project / "params.yaml").tracking.uri == "sqlite:///mlruns.db"  # relative
     before = evaluations()
-    _run(["git", "add", "-A"], project)
-    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "micro study"], project)
-    _run(["dvc", "exp", "run", "--temp", "-S", "eval.guidance_scale=3.0", "evaluate_base"], project)
+    _run(["git", "add", "-A"], own_project)
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "micro study"], own_project)
+    _run(["dvc", "exp", "run", "--temp", "-S", "eval.guidance_scale=3.0", "evaluate_base"], own_project)
     assert evaluations() == before + 1
-    assert not list((project / ".dvc" / "tmp" / "exps").glob("**/mlruns.db")), "no store left in a temporary workspace"
+    assert not list((own_project / ".dvc" / "tmp" / "exps").glob("**/mlruns.db")), "no store left in a temporary workspace"
 
 
-def test_a_change_to_one_variant_reruns_only_its_stages_and_the_report(project: Path) -> None:
+def test_a_change_to_one_variant_reruns_only_its_stages_and_the_report(own_project: Path) -> None:
     """What `dvc exp run -S study.variants.star.gamma=4` does: only star's stages and the report
-    run. Runs after the no-op check: it leaves the project on the changed params."""
-    params = project / "params.yaml"
+    run."""
+    params = own_project / "params.yaml"
     cfg = load_config(params)
     gamma = cfg.train.gamma + 1.0  # not the default: an unchanged checkpoint would skip its evaluation
     variants = cfg.study.variants | {"star": cfg.study.variants["star"] | {"gamma": gamma}}
     write_params(cfg.model_copy(update={"study": cfg.study.model_copy(update={"variants": variants})}), params)
-    out = _run(["dvc", "repro"], project)
+    out = _run(["dvc", "repro"], own_project)
     stages = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert stages == ["evaluate@star-0", "report", "train@star-0"], out[-2000:]
 
 
-def test_pretrained_model_skips_the_embedded_pretraining(project: Path) -> None:
+def test_pretrained_model_skips_the_embedded_pretraining(own_project: Path) -> None:
     """With ``model.source: pretrained`` the base stage records the model instead of training
     one, and the stages after it load that model by ``from_pretrained`` (here: a saved copy of
-    the micro base, standing in for a hub id). Runs last: it changes the project's params."""
-    saved = project.parent / "saved_model"
-    shutil.copytree(project / "models/base", saved)
-    cfg = load_config(project / "params.yaml", overrides={"model": {"source": "pretrained", "pretrained": str(saved)}})
-    write_params(cfg, project / "params.yaml")
-    out = _run(["dvc", "repro", "evaluate_base"], project)
+    the micro base, standing in for a hub id)."""
+    saved = own_project.parent / "saved_model"
+    shutil.copytree(own_project / "models/base", saved)
+    cfg = load_config(own_project / "params.yaml", overrides={"model": {"source": "pretrained", "pretrained": str(saved)}})
+    write_params(cfg, own_project / "params.yaml")
+    out = _run(["dvc", "repro", "evaluate_base"], own_project)
     assert "Running stage 'base'" in out and "Running stage 'evaluate_base'" in out
     assert "Running stage 'prepare'" not in out
-    assert json.loads((project / "models/base/pretrained.json").read_text())["pretrained"] == str(saved)
-    assert not (project / "models/base/transformer").exists()
-    assert json.loads((project / "metrics/base.json").read_text())["embedded_pretraining"] == 0.0
-    assert 0 <= json.loads((project / "metrics/eval/base.json").read_text())["geneval_overall"] <= 1
-    assert "up to date" in _run(["dvc", "status", "base"], project).lower()
+    assert json.loads((own_project / "models/base/pretrained.json").read_text())["pretrained"] == str(saved)
+    assert not (own_project / "models/base/transformer").exists()
+    assert json.loads((own_project / "metrics/base.json").read_text())["embedded_pretraining"] == 0.0
+    assert 0 <= json.loads((own_project / "metrics/eval/base.json").read_text())["geneval_overall"] <= 1
+    assert "up to date" in _run(["dvc", "status", "base"], own_project).lower()

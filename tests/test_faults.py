@@ -25,7 +25,6 @@ from star.rl.checkpoint import CheckpointWriteError
 from star.config import load_config, write_params
 from star.rl.trainer import Trainer, TrainingDiverged
 from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_overrides, micro_pipeline
-from tests.test_stages import micro_run  # noqa: F401  (the prepare + base fixture)
 
 
 def _servers_of(pid: int) -> list[int]:
@@ -74,7 +73,7 @@ LONG = 24
 
 
 @pytest.fixture(scope="module")
-def long_training(micro_run, tmp_path_factory) -> tuple[Path, Path]:  # noqa: F811
+def long_training(micro_run, tmp_path_factory) -> tuple[Path, Path]:
     """The micro project, with a params file whose training is long enough to interrupt."""
     root = micro_run[0]
     cfg = load_config(MICRO, micro_overrides(root) | {"train": {"iterations": LONG}})
@@ -181,7 +180,7 @@ def test_a_failing_stage_prints_its_error_once_without_a_traceback(long_training
     assert not (root / "outputs" / "train" / "none-s0").exists(), "no empty work folder is left"
 
 
-def test_a_failed_evaluation_leaves_no_empty_sample_folder(micro_run) -> None:  # noqa: F811
+def test_a_failed_evaluation_leaves_no_empty_sample_folder(micro_run) -> None:
     from pipelines.evaluate import evaluate
     from rewards.hub import ModelLoadError
 
@@ -207,7 +206,7 @@ def test_a_diverging_run_stops_naming_the_iteration(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("failure, attempts", [(ValueError("bad data"), 1), (ConnectionResetError("flaky"), 2)],
                          ids=["deterministic-once", "transient-retried"])
-def test_the_stage_retries_only_transient_failures(micro_run, monkeypatch, failure, attempts) -> None:  # noqa: F811
+def test_the_stage_retries_only_transient_failures(micro_run, monkeypatch, failure, attempts) -> None:
     import pipelines.train as stage
 
     calls = []

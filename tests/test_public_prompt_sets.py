@@ -21,7 +21,6 @@ from star.data.task_prompts import PromptSetConfigError, materialise_prompt_sets
 from star.world.prompts import generate_prompt_sets
 from star.world.vocab import SHAPES
 from tests.conftest import MICRO, micro_overrides
-from tests.test_stages import micro_run  # noqa: F401  (the prepare + base fixture)
 from tests.tiny_models import save_tiny_detector
 
 WORLD = generate_prompt_sets(seed=0, n_train=12, n_test=6)
@@ -145,7 +144,7 @@ def test_world_detector_rejects_classes_it_cannot_find(bench: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def public_study(micro_run, bench: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+def public_study(micro_base, bench: Path, tmp_path_factory: pytest.TempPathFactory):
     """prepare on the public files, then train one iteration of `star` on GenEval's template
     prompts (scored by a tiny Mask2Former) and evaluate on the public test sets."""
     from pipelines.evaluate import evaluate
@@ -154,7 +153,7 @@ def public_study(micro_run, bench: Path, tmp_path_factory: pytest.TempPathFactor
     from pipelines.train import train
 
     root = tmp_path_factory.mktemp("public")
-    shutil.copytree(micro_run[0] / "models" / "base", root / "models" / "base")
+    shutil.copytree(micro_base[0] / "models" / "base", root / "models" / "base")
     (root / "ocr_train.txt").write_text("\n".join(OCR_TRAIN) + "\n")
     seg, clip = save_tiny_detector(root / "detector")
     overrides = micro_overrides(root) | {

@@ -14,20 +14,8 @@ from star.data.prompt_sets import load_geneval_metadata
 from tests.conftest import MICRO, micro_overrides
 
 
-@pytest.fixture(scope="module")
-def micro_run(prefect_server, tmp_path_factory):
-    from pipelines.base import base
-    from pipelines.prepare import prepare
-
-    root = tmp_path_factory.mktemp("micro")
-    overrides = micro_overrides(root)
-    counts = prepare(params=str(MICRO), overrides=overrides)
-    metrics = base(params=str(MICRO), overrides=overrides)
-    return root, counts, metrics
-
-
-def test_prepare_writes_world_prompt_sets(micro_run) -> None:
-    root, counts, _ = micro_run
+def test_prepare_writes_world_prompt_sets(micro_base) -> None:
+    root, counts, _ = micro_base
     prompts = root / "data" / "prompts"
     test_set = load_geneval_metadata(prompts / "geneval" / "test_metadata.jsonl")
     train_set = load_geneval_metadata(prompts / "geneval" / "train_metadata.jsonl")
@@ -39,8 +27,8 @@ def test_prepare_writes_world_prompt_sets(micro_run) -> None:
     assert json.loads((prompts / "counts.json").read_text()) == counts
 
 
-def test_base_saves_a_loadable_model_and_metrics(micro_run) -> None:
-    root, _, metrics = micro_run
+def test_base_saves_a_loadable_model_and_metrics(micro_base) -> None:
+    root, _, metrics = micro_base
     pipe = load_pipeline(root / "models" / "base")
     assert pipe.transformer.config.num_layers == 2
     # the VAE latents were calibrated to unit scale
@@ -51,8 +39,8 @@ def test_base_saves_a_loadable_model_and_metrics(micro_run) -> None:
     assert not (root / "outputs" / "base").exists(), "spent checkpoints and their folder are removed"
 
 
-def test_mlflow_holds_both_stage_runs(micro_run) -> None:
-    root, _, metrics = micro_run
+def test_mlflow_holds_both_stage_runs(micro_base) -> None:
+    root, _, metrics = micro_base
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["star"], output_format="list")
     by_stage = {run.data.tags["stage"]: run for run in runs}

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from tests.conftest import MICRO, micro_overrides
-from tests.test_stages import micro_run  # noqa: F401  (the prepare + base fixture)
 
 
 VARIANTS = {"none": {"allocation": "none"}, "star": {"allocation": "star"},
@@ -22,7 +21,7 @@ VARIANTS = {"none": {"allocation": "none"}, "star": {"allocation": "star"},
 
 
 @pytest.fixture(scope="module")
-def study(micro_run):  # noqa: F811
+def study(micro_run):
     from pipelines.evaluate import evaluate
     from pipelines.report import report
     from pipelines.reward_models import reward_models

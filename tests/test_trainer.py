@@ -334,7 +334,7 @@ def test_prompt_pool_fixes_the_prompts_the_trainer_draws(tmp_path: Path) -> None
 
 
 def test_variants_of_one_seed_are_paired_and_another_seed_is_not(tmp_path: Path) -> None:
-    """The study's pairing (issue 18): variants with the same seed draw the same prompts, the
+    """The study's pairing: variants with the same seed draw the same prompts, the
     same initial noise and the same LoRA initialisation; another seed changes all three."""
     colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
     records = [{"prompt": f"a photo of a {c} star", "tag": "colors", "include": [{"class": "star", "count": 1, "color": c}]}

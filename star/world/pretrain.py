@@ -345,7 +345,7 @@ def pretrain_base(
     if cfg.base.low_res_size:
         # the same world at a lower resolution, objects one per token as at full size
         # (with `cells` signs its signs are free ones: `cells` do not fit 4x4 tokens, and the VAE
-        # learns strokes from them; leaving them out blurred the base's text, method §0 b2)
+        # learns strokes from them; leaving them out blurs the base's text, docs/method.md §0)
         small = render_world_dataset(
             cfg.base.dataset_size, cfg.base.low_res_size, seed=cfg.seed + 1, layout=Layout(cfg.world.layout_cell),
             text=text, mixture=mixture,

@@ -74,13 +74,12 @@ training set; ``base.mixture`` draws from it with fewer signs, ``LOW_RES_MIXTURE
 
 # The 40 px set (the VAE's images and the interleaved 40 px transformer steps): signs 5 %, as
 # lettering is learnt at 80 px (FULL_SIZE_MIXTURE) and every sign here costs a GenEval scene
-# (method §0, "Interleaving the 40 px steps": i3 -> i4 over three draws, 0.30 -> 0.05).
+# (docs/method.md §0 links the measurement).
 LOW_RES_MIXTURE: dict[str, float] = {**PRETRAIN_MIXTURE, "ocr": 0.05}
 """Default ``base.mixture``: the share of each family among the 40 px pretraining images."""
 
 # The full-size (80 px) phase: signs get 60% and the other families keep their relative shares.
-# Lettering is learnt there: with the low-resolution mixture's 30% the base reads 0.016 exact,
-# with 60% 0.453, at the price of GenEval (0.138 -> 0.117; method §0, bases b4 and b5).
+# Lettering is learnt there, at some price in GenEval (docs/method.md §0 links the measurement).
 FULL_SIZE_MIXTURE: dict[str, float] = {
     "single_object": 0.0514,
     "two_object": 0.06,
