@@ -19,6 +19,7 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import stage_config, stage_main
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
+from star.files import atomic_directory, write_text
 from star.rl import checkpoint
 from star.config import Config, fingerprint
 from star.world.pretrain import pretrain_base
@@ -39,12 +40,12 @@ def pretrain(cfg: Config, work_dir: Path) -> Any:
 
 @task(cache_policy=NO_CACHE)
 def save_model(pipe: Any, out_dir: Path) -> None:
-    checkpoint.atomic_directory(out_dir, pipe.save_pretrained)
+    atomic_directory(out_dir, pipe.save_pretrained)
 
 
 def write_metrics(cfg: Config, metrics: dict[str, float]) -> None:
     cfg.paths.metrics.mkdir(parents=True, exist_ok=True)
-    (cfg.paths.metrics / "base.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_text(cfg.paths.metrics / "base.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def record_pretrained_source(cfg: Config) -> dict[str, float]:
@@ -56,7 +57,7 @@ def record_pretrained_source(cfg: Config) -> dict[str, float]:
         staging.mkdir(parents=True)
         (staging / "pretrained.json").write_text(json.dumps(source, indent=2) + "\n")
 
-    checkpoint.atomic_directory(cfg.paths.base_model, write)
+    atomic_directory(cfg.paths.base_model, write)
     metrics = {"embedded_pretraining": 0.0, "train_seconds": 0.0}
     write_metrics(cfg, metrics)
     return metrics

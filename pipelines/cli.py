@@ -115,7 +115,21 @@ def preflight(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     if args.stage in ("train", "evaluate"):
         check_model_source(cfg)
         check_reward_models(cfg, args.stage)
+    if args.stage == "prepare":
+        check_prompt_files(cfg)
     return cfg, overrides
+
+
+def check_prompt_files(cfg: Config) -> None:
+    """Every prompt file of ``prompt_sets`` exists and parses (a bad line named by file and
+    number). Only ``prepare`` reads them, so the module is imported by name, only here: the
+    other stages' import closure (tests/test_dvc_deps.py) stays without it, and
+    ``pipelines/prepare.py`` imports it, so ``prepare``'s deps hold it."""
+    task_prompts = importlib.import_module("star.data.task_prompts")
+    try:
+        task_prompts.validate_prompt_files(cfg.prompt_sets)
+    except (ValueError, OSError) as error:  # PromptSetError, PromptSetConfigError, an unreadable file
+        raise ConfigError(str(error)) from None
 
 
 def check_model_source(cfg: Config) -> None:
@@ -158,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
     failures.interrupt_on_signals()
     failures.mark_stage_process()
     failures.reap_orphaned_servers()
+    failures.quiet_library_warnings()
+    failures.failures_last()  # registered before Prefect's exit handlers, so it runs after them
     try:
         module = importlib.import_module(f"pipelines.{args.stage}")
         failures.quiet_prefect_tracebacks()

@@ -34,6 +34,7 @@ from star.models.sd3 import pipeline_for
 from star.rl.prompt_source import load_task_prompts
 from star.models.variants import load_variant, variant_info
 from star.evaluation.figures import report_grid
+from star.files import atomic_file, write_text
 
 def test_records(cfg: Config, task_name: str) -> list[dict[str, Any]]:
     """The fixed test subset of a task: balanced GenEval tags, the first N OCR/preference prompts."""
@@ -99,9 +100,10 @@ def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, 
         log_metrics(metrics)
         path = cfg.paths.metrics / "eval" / f"{checkpoint}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_text(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         scores = scores_path(cfg.paths.metrics, checkpoint)
-        pd.DataFrame(rows).to_csv(scores, index=False)
+        with atomic_file(scores) as partial:
+            pd.DataFrame(rows).to_csv(partial, index=False)
         mlflow.log_artifact(str(scores), "scores")
     get_run_logger().info("evaluate %s: %s", checkpoint, metrics)
     return metrics

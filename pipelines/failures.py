@@ -7,9 +7,11 @@ torch is imported.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -182,7 +184,9 @@ class _WithoutTraceback(logging.Filter):
         if debugging():
             return True
         record.exc_info, record.exc_text = None, None
-        return not any(mark in record.getMessage() for mark in self.FAILURE_MARKS)
+        message = record.getMessage()
+        final = record.levelno >= logging.ERROR and message.startswith("Task run failed with")  # not a retry's notice
+        return not final and not any(mark in message for mark in self.FAILURE_MARKS)
 
 
 def quiet_prefect_tracebacks() -> None:
@@ -192,18 +196,74 @@ def quiet_prefect_tracebacks() -> None:
             handler.addFilter(_WithoutTraceback())
 
 
+QUIET_MESSAGES: dict[str, re.Pattern[str]] = {
+    "transformers.utils.import_utils": re.compile(r"requires torchvision \(not installed\); falling back to"),
+    "diffusers.loaders.lora_base": re.compile(r"^No LoRA keys associated to \w+ found with the prefix='text_encoder"),
+}
+"""Library warnings that tell a stage's user nothing, by the logger that writes them:
+torchvision is left out on purpose (transformers then uses its PIL image processors), and a
+trained variant adapts the transformer alone (its text encoders have no LoRA keys)."""
+
+
+class _Quiet(logging.Filter):
+    """Drop the records whose message matches ``pattern`` (``--debug`` keeps them)."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return debugging() or not self.pattern.search(record.getMessage())
+
+
+def quiet_library_warnings() -> None:
+    """Install ``_Quiet`` on the loggers of ``QUIET_MESSAGES`` (before the libraries are imported
+    or after: a logger is the same object either way)."""
+    for name, pattern in QUIET_MESSAGES.items():
+        logging.getLogger(name).addFilter(_Quiet(pattern))
+
+
+_held_back: list[str] | None = None
+"""The messages ``report_failure`` leaves to the end of the process, once ``failures_last`` ran."""
+
+
+def failures_last() -> None:
+    """From now on ``report_failure``'s message comes last, after what Prefect prints while it
+    shuts down. Call it before Prefect is imported: exit handlers run in reverse order of
+    registration, so this one runs after Prefect's (which stop its temporary server)."""
+    global _held_back
+    if _held_back is None:
+        _held_back = []
+        atexit.register(_print_held_back)
+
+
+def _print_held_back() -> None:
+    """The exit handler of ``failures_last``: the held-back messages, in order."""
+    for message in _held_back or []:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _say(message: str) -> None:
+    """Print ``message`` to stderr now, or at exit after ``failures_last``."""
+    if _held_back is None:
+        print(message, file=sys.stderr)
+    else:
+        _held_back.append(message)
+
+
 def report_failure(error: BaseException) -> int:
     """Print one message for ``error`` (its traceback too when debugging); returns the exit code."""
     from star.config import ConfigError  # light: pydantic and yaml only
+    from star.files import WriteError  # standard library only
 
     if debugging():
         import traceback
 
         traceback.print_exception(error)
     if isinstance(error, StageInterrupted):
-        print(f"stopped: {error}; the last checkpoint is kept and the next run resumes from it", file=sys.stderr)
+        _say(f"stopped: {error}; the last checkpoint is kept and the next run resumes from it")
         return 128 + error.signum
-    text = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+    text = str(error) if isinstance(error, (ConfigError, WriteError)) else f"{type(error).__name__}: {error}"
     hint = "" if debugging() or isinstance(error, ConfigError) else f"\n(the traceback: rerun with --debug or {DEBUG_ENV}=1)"
-    print(f"error: {text}{hint}", file=sys.stderr)
+    _say(f"error: {text}{hint}")
     return 2 if isinstance(error, ConfigError) else 1

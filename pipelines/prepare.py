@@ -20,6 +20,7 @@ from pipelines.cli import stage_main
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from star.config import Config, load_config
+from star.files import write_text
 from star.data.task_prompts import check_prompt_files, materialise_prompt_sets, sources
 from star.world.prompts import generate_prompt_sets, world_text
 
@@ -39,7 +40,7 @@ def prepare(params: str = "params.yaml", overrides: dict[str, Any] | None = None
     with stage_run(cfg, "prepare", ["world", "prompt_sets", "paths"]):
         counts = write_prompt_sets(cfg)
         path: Path = cfg.paths.prompts / "counts.json"
-        path.write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
+        write_text(path, json.dumps(counts, indent=2, sort_keys=True) + "\n")
         log_metrics(counts)
         mlflow.log_artifacts(str(cfg.paths.prompts), "prompts")
     for name, value in sources(cfg.prompt_sets).items():

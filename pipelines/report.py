@@ -45,6 +45,7 @@ from star.evaluation.report import (
 )
 from star.models.variants import load_variant
 from star.evaluation.figures import allocation_overlay, comparison_grid
+from star.files import atomic_file, write_text
 
 MAP_PROMPTS = 4
 """Prompts shown in each allocation-map figure (GenEval: one per task family; others: the first test prompts)."""
@@ -183,12 +184,13 @@ def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None,
     scores = load_scores(eval_dir, checkpoints)
     sections = study_sections(cfg)
     pages = [section_report(cfg, section, scores, out) for section in sections]
-    training_curves(train_dir, checkpoints).to_csv(out / "training_curves.csv", index=False)  # `dvc plots show`
+    with atomic_file(out / "training_curves.csv") as partial:  # `dvc plots show`
+        training_curves(train_dir, checkpoints).to_csv(partial, index=False)
     tasks = ", ".join(TASK_NAMES[s.task].removesuffix(" acc.") for s in sections)
     title = f"STAR study: trained on {tasks}; {len(cfg.study.seeds)} seed(s)"
     page_stamp = stamp(cfg)
-    (out / "table.md").write_text(f"# {title}\n\n{page_stamp}\n\n" + "\n".join(md for md, _ in pages))
-    (out / "report.html").write_text(html_page(title, page_stamp, [page for _, page in pages]))
+    write_text(out / "table.md", f"# {title}\n\n{page_stamp}\n\n" + "\n".join(md for md, _ in pages))
+    write_text(out / "report.html", html_page(title, page_stamp, [page for _, page in pages]))
     with stage_run(cfg, "report", ["study"], tags={"variant": "all", "study": study}):
         for path in [out / "table.md", out / "report.html", *(p for _, (_, _, figures) in pages for _, p in figures)]:
             mlflow.log_artifact(str(path), "report")

@@ -25,6 +25,7 @@ from rewards.pickscore import PickScoreReward
 from star.world.clip import WORLD_CLIP_DIR, WorldClip, heldout_accuracy, heldout_set, train_world_clip
 from star.world.prompts import generate_prompt_sets, render_records, world_text
 from star.world.render import world_layout
+from star.files import write_text
 from star.rl import checkpoint
 from star.config import Config, fingerprint
 
@@ -85,7 +86,7 @@ def reward_models(params: str = "params.yaml", overrides: dict[str, Any] | None 
         }
         log_metrics(metrics)
         cfg.paths.metrics.mkdir(parents=True, exist_ok=True)
-        (cfg.paths.metrics / "reward_models.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_text(cfg.paths.metrics / "reward_models.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(work_dir, ignore_errors=True)  # the model is saved: checkpoints are spent
     checkpoint.remove_empty_folders(work_dir.parent)
     logger.info("reward_models: %s", metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,6 +106,40 @@ def end_orphaned_runs(experiment: str) -> list[str]:
     return ended
 
 
+RESUMED = "resumed_from"
+"""The tag (and ``extra`` key of ``star.rl.checkpoint.log_resume``'s record) of a run that resumed
+from a checkpoint: the iteration or step it resumed at; ``resumed_checkpoint`` names the file."""
+
+
+class _ResumeTags(logging.Handler):
+    """Tags an MLflow run with the ``RESUMED`` records ``star`` logs while it is active."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(logging.INFO)
+        self.run_id = run_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, RESUMED):
+            client = mlflow.MlflowClient()
+            client.set_tag(self.run_id, RESUMED, str(getattr(record, RESUMED)))
+            client.set_tag(self.run_id, "resumed_checkpoint", str(getattr(record, "checkpoint", "")))
+
+
+@contextmanager
+def resume_tags(run_id: str) -> Iterator[None]:
+    """While the block runs, a resume that ``star`` logs tags the run ``run_id``; ``star``'s INFO
+    lines (that resume) reach the console."""
+    star, handler = logging.getLogger("star"), _ResumeTags(run_id)
+    level = star.level
+    star.setLevel(min(star.getEffectiveLevel(), logging.INFO))
+    star.addHandler(handler)
+    try:
+        yield
+    finally:
+        star.removeHandler(handler)
+        star.setLevel(level)
+
+
 @contextmanager
 def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str] | None = None) -> Iterator[Any]:
     """An MLflow run for ``stage`` logging the config ``sections`` it depends on as params.
@@ -125,7 +160,8 @@ def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str]
                            tags={"stage": stage, PROCESS_TAG: this_process(), **links, **tags})
     try:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        yield run
+        with resume_tags(run.info.run_id):
+            yield run
     except Exception:
         mlflow.end_run("FAILED")
         raise

@@ -29,7 +29,7 @@ from pipelines.cli import stage_main, use_threads
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from star.scoring import build_reward
-from star.rl import checkpoint
+from star.files import atomic_file, write_text
 from star.rl.checkpoint import remove_if_left_empty
 from star.config import Config, fingerprint, load_config
 from star.models.sd3 import pipeline_for
@@ -62,10 +62,10 @@ def write_outputs(cfg: Config, name: str, history: list[dict[str, float]], secon
     out = cfg.paths.metrics / "train"
     out.mkdir(parents=True, exist_ok=True)
     summary = curve_summary(history) | {"train_seconds": round(seconds, 1)}
-    (out / f"{name}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text(out / f"{name}.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     steps = sorted({key for h in history for key in h if key.startswith("localisation_t")})
     columns = ["iteration", "reward_mean", "reward_std", "loss", "kl", "clip_fraction", "approx_kl", *steps]
-    with (out / f"{name}.csv").open("w", newline="") as handle:
+    with atomic_file(out / f"{name}.csv") as partial, partial.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([{c: h.get(c, "") for c in columns} | {"iteration": int(h["iteration"])} for h in history])
@@ -105,7 +105,7 @@ def run_training(cfg: Config, name: str, log: bool = True) -> Trainer:
     trainer.final_weights()
     if trainer.accelerator.is_main_process:
         info = {"variant": name, "seed": cfg.seed, "task": cfg.rewards.task, "train": cfg.train.model_dump(mode="json")}
-        checkpoint.atomic_directory(cfg.paths.checkpoints / name, lambda path: save_variant(pipe, path, info))
+        save_variant(pipe, cfg.paths.checkpoints / name, info)
     return trainer
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import torch
 
 from pipelines.failures import is_transient, temporary_servers
 from star.rl import checkpoint
-from star.rl.checkpoint import CheckpointWriteError
+from star.files import WriteError, atomic_directory
 from star.config import load_config, write_params
 from star.rl.trainer import Trainer, TrainingDiverged
 from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_overrides, micro_pipeline
@@ -110,6 +111,10 @@ def test_sigterm_then_kill_then_resume(long_training) -> None:
     time.sleep(1)
     assert not any(Path(f"/proc/{pid}").exists() for pid in orphans), "the stale server was reaped"
     assert sorted(run.info.status for run in _runs(root)) == ["FINISHED", "KILLED", "KILLED"]
+    resumed = re.search(r"resuming from checkpoint (\S+state-rank0\.ckpt) at iteration (\d+)", stderr)
+    assert resumed and int(resumed[2]) >= 6, "the resumed run says so"
+    tags = next(run for run in _runs(root) if run.info.status == "FINISHED").data.tags
+    assert (tags["resumed_from"], tags["resumed_checkpoint"]) == (resumed[2], resumed[1])
     summary = json.loads((root / "metrics" / "train" / "none-s0.json").read_text())
     assert summary["iterations"] == LONG
     curve = (root / "metrics" / "train" / "none-s0.csv").read_text().splitlines()
@@ -230,7 +235,7 @@ def test_a_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path: 
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointWriteError, match=rf"cannot write {path}: no space left on the device") as error:
+    with pytest.raises(WriteError, match=rf"could not write {path}: \[Errno 28\] No space left on device") as error:
         checkpoint.atomic_save({"iteration": 2}, path)
     assert error.value.errno == errno.ENOSPC and not is_transient(error.value)
     assert [p.name for p in tmp_path.iterdir()] == ["state.ckpt"], "no temporary file left"
@@ -247,8 +252,8 @@ def test_a_failed_model_write_leaves_no_partial_folder(tmp_path: Path) -> None:
         (staging / "weights").write_text("half")
         raise OSError(errno.EROFS, "Read-only file system")
 
-    with pytest.raises(CheckpointWriteError, match=r"model: Read-only file system"):
-        checkpoint.atomic_directory(tmp_path / "model", write)
+    with pytest.raises(WriteError, match=r"model: \[Errno 30\] Read-only file system"):
+        atomic_directory(tmp_path / "model", write)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert (tmp_path / "model" / "weights").read_text() == "old"
 

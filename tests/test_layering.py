@@ -16,7 +16,7 @@ WORLD_SCENES = {f"star.world.{name}" for name in ("config", "vocab", "render", "
 
 LAYERS: list[set[str]] = [
     {"rewards"},
-    {"star.sections"},
+    {"star.sections", "star.files"},
     {"star.world:scenes"},
     {"star.config"},
     {"star.models", "star.data", "star.scoring"},

@@ -292,7 +292,7 @@ def test_trainer_runs_on_each_reward_chosen_in_params(tmp_path: Path, rewards: d
 
 
 def test_atomic_directory_keeps_the_old_model_when_writing_fails(tmp_path: Path) -> None:
-    from star.rl.checkpoint import atomic_directory
+    from star.files import atomic_directory
 
     target = tmp_path / "model"
     atomic_directory(target, lambda path: (path.mkdir(), (path / "weights").write_text("old")))

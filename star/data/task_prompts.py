@@ -20,7 +20,14 @@ from typing import Any
 
 from star.config import GENEVAL_TEMPLATES, WORLD_SET, GenEvalPromptSets, PromptSetsConfig, TaskPromptSets
 from star.data.geneval_templates import template_training_set
-from star.data.prompt_sets import load_geneval_metadata, load_object_names, load_ocr_prompts, load_plain_prompts
+from star.data.prompt_sets import (
+    PromptSetError,
+    load_geneval_metadata,
+    load_object_names,
+    load_ocr_prompts,
+    load_plain_prompts,
+)
+from star.files import write_text
 
 Record = dict[str, Any]
 TASKS: tuple[str, ...] = ("geneval", "ocr", "pickscore")
@@ -44,6 +51,24 @@ def check_prompt_files(sets: PromptSetsConfig) -> None:
     if missing:
         raise PromptSetConfigError("prompt sets not found (paths are relative to the working directory):\n  "
                                    + "\n  ".join(missing))
+
+
+def validate_prompt_files(sets: PromptSetsConfig) -> None:
+    """Every file ``prompt_sets`` names exists and parses as ``prepare`` reads it (GenEval
+    classes checked against ``object_names`` when given): ``prepare``'s pre-flight check.
+
+    Raises:
+        PromptSetConfigError: a configured file is missing (named by its key).
+        PromptSetError: a file is malformed (its key, the file and every bad line named).
+    """
+    check_prompt_files(sets)
+    names = load_object_names(sets.geneval.object_names) if sets.geneval.object_names else None
+    for task in TASKS:
+        for split, path in getattr(sets, task).files().items():
+            try:
+                _load_file(task, path, set(names) if names else None)
+            except PromptSetError as error:
+                raise PromptSetError(f"prompt_sets.{task}.{split}: {error}") from None
 
 
 def _load_file(task: str, path: Path, classes: set[str] | None) -> list[Record]:
@@ -72,8 +97,7 @@ def _task_records(
 
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines))
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def write_task_sets(task: str, records: dict[str, list[Record]], out_dir: Path) -> None:

@@ -12,6 +12,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from star.files import atomic_file  # noqa: E402
+
+
+def save_figure(fig: Any, path: Path, dpi: int) -> Path:
+    """Write ``fig`` to ``path`` (a PNG) through ``star.files.atomic_file`` and close it: a
+    failed write raises ``WriteError`` naming ``path`` and its cause, and keeps an earlier file."""
+    try:
+        with atomic_file(path) as partial:
+            fig.savefig(partial, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
 
 def sample_grid(
     images: torch.Tensor,
@@ -38,10 +51,7 @@ def sample_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def allocation_overlay(
@@ -82,10 +92,7 @@ def allocation_overlay(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="allocation weight")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def report_grid(report: Any, side: int, path: Path, title: str) -> Path:
@@ -119,7 +126,4 @@ def comparison_grid(
         ax.axis("off")
     fig.suptitle("\n".join(textwrap.wrap(title, int(14 * (len(names) + 1.6)))), fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

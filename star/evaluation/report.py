@@ -16,6 +16,7 @@ import pandas as pd
 
 from star.config import Config
 from star.evaluation.evaluate import HEADLINE
+from star.evaluation.figures import save_figure
 from star.evaluation.stats import Estimate, ScoreMatrix, bootstrap
 
 matplotlib.use("Agg")
@@ -197,10 +198,7 @@ def plot_differences(comparison: pd.DataFrame, column: str, reference: str, path
     fig.suptitle(f"{title}paired difference, 95 % bootstrap interval over prompts (and seeds); filled: excludes 0",
                  fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -272,10 +270,7 @@ def plot_curves(train_dir: Path, checkpoints: list[str], order: list[str], path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _embed(path: Path) -> str:

@@ -11,6 +11,7 @@ import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 from peft.utils import get_peft_model_state_dict
 
+from star.files import atomic_directory, write_bytes
 from star.models.lora import ADAPTER, has_lora
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -18,7 +19,15 @@ INFO_FILE = "variant.json"
 
 
 def save_variant(pipe: StableDiffusion3Pipeline, out_dir: Path, info: dict[str, Any]) -> Path:
-    """Write the trained transformer of ``pipe`` (adapter or full weights) and ``info``."""
+    """Write the trained transformer of ``pipe`` (adapter or full weights) and ``info`` to
+    ``out_dir``, atomically: a failed write raises ``star.files.WriteError`` naming ``out_dir``
+    and its cause, and keeps a variant saved there before."""
+    atomic_directory(out_dir, lambda staging: _write_variant(pipe, staging, info))
+    return out_dir
+
+
+def _write_variant(pipe: StableDiffusion3Pipeline, out_dir: Path, info: dict[str, Any]) -> None:
+    """``save_variant``'s files, written into the (staging) folder ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     transformer = pipe.transformer
     if has_lora(transformer):
@@ -32,7 +41,6 @@ def save_variant(pipe: StableDiffusion3Pipeline, out_dir: Path, info: dict[str, 
     else:
         transformer.save_pretrained(out_dir / "transformer")
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
-    return out_dir
 
 
 def sort_safetensors_metadata(path: Path) -> None:
@@ -48,9 +56,7 @@ def sort_safetensors_metadata(path: Path) -> None:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the format keeps the tensor data 8-byte aligned
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + header_size :])
-    partial.replace(path)
+    write_bytes(path, len(text).to_bytes(8, "little") + text + raw[8 + header_size :])
 
 
 def load_variant(pipe: StableDiffusion3Pipeline, variant_dir: Path) -> StableDiffusion3Pipeline:

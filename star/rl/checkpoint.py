@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
+import logging
 import random
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,58 +13,20 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from star.files import atomic_file
 
-class CheckpointWriteError(OSError):
-    """A checkpoint or model could not be written; names the path and the OS error."""
+logger = logging.getLogger(__name__)
 
-
-def _write_failure(path: Path, error: BaseException) -> CheckpointWriteError:
-    """The error to raise when writing ``path`` failed: torch reports a full disk as
-    ``[enforce fail at inline_container.cc] unexpected pos``, which names neither."""
-    code = error.errno if isinstance(error, OSError) else None
-    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
-    if code == errno.ENOSPC or "unexpected pos" in text:
-        code, text = errno.ENOSPC, f"no space left on the device ({text})"
-    folder = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
-    free = shutil.disk_usage(folder).free / 2**20
-    return CheckpointWriteError(
-        code, f"cannot write {path}: {text}; {free:.0f} MiB free there. The previous version is kept"
-    )
+RESUMED = "resumed_from"
+"""The ``extra`` key of ``log_resume``'s record: the iteration or step a run resumed from
+(``pipelines/tracking.py`` tags the stage's MLflow run with it)."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written
-    file; a failed write raises ``CheckpointWriteError`` and keeps the previous file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    except OSError as error:
-        raise _write_failure(path, error) from error
-    os.close(handle)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:
-        raise _write_failure(path, error) from error
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_directory(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """``write`` into ``<out_dir>.partial``, then swap it in: a crash never leaves half a
-    model, and a failed write leaves no ``.partial`` folder behind."""
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        write(staging)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, (OSError, RuntimeError)):
-            raise _write_failure(out_dir, error) from error
-        raise
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    """``torch.save`` through ``star.files.atomic_file``: never a half-written file; a failed
+    write raises ``WriteError`` naming ``path`` and its cause and keeps the previous file."""
+    with atomic_file(path) as partial:
+        torch.save(obj, partial)
 
 
 @contextmanager
@@ -158,4 +117,12 @@ def resume_progress(path: Path, generator: torch.Generator, **parts: Stateful) -
     for name, part in parts.items():
         part.load_state_dict(state[name])
     restore_rng_state(state["rng"], generator)
+    log_resume(path, int(state["step"]))
     return int(state["step"])
+
+
+def log_resume(path: Path, done: int, unit: str = "step") -> None:
+    """One INFO line: the run resumes from the checkpoint ``path`` with ``done`` steps (or
+    iterations) behind it; the record carries ``done`` as ``RESUMED`` and the path as ``checkpoint``."""
+    record = {RESUMED: done, "checkpoint": str(path)}
+    logger.info("resuming from checkpoint %s at %s %d", path, unit, done, extra=record)

@@ -187,6 +187,7 @@ class Trainer:
         self.pending = state["pending"]
         for parameter, gradient in zip(self.params, state["gradients"] or []):
             parameter.grad = gradient
+        checkpoint.log_resume(self._checkpoint_path, self.iteration, "iteration")
 
     def seconds(self) -> float:
         """Wall seconds this training has spent in trainers, earlier (interrupted) runs included."""
