@@ -3,7 +3,7 @@
     python -m pipelines <stage> [--params FILE] [-S key=value ...] [--debug]
     python -m pipelines train --variant star [--seed 0]
     python -m pipelines evaluate --checkpoint star-s0
-    python -m pipelines train --study tasks --variant ocr-star   (the task study: star.config.STUDIES)
+    python -m pipelines train --study tasks --variant ocr-star   (a study of params.yaml's `studies`)
 
 (``python -m pipelines.<stage>`` runs the same code.) The configuration, the params file and
 the ``-S`` overrides in Hydra's override grammar (the one ``dvc exp run -S`` speaks: ``key=value``,
@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from star.config import DELETE, STUDIES, Config, ConfigError, load_config
+from star.config import DEFAULT_STUDY, DELETE, Config, ConfigError, load_config
 
 STAGES: dict[str, str] = {
     "prepare": "write the train/test prompt sets of every task to paths.prompts",
@@ -33,7 +33,7 @@ STAGES: dict[str, str] = {
 }
 
 STUDY_STAGES: tuple[str, ...] = ("train", "evaluate", "report")
-"""The stages that take ``--study`` (star.config.STUDIES)."""
+"""The stages that take ``--study`` (a key of the config's ``studies``)."""
 
 
 def use_threads(cfg: Config) -> None:
@@ -88,11 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override one knob in Hydra's grammar, e.g. -S base.steps=10 (repeatable)")
         sub.add_argument("--debug", action="store_true", help="print tracebacks (also STAR_DEBUG=1)")
         if name in STUDY_STAGES:
-            sub.add_argument("--study", choices=list(STUDIES), default="default",
-                             help="; ".join(f"{k}: {v}" for k, v in STUDIES.items()))
+            sub.add_argument("--study", default=DEFAULT_STUDY,
+                             help=f"a key of the params' studies (default: {DEFAULT_STUDY}; tasks: the task study)")
         if name == "train":
             sub.add_argument("--variant", required=True,
-                             help="a key of study.variants (e.g. star, none), or of study.task_variants with --study tasks")
+                             help="a variant of the study (studies.<study>.variants: e.g. star, none; "
+                                  "ocr-star with --study tasks)")
             sub.add_argument("--seed", type=int, default=None, help="training seed (default: the params' seed)")
         if name == "evaluate":
             sub.add_argument("--checkpoint", required=True, help="'base' or a trained variant, e.g. star-s0")
@@ -103,7 +104,7 @@ def preflight(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     """Everything that can be checked without Prefect or a model: the config (with the
     variant), and that the inputs the stage reads exist. Raises ConfigError."""
     overrides = parse_overrides(args.set)
-    cfg = load_config(args.params, overrides).for_study(getattr(args, "study", "default"))
+    cfg = load_config(args.params, overrides).for_study(getattr(args, "study", DEFAULT_STUDY))
     if args.stage == "train":
         cfg = cfg.for_variant(args.variant, args.seed)
     if args.stage == "evaluate" and args.checkpoint != "base":  # what the user named, first

@@ -1,5 +1,5 @@
 """Stage ``evaluate``: score one checkpoint (the base model or a trained variant) on the test
-prompts of every task in ``study.eval_tasks``.
+prompts of every task in the study's ``eval_tasks``.
 
     python -m pipelines evaluate --checkpoint base
     python -m pipelines evaluate --checkpoint star-s0

@@ -131,7 +131,8 @@ def stamp(cfg: Config) -> str:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     # the studies' own outputs change during `dvc repro` (this study's and, in a run of both, the
     # other's); only edited sources make the tree dirty
-    outputs = [":!dvc.lock", *(f":!{path}" for path in (cfg.paths.metrics, cfg.paths.reports, cfg.paths.task_study))]
+    roots = [study.root for study in cfg.studies.values() if study.root is not None]
+    outputs = [":!dvc.lock", *(f":!{path}" for path in (cfg.paths.metrics, cfg.paths.reports, *roots))]
     dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs) else ""
     sections = list(Config.model_fields)
     return (f"params hash {fingerprint(cfg, sections)} · commit {commit}{dirty} · "

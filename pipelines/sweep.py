@@ -1,7 +1,7 @@
 """Ablation sweeps: the study (variants × seeds, DVC matrix stages) once per training task, each
 as a `dvc exp run`, orchestrated by Prefect.
 
-    python -m pipelines.sweep                       # run now: study.sweep_tasks x study.seeds
+    python -m pipelines.sweep                       # run now: sweep.tasks x the default study's seeds
     python -m pipelines.sweep --tasks geneval ocr --seeds 0 1 2
     python -m pipelines.sweep --serve --cron "0 2 * * *"   # a scheduled deployment (needs a server)
     python -m pipelines.sweep --deploy --work-pool star-process --cron "0 2 * * *"
@@ -34,9 +34,12 @@ from star.config import load_config
 DEPLOYMENT_NAME = "scheduled-sweep"
 
 
-def experiment_command(train_task: str, seeds: list[int], name: str | None = None) -> list[str]:
-    """The `dvc exp run` of one sweep cell: the whole DAG with the task and seeds overridden."""
-    command = ["dvc", "exp", "run", "-S", f"rewards.task={train_task}", "-S", f"study.seeds={list(seeds)}"]
+def experiment_command(train_task: str, seeds: list[int], studies: list[str], name: str | None = None) -> list[str]:
+    """The `dvc exp run` of one sweep cell: the whole DAG with the training task and the seeds of
+    every study in ``studies`` overridden."""
+    command = ["dvc", "exp", "run", "-S", f"rewards.task={train_task}"]
+    for study in studies:
+        command += ["-S", f"studies.{study}.seeds={list(seeds)}"]
     return command + (["--name", name] if name else [])
 
 
@@ -69,25 +72,26 @@ def stream_experiment(command: list[str], log: Callable[[str], None], reward_eve
 
 
 @task(retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
-def run_experiment(train_task: str, seeds: list[int], name: str) -> str:
+def run_experiment(train_task: str, seeds: list[int], studies: list[str], name: str) -> str:
     """One experiment, streamed into the sweep's log; a retry resumes (DVC skips stages whose
     outputs are already cached)."""
     logger = get_run_logger()
-    stream_experiment(experiment_command(train_task, seeds, name), lambda message: logger.info("%s: %s", name, message))
+    command = experiment_command(train_task, seeds, studies, name)
+    stream_experiment(command, lambda message: logger.info("%s: %s", name, message))
     return name
 
 
 @flow(name="sweep")
 def sweep(tasks: list[str] | None = None, seeds: list[int] | None = None, params: str = "params.yaml") -> list[str]:
-    """Run the study for every training task in ``tasks`` (default ``study.sweep_tasks``) with
-    ``seeds`` (default ``study.seeds``); returns the DVC experiment names (`dvc exp show`)."""
+    """Run the studies for every training task in ``tasks`` (default ``sweep.tasks``) with
+    ``seeds`` (default: the default study's); returns the DVC experiment names (`dvc exp show`)."""
     cfg = load_config(params)
-    tasks = tasks or list(cfg.study.sweep_tasks)
+    tasks = tasks or list(cfg.sweep.tasks)
     seeds = seeds or list(cfg.study.seeds)
     names = []
     for train_task in tasks:
         name = f"sweep-{train_task}-seeds-{'-'.join(map(str, seeds))}"
-        names.append(run_experiment(train_task, seeds, name))
+        names.append(run_experiment(train_task, seeds, list(cfg.studies), name))
     get_run_logger().info("sweep finished: %s (compare with `dvc exp show` and MLflow)", names)
     return names
 
@@ -134,8 +138,9 @@ def reachable_server() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="*", default=None, help="training tasks (default: study.sweep_tasks)")
-    parser.add_argument("--seeds", nargs="*", type=int, default=None, help="seeds (default: study.seeds)")
+    parser.add_argument("--tasks", nargs="*", default=None, help="training tasks (default: sweep.tasks)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None,
+                        help="seeds of every study (default: the default study's)")
     parser.add_argument("--serve", action="store_true", help="register a scheduled deployment and serve it")
     parser.add_argument("--deploy", action="store_true", help="register a scheduled deployment with --work-pool")
     parser.add_argument("--work-pool", default="star-process", help="process work pool of --deploy")

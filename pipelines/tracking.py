@@ -146,7 +146,7 @@ def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str]
 
     It ends FINISHED, FAILED on an error, or KILLED on SIGTERM/SIGINT; runs of processes that
     were killed outright are marked KILLED when the next stage starts."""
-    dump = cfg.model_dump(mode="json")
+    dump = cfg.model_dump(mode="json") | {"study": cfg.study.model_dump(mode="json")}  # "study": the one it runs
     params = _flatten({name: dump[name] for name in sections})
     params["seed"] = cfg.seed
     tags = tags or {}

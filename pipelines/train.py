@@ -1,4 +1,4 @@
-"""Stage ``train``: RL post-training of one variant (``study.variants``) and seed.
+"""Stage ``train``: RL post-training of one variant of a study (``studies.<study>.variants``) and seed.
 
     python -m pipelines train --variant star [--seed 0] [-S train.iterations=20]
 

@@ -6,11 +6,22 @@ out-of-range values fail at load time with a message naming the key and the valu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from star.sections import ConfigError, Section, knob
 from star.world.config import WorldConfig
@@ -20,7 +31,7 @@ from star.world.vocab import (
     PRETRAIN_MIXTURE,
 )
 
-__all__ = ["Config", "ConfigError", "WorldConfig", "load_config"]
+__all__ = ["Config", "ConfigError", "Study", "Variant", "WorldConfig", "load_config"]
 
 
 class MiniModelConfig(Section):
@@ -82,13 +93,15 @@ class ModelConfig(Section):
     pretrained: str = knob(
         "stabilityai/stable-diffusion-3.5-medium", "hub id or local path of a real SD3 pipeline"
     )
-    revision: str | None = knob(None, "hub revision of `pretrained` (None: the default branch)")
+    revision: str | None = knob(None, "hub revision of `pretrained` (null: the default branch)")
     dtype: Literal["float32", "bfloat16", "float16"] = knob("float32", "weights dtype for inference")
     decode_dtype: Literal["float32", "bfloat16"] = knob(
-        "float32", "VAE decoding of sampled latents (bfloat16: autocast, pixels within 0.01; faster only on CPUs/GPUs with bf16 units; method §7)"
+        "float32",
+        "dtype of the VAE decoding of sampled latents (bfloat16: under autocast; faster only on CPUs/GPUs with bf16 units)",
     )
     resolution: int | None = knob(
-        None, "image side in px for training and evaluation (None: the model's own; SD3.5-M 1024, Flow-GRPO trains at 512)",
+        None,
+        "image side in px for training and evaluation (null: the model's own; SD3.5-M 1024, Flow-GRPO trains at 512)",
         ge=8,
     )
     mini: MiniModelConfig = knob(MiniModelConfig(), "sizes of the embedded miniature SD3")
@@ -169,17 +182,17 @@ class BaseConfig(Section):
     vae_lr: float = knob(2e-3, "VAE AdamW learning rate", gt=0)
     vae_kl_weight: float = knob(1e-6, "weight of the VAE's KL term", ge=0)
     vae_foreground_weight: float = knob(
-        0.0, "extra weight of the VAE's reconstruction error on pixels off the grey background (0: plain MSE; method §0)", ge=0
+        0.0, "extra weight of the VAE's reconstruction error on pixels off the grey background (0: plain MSE)", ge=0
     )
     steps: int = knob(5250, "transformer flow-matching steps (low-resolution ones included)", ge=0)
     low_res_size: int = knob(
         40, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0
     )
     low_res_steps: int = knob(
-        1500, "transformer steps at low_res_size before the full size (method §0: 2500 at 80 px letter the signs)", ge=0
+        1500, "transformer steps at low_res_size before the full-size ones", ge=0
     )
     low_res_interleave: int = knob(
-        3, "in the full-size phase every n-th step trains on a low-resolution batch (0: none; n >= 2; method §0)", ge=0
+        3, "in the full-size phase every n-th step trains on a low-resolution batch (0: none; n >= 2)", ge=0
     )
     low_res_signs: bool = knob(
         False, "the low-resolution transformer steps train on that set's (free) signs too (false: only the VAE sees them)"
@@ -236,12 +249,11 @@ CoreSegments = Literal["both", "clip", "t5"]
 
 
 class TrainConfig(Section):
-    """RL post-training (docs/method.md §1–§6); the reference values of STAR_METHOD §7 are
-    scaled down for the embedded default."""
+    """RL post-training (docs/method.md §1–§6; §7 sets the embedded default beside SD3.5-M's recipe)."""
 
     algorithm: Literal["grpo", "fdfo"] = knob("grpo", "'grpo': Flow-GRPO/STAR objective; 'fdfo': finite differences")
     allocation: AllocationMode = knob(
-        "star", "advantage allocation (method §5): 'none' is Flow-GRPO; 'oracle'/'shuffled' are diagnostic controls"
+        "star", "advantage allocation: 'none' is Flow-GRPO; 'oracle'/'shuffled' are diagnostic controls"
     )
     iterations: int = knob(32, "RL iterations: sample -> score -> advantages -> update", ge=1)
     prompts_per_iteration: int = knob(16, "prompts (groups) sampled per iteration", ge=1)
@@ -256,44 +268,44 @@ class TrainConfig(Section):
     sde_window: int = knob(
         0, "SDE steps per rollout, a window drawn in the first half each iteration; the rest ODE (0: all SDE)", ge=0
     )
-    noise_level: float = knob(0.7, "SDE noise level a (method §1)", gt=0)
+    noise_level: float = knob(0.7, "noise level a of the SDE steps of training rollouts", gt=0)
     guidance_scale: float = knob(4.5, "classifier-free guidance scale of rollouts", ge=1)
     same_noise_per_group: bool = knob(False, "every rollout of a group starts from the same noise")
     inner_epochs: int = knob(1, "passes over each iteration's rollouts", ge=1)
     minibatch_size: int = knob(32, "rollouts per forward/backward pass", ge=1)
     accumulation_steps: int = knob(
-        64, "minibatches summed into one optimizer step, across iterations if needed (method §4.1)", ge=1
+        64, "minibatches summed into one optimizer step, across iterations if needed", ge=1
     )
     optimizer: Literal["adamw", "normalized_sgd"] = knob(
-        "normalized_sgd", "'adamw', or 'normalized_sgd': steps of length lr along the gradient (method §4.1)"
+        "normalized_sgd", "'adamw', or 'normalized_sgd': steps of length lr along the gradient"
     )
     lr: float = knob(0.5, "learning rate (normalized_sgd: the L2 length of each step)", gt=0)
     weight_decay: float = knob(1e-4, "decoupled weight decay", ge=0)
     grad_clip: float = knob(1.0, "gradient-norm clip", gt=0)
-    clip_range: float = knob(1e-4, "PPO clip range epsilon of image-level and per-region ratios (method §4)", gt=0)
-    kl_beta: float = knob(0.0, "KL-to-reference weight beta (method §4)", ge=0)
+    clip_range: float = knob(1e-4, "PPO clip range epsilon of image-level and per-region ratios", gt=0)
+    kl_beta: float = knob(0.0, "KL-to-reference weight beta", ge=0)
     global_std: bool = knob(True, "normalise advantages by the batch's std (Flow-GRPO's configs) instead of the group's")
     advantage_clip: float = knob(5.0, "advantages are clipped to +-this", gt=0)
-    gamma: float = knob(3.0, "sharpening exponent of allocation maps (method §3.3; 3 chosen in §4.1)", gt=0)
-    mix: float = knob(1.0, "strength lambda of the map vs uniform (method §3)", ge=0, le=1)
+    gamma: float = knob(3.0, "sharpening exponent gamma of allocation maps", gt=0)
+    mix: float = knob(1.0, "strength lambda of the map vs uniform", ge=0, le=1)
     w_min: float = knob(0.25, "lower clamp of allocation weights", ge=0, le=1)
     w_max: float = knob(4.0, "upper clamp of allocation weights", ge=1)
     temporal_rule: TemporalRule = knob(
-        "map_change", "temporal weight of 'temporal'/'star' (method §5): map_change or sigma"
+        "map_change", "temporal weight of 'temporal'/'star': map_change or sigma"
     )
-    capture_blocks: list[int] | None = knob(None, "joint blocks read by the capture (None: the middle half)")
+    capture_blocks: list[int] | None = knob(None, "joint blocks read by the capture (null: the middle half)")
     core_segments: CoreSegments = knob("both", "text segments whose core tokens the capture reads: both, clip or t5")
     lora_rank: int = knob(8, "LoRA rank (0: full fine-tuning; SD3.5 reference 32)", ge=0)
     lora_alpha: int = knob(16, "LoRA alpha (SD3.5 reference 64)", ge=1)
     lora_targets: list[str] = knob(
         ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
          "attn.add_v_proj", "attn.to_add_out"],
-        "module-name suffixes that get LoRA adapters: the joint attention only, as Flow-GRPO (method §7)",
+        "module-name suffixes that get LoRA adapters: the joint attention only, as Flow-GRPO",
     )
     ema_decay: float = knob(0.9, "EMA decay of the trained weights (0: off); evaluation uses the EMA", ge=0, lt=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = knob("no", "accelerate mixed precision")
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass")
-    fdfo_clip: float = knob(0.03, "FDFO clip (method §6)", gt=0)
+    fdfo_clip: float = knob(0.03, "FDFO's clip c: its quadratic penalty holds the ratio near 1 +- c", gt=0)
     fdfo_base_weight: float = knob(0.0, "FDFO weight of ||v - v_base||^2", ge=0)
     checkpoint_every: int = knob(10, "iterations between resumable checkpoints", ge=1)
     log_images_every: int = knob(32, "iterations between sample grids and map overlays", ge=1)
@@ -337,7 +349,7 @@ class RewardsConfig(Section):
 
     task: Literal["geneval", "ocr", "pickscore"] = knob("geneval", "training task: its prompt set and default reward")
     weights: dict[Literal["geneval", "ocr", "pickscore"], float] | None = knob(
-        None, "reward mix as name -> weight (None: the task's own reward with weight 1)"
+        None, "reward mix as name -> weight (null: the task's own reward with weight 1)"
     )
     device: str = knob("cpu", "torch device of reward models")
     geneval_detector: Literal["world", "mask2former"] = knob(
@@ -349,7 +361,7 @@ class RewardsConfig(Section):
     )
     color_model: str = knob("openai/clip-vit-large-patch14", "CLIP for zero-shot colour, hub id or path")
     ocr_backend: Literal["rapidocr", "easyocr"] = knob("rapidocr", "OCR engine (easyocr: optional extra)")
-    easyocr_model_dir: Path | None = knob(None, "easyocr weights directory (None: easyocr's default)")
+    easyocr_model_dir: Path | None = knob(None, "easyocr weights directory (null: easyocr's default)")
     pickscore_source: Literal["embedded", "pretrained"] = knob(
         "embedded", "'embedded': the world CLIP stand-in; 'pretrained': `pickscore_model`"
     )
@@ -398,88 +410,141 @@ class PathsConfig(Section):
     checkpoints: Path = knob(Path("models/checkpoints"), "trained variants, one folder per variant")
     reports: Path = knob(Path("reports"), "study report: tables, curves, map figures")
     eval_samples: Path = knob(Path("eval"), "sample grids of every evaluated checkpoint")
-    task_study: Path = knob(
-        Path("studies/tasks"), "the task study's checkpoints, metrics, sample grids and report (its own metrics/, ...)"
-    )
 
+
+EvalTask = Literal["geneval", "ocr", "pickscore"]
+"""A task with a prompt set, a reward and an evaluation."""
 
 VARIANT_REWARDS = "rewards"
-"""The key of a study variant whose mapping overrides the `rewards` section (its other keys are
-`train` knobs)."""
+"""The key of a variant's ``rewards`` overrides in params.yaml (its other keys are ``train`` knobs)."""
+
+DEFAULT_STUDY = "default"
+"""The study that the stages run without ``--study``."""
 
 
-class StudyConfig(Section):
-    """The comparison `dvc repro` runs: variants (train-section overrides) x seeds, evaluated on tasks."""
+def _file_name_part(name: str) -> str:
+    """A study or variant name: it names folders, checkpoints, DVC stages and MLflow runs."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"{name!r} must be letters, digits, '-' or '_' (it names files, stages and runs)")
+    return name
 
-    variants: dict[str, dict[str, Any]] = knob(
-        {
-            "none": {"allocation": "none"},
-            "temporal": {"allocation": "temporal"},
-            "spatial": {"allocation": "spatial"},
-            "star": {"allocation": "star"},
-            "fdfo": {"algorithm": "fdfo"},
-            "oracle": {"allocation": "oracle"},
-        },
-        "variant name -> overrides of the `train` section, and of `rewards` under a 'rewards' key "
-        "(e.g. {allocation: star, rewards: {task: ocr}}); one trained checkpoint each",
-        min_length=1,
-    )
-    seeds: list[int] = knob([0, 1, 2], "training seeds of every variant (mean +- spread in the report)", min_length=1)
-    eval_tasks: list[Literal["geneval", "ocr", "pickscore"]] = knob(
-        ["geneval", "ocr", "pickscore"], "tasks every checkpoint is evaluated on", min_length=1
-    )
-    sweep_tasks: list[Literal["geneval", "ocr", "pickscore"]] = knob(
-        ["geneval"], "training tasks of the Prefect sweep (one `dvc exp run` per task)", min_length=1
-    )
 
-    task_variants: dict[str, dict[str, Any]] = knob(
-        {
-            "ocr-none": {"allocation": "none", VARIANT_REWARDS: {"task": "ocr"}},
-            "ocr-star": {"allocation": "star", VARIANT_REWARDS: {"task": "ocr"}},
-            "ocr-mix": {"allocation": "none", VARIANT_REWARDS: {"task": "ocr", "weights": {"ocr": 1.0, "pickscore": 0.026}}},
-            "ocr-fdfo": {"algorithm": "fdfo", VARIANT_REWARDS: {"task": "ocr"}},
-            "pick-none": {"allocation": "none", VARIANT_REWARDS: {"task": "pickscore"}},
-            "pick-star": {"allocation": "star", VARIANT_REWARDS: {"task": "pickscore"}},
-        },
-        "the task study (`dvc repro report_tasks`): variants as `variants`, trained on the OCR and preference "
-        "tasks and a reward mix; same seeds, outputs under paths.task_study",
-        min_length=1,
-    )
+Name = Annotated[str, AfterValidator(_file_name_part)]
+
+
+class KnobError(ValueError):
+    """A bad knob inside a mapping-valued knob (a variant's overrides): its key relative to the
+    mapping, its value and the reason; the load error names the full key."""
+
+    def __init__(self, key: str, value: Any, reason: str) -> None:
+        super().__init__(f"{key} = {value!r}: {reason}")
+        self.key, self.value, self.reason = key, value, reason
+
+
+def _knob_error(section: type[Section], knob: str, value: Any) -> dict[str, Any] | None:
+    """The first error of ``knob = value`` in ``section`` on its own (type, range, known key), or
+    None; checks across knobs are left to the merged section (``Variant.apply``)."""
+    try:
+        section.model_validate({knob: value})
+    except ValidationError as error:
+        return next((item for item in error.errors() if item["loc"]), None)
+    return None
+
+
+class Variant(BaseModel):
+    """One variant of a study: overrides of the ``train`` section and, under ``rewards``, of the
+    ``rewards`` section (its training task or reward mix). params.yaml spells it with the
+    ``train`` knobs at the top level: ``{allocation: none, rewards: {task: ocr}}``. Each knob is
+    validated against ``TrainConfig``/``RewardsConfig`` on load; checks across knobs run when the
+    variant is applied to a config (``Config.for_variant``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: dict[str, Any] = Field(default_factory=dict, description="overrides of the `train` section")
+    rewards: dict[str, Any] = Field(default_factory=dict, description="overrides of the `rewards` section")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_params_spelling(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "train" in data:  # not params.yaml's spelling ('train' is no train knob)
+            return data
+        train = {key: value for key, value in data.items() if key != VARIANT_REWARDS}
+        return {"train": train, "rewards": data.get(VARIANT_REWARDS, {})}
 
     @model_validator(mode="after")
-    def _variants_are_train_knobs(self) -> StudyConfig:
-        for field, variants in (("variants", self.variants), ("task_variants", self.task_variants)):
-            for name, overrides in variants.items():
-                check_variant(f"{field}.{name}", overrides)
-        shared = sorted(set(self.variants) & set(self.task_variants))
-        if shared:
-            raise ValueError(f"variants and task_variants share the names {shared}: their checkpoints would collide "
-                             "in the MLflow runs and commands that name them")
+    def _knobs_are_valid(self) -> Variant:
+        parts = (("", TrainConfig, self.train), (f"{VARIANT_REWARDS}.", RewardsConfig, self.rewards))
+        for prefix, section, overrides in parts:
+            for name, value in overrides.items():
+                item = _knob_error(section, name, value)
+                if item:
+                    key = ".".join(str(part) for part in item["loc"])
+                    raise KnobError(prefix + key, item.get("input"), item["msg"])
         return self
 
+    @model_serializer(mode="plain")
+    def _to_params_spelling(self) -> dict[str, Any]:
+        return {**self.train, **({VARIANT_REWARDS: self.rewards} if self.rewards else {})}
 
-def check_variant(key: str, overrides: dict[str, Any]) -> None:
-    """A study variant's name is a file-name part and its overrides are valid `train` knobs (its
-    'rewards' mapping valid `rewards` knobs); raises ValueError naming ``key`` and the knob."""
-    name = key.rpartition(".")[2]
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"variant name {name!r} must be letters, digits, '-' or '_'")
-    train = {k: v for k, v in overrides.items() if k != VARIANT_REWARDS}
-    rewards = overrides.get(VARIANT_REWARDS, {})
-    for prefix, section, values in (("", TrainConfig, train), (f"{VARIANT_REWARDS}.", RewardsConfig, rewards)):
-        try:
-            section.model_validate(values)
-        except ValidationError as error:
-            item = error.errors()[0]
-            knob = prefix + ".".join(str(part) for part in item["loc"])
-            raise ValueError(f"{key}.{knob} = {item.get('input')!r}: {item['msg']}") from None
+    def apply(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A config's ``model_dump()`` with these overrides merged into its ``train`` and ``rewards``."""
+        return data | {"train": _merge(data["train"], self.train), "rewards": _merge(data["rewards"], self.rewards)}
 
 
-STUDIES: dict[str, str] = {
-    "default": "study.variants, outputs in paths (`dvc repro report`)",
-    "tasks": "study.task_variants, outputs under paths.task_study (`dvc repro report_tasks`)",
+class Study(Section):
+    """One comparison: every variant trained with every seed, each checkpoint evaluated on the
+    evaluation tasks; its outputs under ``root``."""
+
+    variants: dict[Name, Variant] = Field(
+        min_length=1, description="variant name -> its overrides: `train` knobs, and `rewards` knobs under "
+        "'rewards'; one trained checkpoint per variant and seed",
+    )
+    seeds: list[int] = knob([0, 1, 2], "training seeds of every variant (mean +- spread in the report)", min_length=1)
+    eval_tasks: list[EvalTask] = knob(
+        ["geneval", "ocr", "pickscore"], "tasks every checkpoint is evaluated on", min_length=1
+    )
+    root: Path | None = knob(
+        None, "folder of the study's checkpoints/, metrics/, eval/ and reports/ (null: those of `paths`)"
+    )
+
+    def output_paths(self, paths: PathsConfig) -> PathsConfig:
+        """``paths`` with this study's outputs under ``root``; the base model, prompts, reward
+        models and work folder stay shared."""
+        if self.root is None:
+            return paths
+        return paths.model_copy(update={"checkpoints": self.root / "checkpoints", "metrics": self.root / "metrics",
+                                        "eval_samples": self.root / "eval", "reports": self.root / "reports"})
+
+
+STUDIES: dict[str, Study] = {
+    DEFAULT_STUDY: Study(variants={
+        "none": {"allocation": "none"},
+        "temporal": {"allocation": "temporal"},
+        "spatial": {"allocation": "spatial"},
+        "star": {"allocation": "star"},
+        "fdfo": {"algorithm": "fdfo"},
+        "oracle": {"allocation": "oracle"},
+    }),
+    "tasks": Study(variants={
+        "ocr-none": {"allocation": "none", VARIANT_REWARDS: {"task": "ocr"}},
+        "ocr-star": {"allocation": "star", VARIANT_REWARDS: {"task": "ocr"}},
+        "ocr-mix": {"allocation": "none",
+                    VARIANT_REWARDS: {"task": "ocr", "weights": {"ocr": 1.0, "pickscore": 0.026}}},
+        "ocr-fdfo": {"algorithm": "fdfo", VARIANT_REWARDS: {"task": "ocr"}},
+        "pick-none": {"allocation": "none", VARIANT_REWARDS: {"task": "pickscore"}},
+        "pick-star": {"allocation": "star", VARIANT_REWARDS: {"task": "pickscore"}},
+    }, root=Path("studies/tasks")),
 }
-"""The platform's two comparisons; ``--study`` of the train, evaluate and report stages picks one."""
+"""The platform's two comparisons: ``default`` on GenEval (`dvc repro report`), ``tasks`` on
+OCR, the preference task and a reward mix (`dvc repro report_tasks`)."""
+
+
+class SweepConfig(Section):
+    """The Prefect sweep (`python -m pipelines.sweep`): the whole DAG once per training task."""
+
+    tasks: list[EvalTask] = knob(
+        ["geneval"], "training tasks (rewards.task) of the sweep, one `dvc exp run` each", min_length=1
+    )
 
 
 class Config(Section):
@@ -496,7 +561,22 @@ class Config(Section):
     eval: EvalConfig = knob(EvalConfig(), "evaluation sampling")
     tracking: TrackingConfig = knob(TrackingConfig(), "MLflow tracking")
     paths: PathsConfig = knob(PathsConfig(), "output locations")
-    study: StudyConfig = knob(StudyConfig(), "the variants x seeds comparison")
+    studies: dict[Name, Study] = knob(
+        STUDIES, "the comparisons `dvc repro` runs, by name (a stage's --study; the *_tasks stages run 'tasks')",
+        min_length=1,
+    )
+    sweep: SweepConfig = knob(SweepConfig(), "the Prefect sweep")
+    _study: str = PrivateAttr(DEFAULT_STUDY)
+
+    @property
+    def study_name(self) -> str:
+        """The name of the study this config runs (``for_study``)."""
+        return self._study
+
+    @property
+    def study(self) -> Study:
+        """The study this config runs: ``studies['default']`` unless ``for_study`` chose another."""
+        return self.studies[self._study]
 
     @model_validator(mode="after")
     def _low_resolution_fits(self) -> Config:
@@ -514,35 +594,45 @@ class Config(Section):
                              "low_res_size is 0")
         return self
 
-    def for_study(self, study: str) -> Config:
-        """This config for one of STUDIES: ``tasks`` swaps ``study.task_variants`` and
-        ``study.variants`` (the study's own variants are then ``variants``, and the two sets stay
-        disjoint) and puts the checkpoints, metrics, sample grids and report under
-        ``paths.task_study`` (the base model, prompts and reward models stay shared)."""
-        if study not in STUDIES:
-            raise ConfigError(f"unknown study {study!r}; the studies are {sorted(STUDIES)}")
-        if study == "default":
-            return self
-        root = self.paths.task_study
-        paths = {"checkpoints": root / "checkpoints", "metrics": root / "metrics", "eval_samples": root / "eval",
-                 "reports": root / "reports"}
-        return self.model_copy(update={"paths": self.paths.model_copy(update=paths),
-                                       "study": self.study.model_copy(update={"variants": self.study.task_variants,
-                                                                                "task_variants": self.study.variants})})
+    @model_validator(mode="after")
+    def _studies_stay_apart(self) -> Config:
+        if DEFAULT_STUDY not in self.studies:
+            raise ValueError(f"studies has no {DEFAULT_STUDY!r} study (the one the stages run without --study); "
+                             f"it has {sorted(self.studies)}")
+        owner: dict[str, str] = {}
+        for name, study in self.studies.items():
+            shared = sorted(set(study.variants) & set(owner))
+            if shared:
+                raise ValueError(f"studies.{owner[shared[0]]} and studies.{name} share the variant names {shared}: "
+                                 "their checkpoints would collide in the MLflow runs and commands that name them")
+            owner |= dict.fromkeys(study.variants, name)
+        roots = [str(study.root) for study in self.studies.values()]
+        if len(set(roots)) < len(roots):
+            raise ValueError(f"studies write to the same folders (their roots: {roots}): give each its own root")
+        return self
+
+    def for_study(self, name: str) -> Config:
+        """This (loaded) config running ``studies[name]``: ``study`` is that study, and with a
+        ``root`` its checkpoints, metrics, sample grids and report go under it (the base model,
+        prompts and reward models stay shared)."""
+        if name not in self.studies:
+            raise ConfigError(f"unknown study {name!r}; the studies are {sorted(self.studies)}")
+        cfg = self.model_copy(update={"paths": self.studies[name].output_paths(self.paths)})
+        cfg._study = name
+        return cfg
 
     def for_variant(self, variant: str, seed: int | None = None) -> Config:
-        """This config with ``study.variants[variant]`` applied to ``train`` (its ``rewards`` key to
-        ``rewards``: the variant's training task or reward mix) and ``seed`` set."""
+        """This config with ``study.variants[variant]`` applied to ``train`` and ``rewards`` (the
+        variant's training task or reward mix) and ``seed`` set."""
         if variant not in self.study.variants:
             raise ConfigError(f"unknown variant {variant!r}; this study's variants are {sorted(self.study.variants)} "
-                              "(study.variants; with --study tasks, study.task_variants)")
-        data = self.model_dump()
-        overrides = dict(self.study.variants[variant])
-        data["rewards"] = _merge(data["rewards"], overrides.pop(VARIANT_REWARDS, {}))
-        data["train"] = _merge(data["train"], overrides)
+                              f"(studies.{self._study}.variants)")
+        data = self.study.variants[variant].apply(self.model_dump())
         if seed is not None:
             data["seed"] = seed
-        return config_from_dict(data, f"variant {variant!r}")
+        cfg = config_from_dict(data, f"variant {variant!r}")
+        cfg._study = self._study
+        return cfg
 
 
 DELETE = object()
@@ -558,14 +648,19 @@ def _key_source(key: str, overridden: set[str], source: str) -> str:
 
 
 def _describe(error: ValidationError, source: str, overridden: set[str] = frozenset()) -> str:
+    """The load error's message: each bad knob's full key, its value and its source, or the message
+    of a check across knobs."""
     lines = ["invalid configuration:"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        if not key or message.startswith(f"{key}."):  # a check across knobs: its message names them
-            lines.append(f"  {message}")
+        loc = [str(part) for part in item["loc"] if part != "[key]"]  # a bad name of a mapping: the name's key
+        value, message = item.get("input"), item["msg"]
+        if isinstance(knob_error := item.get("ctx", {}).get("error"), KnobError):  # a knob inside a variant
+            loc, value, message = [*loc, knob_error.key], knob_error.value, knob_error.reason
+        key = ".".join(loc)
+        if not key or message.removeprefix("Value error, ").startswith(f"{key}."):  # a check across knobs names them
+            lines.append(f"  {message.removeprefix('Value error, ')}")
         else:
-            lines.append(f"  {key} = {item.get('input')!r} (from {_key_source(key, overridden, source)}): {item['msg']}")
+            lines.append(f"  {key} = {value!r} (from {_key_source(key, overridden, source)}): {message}")
     if len(lines) == 2:  # one problem, one line
         return f"{lines[0]} {lines[1].strip()}"
     return "\n".join(lines)
@@ -623,20 +718,6 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     return config_from_dict(_merge(data, overrides), source=str(path), overridden=_dotted_keys(overrides))
 
 
-def describe_knobs(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """Every knob as (key, type, default, description), for docs and `--help` style listings."""
-    rows = []
-    for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(describe_knobs(annotation, prefix=f"{key}."))
-        else:
-            type_name = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
-            rows.append((key, type_name, repr(field.default), field.description or ""))
-    return rows
-
-
 def fingerprint(cfg: Config, sections: list[str]) -> str:
     """A short hash of the seed and the given sections: checkpoints resume only into the same
     configuration."""
@@ -648,8 +729,109 @@ def fingerprint(cfg: Config, sections: list[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def describe_knobs(section: BaseModel | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Every knob as (key, type, value, description), for docs and `--help` style listings: of
+    ``section`` (default: ``Config()``, the defaults), each study's under ``studies.<name>.``."""
+    section = Config() if section is None else section
+    rows = []
+    for name, field in type(section).model_fields.items():
+        key, value = f"{prefix}{name}", getattr(section, name)
+        if isinstance(value, Section):
+            rows.extend(describe_knobs(value, prefix=f"{key}."))
+        elif _is_section_map(value):
+            for entry, part in value.items():
+                rows.extend(describe_knobs(part, prefix=f"{key}.{entry}."))
+        else:
+            rows.append((key, _type_name(field.annotation), _flow(value), field.description or ""))
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    """A knob's type without module prefixes: ``int``, ``Path | None``."""
+    return re.sub(r"\b[a-z_]+\.", "", getattr(annotation, "__name__", str(annotation)))
+
+
+def _is_section_map(value: Any) -> bool:
+    """A knob that maps names to sections (``studies``): written and listed as nested sections."""
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, Section) for v in value.values())
+
+
+def _plain(value: Any) -> Any:
+    """A knob's value as params.yaml spells it: models as their dump, paths as strings."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _flow(value: Any) -> str:
+    """``value`` in YAML's flow style on one line: ``[16, 32]``, ``{task: ocr}``, ``null``."""
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, sort_keys=False, width=10**9)
+    return text.removesuffix("\n").removesuffix("\n...")  # a scalar is a document of its own
+
+
+FLOW_WIDTH = 100
+"""A mapping knob whose flow line would be longer is written one entry a line (variants, mixtures)."""
+COMMENT_COLUMN = 48
+"""Descriptions start in one column per section, after lines up to this long."""
+
+PARAMS_HEADER = """\
+# Every knob of the platform with its description. star/config.py holds each knob's type, default
+# and checks, and writes this file: `python -m pipelines.knobs --write params.yaml` (tests check
+# that the committed params.yaml holds the defaults). A missing key takes its default; an unknown
+# key, a wrong type or an out-of-range value fails at load time naming the key."""
+
+
+def _knob_lines(name: str, value: Any, about: str, indent: str) -> list[tuple[str, str]]:
+    """One knob as (YAML line, comment) pairs: a section or a mapping of sections as a block, a
+    long mapping one entry a line, any other value in flow style."""
+    if isinstance(value, Section):
+        return [(f"{indent}{name}:", about), *_section_lines(value, indent + "  ")]
+    if _is_section_map(value):
+        lines = [(f"{indent}{name}:", about)]
+        for key, section in value.items():
+            lines += [(f"{indent}  {key}:", ""), *_section_lines(section, indent + "    ")]
+        return lines
+    flow = _flow(value)
+    if isinstance(value, dict) and len(f"{indent}{name}: {flow}") > FLOW_WIDTH:
+        return [(f"{indent}{name}:", about), *((f"{indent}  {_flow({k: v})[1:-1]}", "") for k, v in value.items())]
+    return [(f"{indent}{name}: {flow}", about)]
+
+
+def _section_lines(section: Section, indent: str = "") -> list[tuple[str, str]]:
+    """Every knob of ``section`` as (YAML line, comment) pairs."""
+    lines: list[tuple[str, str]] = []
+    for name, field in type(section).model_fields.items():
+        lines += _knob_lines(name, getattr(section, name), field.description or "", indent)
+    return lines
+
+
+def _commented(lines: list[tuple[str, str]]) -> str:
+    """The lines with their comments aligned in one column (longer lines: two spaces before)."""
+    column = max((len(text) for text, about in lines if about and len(text) <= COMMENT_COLUMN), default=0)
+    return "\n".join(f"{text.ljust(column)}  # {about}" if about else text for text, about in lines)
+
+
+def params_text(cfg: Config) -> str:
+    """``cfg`` as a complete params.yaml: every knob with its description as a comment, each
+    section under a header."""
+    loose = [line for name, field in Config.model_fields.items()
+             if not isinstance(getattr(cfg, name), Section) and not _is_section_map(getattr(cfg, name))
+             for line in _knob_lines(name, getattr(cfg, name), field.description or "", "")]
+    blocks = [PARAMS_HEADER, _commented(loose)]
+    for name, field in Config.model_fields.items():
+        value = getattr(cfg, name)
+        if isinstance(value, Section) or _is_section_map(value):
+            blocks.append(f"# {field.description}\n" + _commented(_knob_lines(name, value, "", "")))
+    return "\n\n".join(blocks) + "\n"
+
+
 def write_params(cfg: Config, path: str | Path) -> Path:
-    """Write every knob of ``cfg`` as a complete ``params.yaml`` (DVC needs every key it tracks)."""
+    """Write every knob of ``cfg`` as a complete ``params.yaml`` (DVC needs every key it tracks),
+    each with its description (``params_text``)."""
     path = Path(path)
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    path.write_text(params_text(cfg))
     return path

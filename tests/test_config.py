@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import parse_overrides
-from star.config import BaseConfig, Config, ConfigError, describe_knobs, fingerprint, load_config, StudyConfig
+from star.config import BaseConfig, Config, ConfigError, Variant, describe_knobs, fingerprint, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_variants_override_train_and_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown variant 'nope'"):
         cfg.for_variant("nope")
     with pytest.raises(ConfigError, match=r"variants\.bad\.gamma = -1"):
-        load_config(REPO / "params.yaml", {"study": {"variants": {"bad": {"gamma": -1}}}})
+        load_config(REPO / "params.yaml", {"studies": {"default": {"variants": {"bad": {"gamma": -1}}}}})
     written = write_params(star, tmp_path / "params.yaml")
     assert load_config(written) == star
 
@@ -130,7 +130,7 @@ def test_a_variant_may_set_its_training_task_and_reward_mix() -> None:
                 "text-star": {"allocation": "star", "rewards": {"task": "ocr"}},
                 "text-none": {"allocation": "none", "rewards": {"task": "ocr"}},
                 "mix": {"allocation": "none", "rewards": {"weights": {"geneval": 1.0, "pickscore": 0.1}}}}
-    cfg = load_config(REPO / "params.yaml", {"study": {"variants": variants}})
+    cfg = load_config(REPO / "params.yaml", {"studies": {"default": {"variants": variants}}})
     ocr = cfg.for_variant("text-star", seed=3)
     assert (ocr.rewards.task, ocr.train.allocation, ocr.seed) == ("ocr", "star", 3)
     assert ocr.rewards.ocr_backend == cfg.rewards.ocr_backend, "the rest of `rewards` is kept"
@@ -143,36 +143,71 @@ def test_a_variant_may_set_its_training_task_and_reward_mix() -> None:
     geneval = [*Config().study.variants, "mix"]  # the overrides merge into the default variants
     assert sections == [("geneval", geneval, "none"), ("ocr", ["text-star", "text-none"], "text-none")]
     with pytest.raises(ConfigError, match=r"variants\.x\.rewards\.task = 'foo'"):
-        load_config(REPO / "params.yaml", {"study": {"variants": {"x": {"rewards": {"task": "foo"}}}}})
+        load_config(REPO / "params.yaml", {"studies": {"default": {"variants": {"x": {"rewards": {"task": "foo"}}}}}})
     with pytest.raises(ConfigError, match=r"variants\.x\.rewards\.weight = "):
-        load_config(REPO / "params.yaml", {"study": {"variants": {"x": {"rewards": {"weight": {"ocr": 1}}}}}})
+        variants = {"x": {"rewards": {"weight": {"ocr": 1}}}}
+        load_config(REPO / "params.yaml", {"studies": {"default": {"variants": variants}}})
 
 
-def test_the_task_study_has_its_own_variants_and_output_folders() -> None:
+def test_each_study_has_its_variants_seeds_and_output_folder(tmp_path: Path) -> None:
     from star.evaluation.report import study_sections
 
     cfg = load_config(REPO / "params.yaml")
     tasks = cfg.for_study("tasks")
-    assert cfg.for_study("default") == cfg
-    assert tasks.study.variants == cfg.study.task_variants and tasks.study.seeds == cfg.study.seeds
-    assert tasks.study.task_variants == cfg.study.variants, "swapped, so the two sets stay disjoint"
-    root = cfg.paths.task_study
-    assert (tasks.paths.checkpoints, tasks.paths.metrics, tasks.paths.reports) == (
-        root / "checkpoints", root / "metrics", root / "reports")
-    assert (tasks.paths.base_model, tasks.paths.prompts, tasks.paths.reward_models) == (
-        cfg.paths.base_model, cfg.paths.prompts, cfg.paths.reward_models), "base, prompts and rewards are shared"
+    assert cfg.for_study("default") == cfg and cfg.study == cfg.studies["default"]
+    assert (tasks.study_name, tasks.study) == ("tasks", cfg.studies["tasks"])
+    assert tasks.for_variant("ocr-star").study_name == "tasks", "a variant's config runs its own study"
+    root = cfg.studies["tasks"].root
+    assert (tasks.paths.checkpoints, tasks.paths.metrics, tasks.paths.eval_samples, tasks.paths.reports) == (
+        root / "checkpoints", root / "metrics", root / "eval", root / "reports")
+    shared = ("base_model", "prompts", "reward_models", "work")
+    assert [getattr(tasks.paths, p) for p in shared] == [getattr(cfg.paths, p) for p in shared], "shared inputs"
     sections = [(s.task, s.reference) for s in study_sections(tasks)]
     assert sections == [("ocr", "ocr-none"), ("pickscore", "pick-none")]
     mix = tasks.for_variant("ocr-mix")
-    assert (mix.rewards.task, mix.train.allocation, mix.rewards.weights) == ("ocr", "none", {"ocr": 1.0, "pickscore": 0.026})
+    assert (mix.rewards.task, mix.train.allocation) == ("ocr", "none")
+    assert mix.rewards.weights == {"ocr": 1.0, "pickscore": 0.026}
     with pytest.raises(ConfigError, match="unknown study 'ablations'"):
         cfg.for_study("ablations")
-    with pytest.raises(ConfigError, match=r"share the names \['star'\]"):
-        load_config(REPO / "params.yaml", {"study": {"task_variants": {"star": {"allocation": "star"}}}})
-    with pytest.raises(ValueError, match=r"share the names \['a'\]"):  # equal sets too
-        StudyConfig(variants={"a": {}}, task_variants={"a": {}})
-    with pytest.raises(ConfigError, match=r"task_variants\.ocr-x\.rewards\.task = 'ocrr'"):
-        load_config(REPO / "params.yaml", {"study": {"task_variants": {"ocr-x": {"rewards": {"task": "ocrr"}}}}})
+    with pytest.raises(ConfigError, match=r"studies\.default and studies\.tasks share the variant names \['star'\]"):
+        load_config(REPO / "params.yaml", {"studies": {"tasks": {"variants": {"star": {"allocation": "star"}}}}})
+    with pytest.raises(ConfigError, match="studies write to the same folders"):
+        load_config(REPO / "params.yaml", {"studies": {"tasks": {"root": None}}})
+    with pytest.raises(ConfigError, match="studies has no 'default' study"):
+        load_config(write(tmp_path, "studies: {tasks: {variants: {a: {}}, root: studies/tasks}}\n"))
+
+
+def test_a_variant_is_train_knobs_with_rewards_knobs_under_rewards(tmp_path: Path) -> None:
+    """params.yaml's spelling in and out; each knob checked on load, naming its full key."""
+    spelled = {"allocation": "none", "rewards": {"task": "ocr", "weights": {"ocr": 1.0}}}
+    variant = Variant.model_validate(spelled)
+    assert (variant.train, variant.rewards) == ({"allocation": "none"}, {"task": "ocr", "weights": {"ocr": 1.0}})
+    assert variant.model_dump() == spelled and Variant(train={"gamma": 2.0}) == Variant.model_validate({"gamma": 2.0})
+    message = (r"^invalid configuration: studies\.tasks\.variants\.ocr-star\.rewards\.task = 'ocrr' \(from -S\): "
+               r"Input should be 'geneval', 'ocr' or 'pickscore'$")
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "params.yaml", parse_overrides(["studies.tasks.variants.ocr-star.rewards.task=ocrr"]))
+    with pytest.raises(ConfigError, match=r"studies\.default\.variants\.star\.gammma = 2 \(from -S\): Extra inputs"):
+        load_config(REPO / "params.yaml", parse_overrides(["+studies.default.variants.star.gammma=2"]))
+    with pytest.raises(ConfigError, match=r"studies\.default\.variants\.a b = 'a b' .* must be letters, digits"):
+        load_config(REPO / "params.yaml", {"studies": {"default": {"variants": {"a b": {}}}}})
+    # a knob is checked on its own; a check across knobs runs on the merged section
+    cfg = load_config(write(tmp_path, "train: {steps: 10}\n"
+                                      "studies: {default: {variants: {w: {sde_window: 6}, x: {sde_window: 11}}}}\n"))
+    assert cfg.for_variant("w").train.sde_window == 6, "6 exceeds the default steps, not this config's"
+    with pytest.raises(ConfigError, match="sde_window = 11 exceeds steps = 10"):
+        cfg.for_variant("x")
+
+
+def test_params_yaml_is_written_from_the_defaults(tmp_path: Path) -> None:
+    """star/config.py holds every default; the committed params.yaml is what `python -m
+    pipelines.knobs --write` writes from them (a default changed in one place only fails here)."""
+    from pipelines.knobs import main
+
+    main(["--write", str(tmp_path / "params.yaml")])
+    assert (REPO / "params.yaml").read_text() == (tmp_path / "params.yaml").read_text(), (
+        "params.yaml is not what star/config.py writes: `python -m pipelines.knobs --write params.yaml`")
+    assert "# RL post-training\ntrain:\n" in (tmp_path / "params.yaml").read_text(), "sections under headers"
 
 
 def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:

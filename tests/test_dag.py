@@ -134,13 +134,11 @@ def test_a_temporary_experiment_logs_into_the_projects_store(own_project: Path) 
 
 
 def test_a_change_to_one_variant_reruns_only_its_stages_and_the_report(own_project: Path) -> None:
-    """What `dvc exp run -S study.variants.star.gamma=4` does: only star's stages and the report
+    """What `dvc exp run -S studies.default.variants.star.gamma=4` does: only star's stages and the report
     run."""
     params = own_project / "params.yaml"
-    cfg = load_config(params)
-    gamma = cfg.train.gamma + 1.0  # not the default: an unchanged checkpoint would skip its evaluation
-    variants = cfg.study.variants | {"star": cfg.study.variants["star"] | {"gamma": gamma}}
-    write_params(cfg.model_copy(update={"study": cfg.study.model_copy(update={"variants": variants})}), params)
+    gamma = load_config(params).train.gamma + 1.0  # not the default: an unchanged checkpoint would skip its evaluation
+    write_params(load_config(params, {"studies": {"default": {"variants": {"star": {"gamma": gamma}}}}}), params)
     out = _run(["dvc", "repro"], own_project)
     stages = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert stages == ["evaluate@star-0", "report", "train@star-0"], out[-2000:]

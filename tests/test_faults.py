@@ -190,7 +190,7 @@ def test_a_failed_evaluation_leaves_no_empty_sample_folder(micro_run) -> None:
     from rewards.hub import ModelLoadError
 
     root = micro_run[0]
-    overrides = micro_overrides(root) | {"study": {"eval_tasks": ["pickscore"]},
+    overrides = micro_overrides(root) | {"studies": {"default": {"eval_tasks": ["pickscore"]}},
                                          "paths": micro_overrides(root)["paths"] | {"reward_models": str(root / "none")}}
     with pytest.raises(ModelLoadError, match="dvc repro reward_models"):
         evaluate(checkpoint="base", params=str(MICRO), overrides=overrides)

@@ -29,7 +29,7 @@ def study(micro_run):
 
     root = micro_run[0]
     # a second training task: its section in the report, against the base only (no `none` on it)
-    overrides = micro_overrides(root) | {"study": {"variants": VARIANTS}}
+    overrides = micro_overrides(root) | {"studies": {"default": {"variants": VARIANTS}}}
     reward_models(params=str(MICRO), overrides=overrides)
     trained = {v: train(variant=v, params=str(MICRO), overrides=overrides) for v in VARIANTS}
     evaluated = {c: evaluate(checkpoint=c, params=str(MICRO), overrides=overrides)

@@ -10,8 +10,9 @@ from pipelines.sweep import DEPLOYMENT_NAME, deployment, experiment_command
 
 
 def test_experiment_command_overrides_task_and_seeds() -> None:
-    assert experiment_command("ocr", [0, 1], "sweep-ocr") == [
-        "dvc", "exp", "run", "-S", "rewards.task=ocr", "-S", "study.seeds=[0, 1]", "--name", "sweep-ocr"]
+    assert experiment_command("ocr", [0, 1], ["default", "tasks"], "sweep-ocr") == [
+        "dvc", "exp", "run", "-S", "rewards.task=ocr", "-S", "studies.default.seeds=[0, 1]",
+        "-S", "studies.tasks.seeds=[0, 1]", "--name", "sweep-ocr"]
 
 
 def test_scheduled_deployment_has_its_schedule_and_parameters(prefect_server) -> None:

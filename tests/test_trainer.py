@@ -198,7 +198,8 @@ def test_resume_survives_edits_that_do_not_change_the_trajectory(tmp_path: Path)
     interrupted.save_checkpoint()
     cfg = load_config(MICRO, overrides={
         "train": SMALL | {"iterations": 3}, "eval": {"steps": 3}, "paths": {"reports": str(tmp_path / "r")},
-        "tracking": {"experiment": "elsewhere"}, "study": {"variants": {"extra": {"allocation": "spatial"}}},
+        "tracking": {"experiment": "elsewhere"},
+        "studies": {"default": {"variants": {"extra": {"allocation": "spatial"}}}},
     })
     resumed = Trainer(cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, tmp_path, progress=False)
     assert resumed.iteration == 1
