@@ -123,12 +123,11 @@ def preflight(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
 
 def check_prompt_files(cfg: Config) -> None:
     """Every prompt file of ``prompt_sets`` exists and parses (a bad line named by file and
-    number). Only ``prepare`` reads them, so the module is imported by name, only here: the
-    other stages' import closure (tests/test_dvc_deps.py) stays without it, and
-    ``pipelines/prepare.py`` imports it, so ``prepare``'s deps hold it."""
-    task_prompts = importlib.import_module("star.data.task_prompts")
+    number), before Prefect starts: only ``prepare`` reads them."""
+    from star.data.task_prompts import validate_prompt_files
+
     try:
-        task_prompts.validate_prompt_files(cfg.prompt_sets)
+        validate_prompt_files(cfg.prompt_sets)
     except (ValueError, OSError) as error:  # PromptSetError, PromptSetConfigError, an unreadable file
         raise ConfigError(str(error)) from None
 

@@ -80,12 +80,14 @@ def import_graph() -> dict[str, frozenset[str]]:
     return graph
 
 
-def closure(*roots: str) -> set[str]:
-    """``roots`` and every project module they import, directly or not."""
+def closure(*roots: str, opaque: frozenset[str] = frozenset()) -> set[str]:
+    """``roots`` and every project module they import, directly or not; the imports of an
+    ``opaque`` module are not followed (it is in the closure, what only it imports is not)."""
     graph, seen, todo = import_graph(), set(), list(roots)
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo.extend(graph[module])
+            if module not in opaque:
+                todo.extend(graph[module])
     return seen

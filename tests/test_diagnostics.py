@@ -69,6 +69,7 @@ def test_commitment_curve_starts_from_the_scene_at_low_noise(scenes) -> None:
         commitment_curve(pipe, images, prompts, closeness, steps=10, guidance_scale=2.0, start_steps=[10])
 
 
+@pytest.mark.slow
 def test_reward_variance_is_largest_for_the_noise_of_the_first_step(scenes) -> None:
     pipe, _, prompts = scenes
 
@@ -124,6 +125,7 @@ def test_objective_gradients_share_the_rollouts(tmp_path) -> None:
     assert all(p.grad is None for p in trainer.params)
 
 
+@pytest.mark.slow
 def test_gradient_table_measures_every_objective_against_the_reference(tmp_path) -> None:
     trainer = _trainer(tmp_path, BrightnessReward())
     before = trainable_state(trainer.transformer)
@@ -145,6 +147,7 @@ def test_gradient_table_measures_every_objective_against_the_reference(tmp_path)
         gradient_table(trainer, GENEVAL_RECORDS, _objectives(trainer), "none", estimates=1)
 
 
+@pytest.mark.slow
 def test_gradient_table_is_zero_without_reward_spread(tmp_path) -> None:
     trainer = _trainer(tmp_path, ConstantReward(), allocation="none")
     objectives = {"none": _objectives(trainer)["none"]}

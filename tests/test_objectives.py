@@ -72,6 +72,7 @@ def _grads(trainer: Trainer, objective, rollouts, targets: Targets, t: int) -> t
     return torch.cat([p.grad.flatten() for p in trainer.params])
 
 
+@pytest.mark.slow
 def test_uniform_region_gradient_equals_none_at_the_sampling_policy(trainer: Trainer) -> None:
     """At θ = θ_old, β = 0: the mean over regions of region means is the mean over elements,
     so ∇L_uniform_region = ∇L_none (method §5), with the same clip range."""

@@ -55,6 +55,7 @@ def test_transformer_resume_is_bit_identical(tmp_path: Path) -> None:
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+@pytest.mark.slow
 def test_low_resolution_steps_come_first_and_resume_across_the_switch(tmp_path: Path) -> None:
     """SD3's transformer takes fewer tokens (its position embedding is cropped): the first
     low_res_steps see the 4x4-token set, then the 8x8 one; a resume at the switch is exact."""
@@ -78,6 +79,7 @@ def test_interleaved_low_resolution_steps_fall_every_nth_full_size_step() -> Non
     assert [s for s in range(plain.steps) if trains_low_res(s, plain)] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_interleaved_training_uses_the_low_resolution_set_and_resumes_exactly(tmp_path: Path) -> None:
     data = tiny_data()
     latents = torch.randn(len(data.captions), 4, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -137,6 +139,7 @@ def test_vae_foreground_weight_averages_the_error_with_those_weights() -> None:
     assert weighted.item() > plain.item() * 1.1  # the objects' error counts more than the background's
 
 
+@pytest.mark.slow
 def test_flow_matching_loss_decreases_when_fitting_one_batch() -> None:
     pipe = build_mini_sd3(TINY, WORDS, CHARSET, image_size=32, seed=0)
     latents = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))

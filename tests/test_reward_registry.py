@@ -59,6 +59,7 @@ def test_pickscore_embedded_points_at_world_clip() -> None:
     assert (reward.model_name, reward.processor_name) == ("m", "p")
 
 
+@pytest.mark.slow
 def test_mix_is_the_weighted_sum_of_its_components() -> None:
     images, prompts, metadata = _mixed_batch()
     mix = build_reward(RewardsConfig(task="geneval", weights={"geneval": 1.0, "ocr": 0.5}), MODELS)

@@ -119,6 +119,7 @@ def _pil_text(word: str, height: int) -> np.ndarray:
     return np.asarray(image)
 
 
+@pytest.mark.slow
 def test_rapidocr_reads_plain_text_at_several_sizes(rapid: OcrReward) -> None:
     """Measured: 30/30 words read exactly (10 words x 32, 64, 128 px tall); bound 80%."""
     words = ["STAR", "FLOW", "GRPO", "OCR", "HELLO", "K7Q", "2024", "SIGN", "TEXT", "ZEBRA"]
@@ -130,6 +131,7 @@ def test_rapidocr_reads_plain_text_at_several_sizes(rapid: OcrReward) -> None:
     assert np.mean(np.array(rewards) == 1.0) >= 0.8, rewards
 
 
+@pytest.mark.slow
 def test_rapidocr_reads_world_signs_at_32px(rapid: OcrReward) -> None:
     """40 random world signs (1-4 chars) at the embedded 32 px.
 

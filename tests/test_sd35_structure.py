@@ -140,6 +140,7 @@ def test_lora_targets_adapt_the_joint_attention_only(pipe, saved: Path) -> None:
     assert any(".attn2." in name for name, _ in bare.named_parameters() if "lora_A" in name)
 
 
+@pytest.mark.slow
 def test_star_training_step_and_evaluation_sampling(pipe, saved: Path, tmp_path: Path) -> None:
     cfg = config(saved, allocation="star")
     trainer = Trainer(cfg, pipe, BrightnessReward(), [RECORD, SECOND], tmp_path, progress=False)

@@ -10,9 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipelines.shared_server import healthy
 from star.config import load_config, write_params
 from tests.conftest import MICRO, REPO, micro_overrides
+
+pytestmark = pytest.mark.slow  # every test runs commands under a Prefect server of its own
 
 
 def _launch(tmp_path: Path, *command: str) -> subprocess.Popen:

@@ -56,6 +56,7 @@ def test_paired_interval_is_narrower_than_the_unpaired_spread() -> None:
     assert (paired.high - paired.low) < 0.3 * (alone.high - alone.low)
 
 
+@pytest.mark.slow
 def test_null_intervals_cover_zero_about_95_percent_of_the_time() -> None:
     rng = np.random.default_rng(4)
     covered = 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from prefect.client.orchestration import get_client
 
 from pipelines.sweep import DEPLOYMENT_NAME, deployment, experiment_command
@@ -26,6 +28,7 @@ def test_scheduled_deployment_has_its_schedule_and_parameters(prefect_server) ->
         assert client.read_flow(stored.flow_id).name == "sweep"
 
 
+@pytest.mark.slow
 def test_serve_without_a_server_fails_with_what_to_do(tmp_path) -> None:
     import os
     import subprocess

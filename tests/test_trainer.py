@@ -37,6 +37,7 @@ def _trainer(tmp: Path, **train: object) -> Trainer:
               {"algorithm": "fdfo"}],
     ids=["none", "uniform_region", "temporal", "spatial", "shuffled", "star-full-ft", "fdfo"],
 )
+@pytest.mark.slow
 def test_every_algorithm_updates_the_policy(tmp_path: Path, train: dict) -> None:
     trainer = _trainer(tmp_path, iterations=1, **train)
     before = trainable_state(trainer.transformer)
@@ -78,6 +79,7 @@ class CornerReward(BrightnessReward):
         return self.score(images, prompts, metadata), [[(0, 0, side // 2, side // 2)] for _ in images]
 
 
+@pytest.mark.slow
 def test_oracle_and_star_read_the_rewards_detections(tmp_path: Path) -> None:
     """The trainer sets each rollout's core-object coverage from the reward's detections, the
     oracle puts its weight there, and capturing modes log their maps' localisation on it."""
@@ -102,6 +104,7 @@ def test_oracle_and_star_read_the_rewards_detections(tmp_path: Path) -> None:
         Trainer(cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, tmp_path / "no", progress=False).step()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [{}, {"accumulation_steps": 3}], ids=["default", "accumulation-across-the-stop"])
 def test_resume_continues_bit_for_bit(tmp_path: Path, train: dict) -> None:
     straight = _trainer(tmp_path / "straight", **train)
@@ -128,6 +131,7 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, train: dict) -> None:
     assert [h["reward_mean"] for h in straight.history] == [h["reward_mean"] for h in resumed.history]
 
 
+@pytest.mark.slow
 def test_accumulation_steps_the_optimizer_every_n_minibatches_and_at_the_end(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, accumulation_steps=3, iterations=2)  # 2 minibatches per iteration
     before = trainable_state(trainer.transformer)
@@ -139,6 +143,7 @@ def test_accumulation_steps_the_optimizer_every_n_minibatches_and_at_the_end(tmp
     assert any(not torch.equal(before[k], v) for k, v in trainable_state(trainer.transformer).items())
 
 
+@pytest.mark.slow
 def test_accumulated_minibatches_equal_one_large_minibatch(tmp_path: Path) -> None:
     whole = _trainer(tmp_path / "whole", minibatch_size=4, iterations=2, train_fraction=1.0)
     halves = _trainer(tmp_path / "halves", minibatch_size=2, accumulation_steps=2, iterations=2, train_fraction=1.0)
@@ -216,6 +221,7 @@ def test_config_differences_lists_leaves_with_dotted_keys() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
@@ -232,6 +238,7 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
     assert rank0["history"][0]["reward_mean"] == rank1["history"][0]["reward_mean"]
 
 
+@pytest.mark.slow
 def test_variant_round_trip_through_diffusers_lora(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path / "work", iterations=2)
     trainer.train()
@@ -310,6 +317,7 @@ def test_atomic_directory_keeps_the_old_model_when_writing_fails(tmp_path: Path)
     assert (target / "weights").read_text() == "new" and not (tmp_path / "model.partial").exists()
 
 
+@pytest.mark.slow
 def test_sde_window_adds_noise_and_trains_only_inside_the_window(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, steps=6, sde_window=2, same_noise_per_group=True, iterations=1)
     rollouts = trainer.sample(GENEVAL_RECORDS[:2])
