@@ -75,25 +75,27 @@ def micro_overrides(root: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def micro_base(prefect_server, tmp_path_factory) -> tuple[Path, dict[str, int], dict[str, float]]:
-    """``prepare`` and ``base`` on the micro config, once per test run: (root, prompt counts, base
-    metrics). Read-only: a test that writes into a project takes ``micro_run``."""
+    """``prepare``, ``base`` and ``reward_models`` on the micro config, once per test run: (root,
+    prompt counts, base metrics). Read-only: a test that writes into a project takes ``micro_run``."""
     from pipelines.base import base
     from pipelines.prepare import prepare
+    from pipelines.reward_models import reward_models
 
     root = tmp_path_factory.mktemp("micro-base")
     overrides = micro_overrides(root)
     counts = prepare(params=str(MICRO), overrides=overrides)
     metrics = base(params=str(MICRO), overrides=overrides)
+    reward_models(params=str(MICRO), overrides=overrides)  # the PickScore stand-in the micro study trains on
     return root, counts, metrics
 
 
 @pytest.fixture(scope="module")
 def micro_run(micro_base, tmp_path_factory) -> tuple[Path, dict[str, int], dict[str, float]]:
-    """A writable micro project for one test module: the shared prompts and base model copied
-    into a fresh root (its own MLflow store, checkpoints and metrics)."""
+    """A writable micro project for one test module: the shared prompts, base and reward models
+    copied into a fresh root (its own MLflow store, checkpoints and metrics)."""
     source, counts, metrics = micro_base
     root = tmp_path_factory.mktemp("micro")
-    for part in ("data/prompts", "models/base"):
+    for part in ("data/prompts", "models/base", "models/rewards"):
         shutil.copytree(source / part, root / part)
     (root / "metrics").mkdir()
     shutil.copy(source / "metrics" / "base.json", root / "metrics" / "base.json")

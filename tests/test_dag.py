@@ -26,8 +26,8 @@ def _run(command: list[str], cwd: Path, with_stderr: bool = False) -> str:
     activated."""
     from prefect.settings import PREFECT_API_URL
 
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-                        "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                        "OMP_NUM_THREADS": "1", "PREFECT_API_URL": PREFECT_API_URL.value()}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + (result.stderr if with_stderr else "")
@@ -81,6 +81,22 @@ def test_report_and_mlflow_runs(project: Path) -> None:
     assert stages >= {"prepare", "base", "reward_models", "train", "evaluate", "report"}
 
 
+
+def test_the_micro_trainings_move_the_weights(project: Path) -> None:
+    """The micro study's reward varies (a little PickScore beside GenEval, which scores 0 on the
+    untrained micro model), so a broken update would show: every training's LoRA up-projections,
+    zero at initialisation, have moved, and every iteration's rewards have a spread."""
+    from safetensors.torch import load_file
+
+    for variant in ("none", "star"):
+        weights = load_file(project / f"models/checkpoints/{variant}-s0/pytorch_lora_weights.safetensors")
+        ups = [tensor for name, tensor in weights.items() if "lora_B" in name]
+        assert ups and all(tensor.abs().max() > 0 for tensor in ups), f"{variant}: the adapter did not move"
+        curve = (project / f"metrics/train/{variant}-s0.csv").read_text().splitlines()
+        header = curve[0].split(",")
+        spreads = [float(row.split(",")[header.index("reward_std")]) for row in curve[1:]]
+        assert spreads and min(spreads) > 0, spreads
+
 def test_the_task_study_writes_only_under_its_own_folder(project: Path) -> None:
     """`report_tasks` (the task study) ran in the same `dvc repro`: its OCR-trained variant has its
     checkpoint, metrics and report section under studies/tasks, nothing of it in the default
@@ -127,10 +143,12 @@ def test_a_temporary_experiment_logs_into_the_projects_store(own_project: Path) 
     assert load_config(own_project / "params.yaml").tracking.uri == "sqlite:///mlruns.db"  # relative
     before = evaluations()
     _run(["git", "add", "-A"], own_project)
-    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "micro study"], own_project)
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "micro study"],
+         own_project)
     _run(["dvc", "exp", "run", "--temp", "-S", "eval.guidance_scale=3.0", "evaluate_base"], own_project)
     assert evaluations() == before + 1
-    assert not list((own_project / ".dvc" / "tmp" / "exps").glob("**/mlruns.db")), "no store left in a temporary workspace"
+    assert not list((own_project / ".dvc" / "tmp" / "exps").glob("**/mlruns.db")), (
+        "no store left in a temporary workspace")
 
 
 def test_a_change_to_one_variant_reruns_only_its_stages_and_the_report(own_project: Path) -> None:
@@ -150,7 +168,8 @@ def test_pretrained_model_skips_the_embedded_pretraining(own_project: Path) -> N
     the micro base, standing in for a hub id)."""
     saved = own_project.parent / "saved_model"
     shutil.copytree(own_project / "models/base", saved)
-    cfg = load_config(own_project / "params.yaml", overrides={"model": {"source": "pretrained", "pretrained": str(saved)}})
+    cfg = load_config(own_project / "params.yaml",
+                      overrides={"model": {"source": "pretrained", "pretrained": str(saved)}})
     write_params(cfg, own_project / "params.yaml")
     out = _run(["dvc", "repro", "evaluate_base"], own_project)
     assert "Running stage 'base'" in out and "Running stage 'evaluate_base'" in out

@@ -9,8 +9,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from star.models.sd3 import load_pipeline
 from star.data.prompt_sets import load_geneval_metadata
+from star.models.sd3 import load_pipeline
 from tests.conftest import MICRO, micro_overrides
 
 
@@ -39,12 +39,12 @@ def test_base_saves_a_loadable_model_and_metrics(micro_base) -> None:
     assert not (root / "outputs" / "base").exists(), "spent checkpoints and their folder are removed"
 
 
-def test_mlflow_holds_both_stage_runs(micro_base) -> None:
+def test_mlflow_holds_each_stage_run(micro_base) -> None:
     root, _, metrics = micro_base
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["star"], output_format="list")
     by_stage = {run.data.tags["stage"]: run for run in runs}
-    assert set(by_stage) == {"prepare", "base"}
+    assert set(by_stage) == {"prepare", "base", "reward_models"}
     base_run = by_stage["base"]
     assert base_run.data.params["base.steps"] == "6"
     assert base_run.data.metrics["train_seconds"] == pytest.approx(metrics["train_seconds"])
@@ -58,14 +58,15 @@ def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_pat
     root, _, _ = micro_run
     paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
     main(["--params", str(MICRO), "--prompts", "2", "--batches", "1", "--estimates", "2",
-          "--rows", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "--row", "sharp={allocation: star, gamma: 8}",
+          "--rows", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo",
+          "--row", "sharp={allocation: star, gamma: 8}",
           "--json", str(tmp_path / "table.json"), "-S", "train.prompt_pool=3",  # a pool larger than --prompts
           *[arg for path in paths for arg in ("-S", path)]])
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
     names = [row[0].strip() for row in rows[1:]]
     assert names == ["none", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "sharp"]
-    for name, agreement, _, reference, _, localisation, norm in rows[1:]:
+    for name, agreement, _, reference, _, _localisation, norm in rows[1:]:
         assert -1 <= float(agreement) <= 1 and -1 <= float(reference) <= 1 and float(norm) >= 0, name
     assert float(rows[1][3]) in (0.0, 1.0)  # none against itself (0: the micro base scores no reward spread)
     saved = json.loads((tmp_path / "table.json").read_text())
@@ -98,7 +99,8 @@ def test_diagnose_maps_prints_localisation_per_setting(micro_run, capsys) -> Non
 
     root, _, _ = micro_run
     paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
-    main(["--params", str(MICRO), "--prompts", "2", "--per-prompt", "2", *[arg for path in paths for arg in ("-S", path)]])
+    main(["--params", str(MICRO), "--prompts", "2", "--per-prompt", "2",
+          *[arg for path in paths for arg in ("-S", path)]])
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "step" not in line]
     assert len(rows) >= 6 and any("T5 segment only" in row[0] for row in rows)
@@ -142,7 +144,8 @@ def test_profile_prints_each_phase_share(micro_run, capsys, tmp_path: Path) -> N
     out = capsys.readouterr().out
     phases = {line.split("|")[1].strip(): float(line.split("|")[3].strip(" %")) for line in out.splitlines()
               if line.startswith("| ") and line.split("|")[3].strip().endswith("%")}
-    for phase in ("sample", "score", "update", "advantages (+ maps)", "sampling (ODE, CFG)", "scoring (detector + rules)"):
+    for phase in ("sample", "score", "update", "advantages (+ maps)", "sampling (ODE, CFG)",
+                  "scoring (detector + rules)"):
         assert phase in phases, out
     assert all(0 <= share <= 100 for share in phases.values())
 

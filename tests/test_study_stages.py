@@ -14,10 +14,10 @@ import pytest
 
 from tests.conftest import MICRO, micro_overrides
 
-
 VARIANTS = {"none": {"allocation": "none"}, "star": {"allocation": "star"},
             "text-star": {"allocation": "star", "rewards": {"task": "ocr"}}}
-"""The micro study: the micro config's two variants and one trained on OCR (a name the micro task study does not use)."""
+"""The micro study: the micro config's two variants and one trained on OCR (a name the micro task study does not
+use)."""
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,13 @@ def test_train_writes_variant_metrics_and_curve(study) -> None:
     for variant in ("none", "star"):
         summary = json.loads((root / "metrics" / "train" / f"{variant}-s0.json").read_text())
         assert summary == trained[variant]
-        assert summary["iterations"] == 2 and 0 <= summary["reward_start"] <= 1
+        # GenEval + 0.01 PickScore (|s| <= 100)
+        assert summary["iterations"] == 2 and -1 <= summary["reward_start"] <= 2
         curve = (root / "metrics" / "train" / f"{variant}-s0.csv").read_text().splitlines()
         assert curve[0].startswith("iteration,reward_mean") and len(curve) == 3
         assert (root / "models" / "checkpoints" / f"{variant}-s0" / "pytorch_lora_weights.safetensors").is_file()
-    assert not (root / "outputs" / "train" / "star-s0").exists() or not any((root / "outputs" / "train" / "star-s0").iterdir())
+    assert (not (root / "outputs" / "train" / "star-s0").exists()
+            or not any((root / "outputs" / "train" / "star-s0").iterdir()))
 
 
 def test_evaluate_scores_every_task(study) -> None:
@@ -118,7 +120,8 @@ def test_side_by_side_marks_each_image_as_the_evaluation_scored_it(study) -> Non
     cfg = load_config(MICRO, micro_overrides(root))
     checkpoints = ["base", "none-s0", "star-s0"]
     records = test_records(cfg, "geneval")
-    prompts, seeds, correct = side_by_side_plan(records, load_scores(root / "metrics" / "eval", checkpoints), cfg, checkpoints)
+    prompts, seeds, correct = side_by_side_plan(records, load_scores(root / "metrics" / "eval", checkpoints), cfg,
+                                                checkpoints)
     index = [next(i for i, r in enumerate(records) if r["prompt"] == p) for p in prompts]
     assert [records[i]["tag"] for i in index] == [t for t in SIDE_BY_SIDE_TAGS if any(r["tag"] == t for r in records)]
     assert seeds == [cfg.eval.seed + i for i in index], "noise 0 of each prompt, as evaluated"
@@ -133,7 +136,8 @@ def test_mlflow_runs_are_tagged_for_comparison(study) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["star"], output_format="list")
     stages = [(r.data.tags["stage"], r.data.tags.get("variant")) for r in runs]
-    for expected in [("train", "none"), ("train", "star"), ("evaluate", "base"), ("evaluate", "star"), ("report", "all")]:
+    for expected in [("train", "none"), ("train", "star"), ("evaluate", "base"), ("evaluate", "star"),
+                     ("report", "all")]:
         assert expected in stages
     names = {r.info.run_name for r in runs}
     assert {"train-none-s0", "train-star-s0", "evaluate-base", "evaluate-star-s0", "report"} <= names
@@ -165,8 +169,8 @@ def test_prefect_flow_runs_are_named_like_the_mlflow_runs(study) -> None:
 def test_training_run_logs_its_variant_as_a_loadable_model(study) -> None:
     from star.config import load_config
     from star.models.sd3 import load_pipeline
-    from star.sampling.sampler import sample_ode
     from star.models.variants import LORA_FILE, load_variant
+    from star.sampling.sampler import sample_ode
 
     root = study[0]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")

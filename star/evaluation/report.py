@@ -69,18 +69,20 @@ class Section:
     reference: str | None
 
 
-def is_flow_grpo(cfg: Config) -> bool:
-    """Whether a variant's config is the Flow-GRPO baseline: GRPO, allocation `none`, the task's own reward."""
-    return cfg.train.algorithm == "grpo" and cfg.train.allocation == "none" and cfg.rewards.weights is None
+def is_flow_grpo(cfg: Config, reward: Config) -> bool:
+    """Whether a variant's config is the Flow-GRPO baseline of a section whose first variant has
+    the config ``reward``: GRPO, allocation `none`, trained on the same reward (task and mix)."""
+    return cfg.train.algorithm == "grpo" and cfg.train.allocation == "none" and cfg.rewards == reward.rewards
 
 
 def study_sections(cfg: Config) -> list[Section]:
-    """``cfg.study.variants`` grouped by training task, tasks and variants in params order."""
+    """``cfg.study.variants`` grouped by training task, tasks and variants in params order; each
+    section's reference is its Flow-GRPO variant (on the reward of the section's first variant)."""
     configs = {variant: cfg.for_variant(variant) for variant in cfg.study.variants}
     groups: dict[str, list[str]] = {}
     for variant, variant_cfg in configs.items():
         groups.setdefault(variant_cfg.rewards.task, []).append(variant)
-    return [Section(task, variants, next((v for v in variants if is_flow_grpo(configs[v])), None))
+    return [Section(task, variants, next((v for v in variants if is_flow_grpo(configs[v], configs[variants[0]])), None))
             for task, variants in groups.items()]
 
 
@@ -173,7 +175,8 @@ def comparison_table(comparison: pd.DataFrame, reference: str = "none") -> str:
         cells = [str(variant), str(rows.seeds.iloc[0])]
         for task in tasks:
             row = by_task.get(task, {})
-            cells += [_cell(row.get("value"), difference=False), _cell(row.get("vs reference")), _cell(row.get("vs base"))]
+            cells += [_cell(row.get("value"), difference=False), _cell(row.get("vs reference")),
+                      _cell(row.get("vs base"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -184,7 +187,8 @@ def plot_differences(comparison: pd.DataFrame, column: str, reference: str, path
     tasks = list(dict.fromkeys(comparison.task))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        rows = [r for r in comparison[comparison.task == task].to_dict("records") if isinstance(r.get(column), Estimate)]
+        rows = [r for r in comparison[comparison.task == task].to_dict("records")
+                if isinstance(r.get(column), Estimate)]
         for y, row in enumerate(rows):
             est: Estimate = row[column]
             ax.errorbar(est.mean, y, xerr=[[est.mean - est.low], [est.high - est.mean]], fmt="o", color=f"C{y}",
@@ -251,7 +255,8 @@ def plot_curves(train_dir: Path, checkpoints: list[str], order: list[str], path:
     by_variant: dict[str, list[tuple[list[int], list[float]]]] = {}
     for name in checkpoints:
         if name != "base":
-            by_variant.setdefault(split_checkpoint(name)[0], []).append(read_curve(_existing([train_dir / f"{name}.csv"])[0]))
+            by_variant.setdefault(split_checkpoint(name)[0], []).append(
+                read_curve(_existing([train_dir / f"{name}.csv"])[0]))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for index, variant in enumerate(sorted(by_variant, key=lambda v: order.index(v) if v in order else len(order))):
         colour = f"C{index}"
@@ -283,7 +288,8 @@ def _html_table(markdown: str) -> str:
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-    return table + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body) + "</table>"
+    return table + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                           for row in body) + "</table>"
 
 
 HtmlSection = tuple[str, list[tuple[str, str, str]], list[tuple[str, Path]]]
