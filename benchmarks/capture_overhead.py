@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from rewards.geneval import GenEvalReward
-from star.world.detector import detect
 from star.config import load_config
 from star.models.sd3 import build_mini_sd3, pipeline_for
 from star.rl.prompt_source import Record
-from star.sampling.rollout import Rollouts, sample_rollouts
 from star.rl.trainer import Trainer
+from star.sampling.rollout import Rollouts, sample_rollouts
+from star.world.detector import detect
 from star.world.prompts import generate_prompt_sets, vocabulary
 from star.world.vocab import TEXT_CHARSET
 
@@ -85,7 +85,8 @@ def main() -> None:
         records = star.prompts.next(star.train_cfg.prompts_per_iteration)
         rollouts = star.sample(records)  # with attention, so `star` can build its maps
         rewards = spread_rewards(rollouts)
-        times: dict[str, list[float]] = {k: [] for k in ("rollout", "rollout+capture", "score", "update none", "update star")}
+        times: dict[str, list[float]] = {k: [] for k in ("rollout", "rollout+capture", "score",
+                                                         "update none", "update star")}
         for repeat in range(args.repeats + 1):  # the first round warms up and is dropped
             measured = {
                 "rollout": time_rollout(star, records, capture=False),
@@ -99,7 +100,8 @@ def main() -> None:
                     times[key].append(value)
     median = {k: statistics.median(v) for k, v in times.items()}
     batch = star.train_cfg.prompts_per_iteration * star.train_cfg.group_size
-    print(f"batch {batch} rollouts x {star.train_cfg.steps} steps, {args.repeats} repeats, torch threads {torch.get_num_threads()}\n")
+    print(f"batch {batch} rollouts x {star.train_cfg.steps} steps, {args.repeats} repeats, "
+          f"torch threads {torch.get_num_threads()}\n")
     print("| measurement | median seconds |\n|---|---:|")
     for key, value in median.items():
         print(f"| {key} | {value:.3f} |")

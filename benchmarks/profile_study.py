@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.evaluate import evaluation_reward, test_records  # noqa: E402
 from pipelines.shared_server import prefect_server  # noqa: E402
-from star.scoring import build_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
 from star.evaluation.evaluate import sample_records  # noqa: E402
 from star.models.sd3 import configure_decoding, images_from_latents, pipeline_for  # noqa: E402
 from star.rl.prompt_source import load_task_prompts  # noqa: E402
-from star.sampling.sampler import latent_shape  # noqa: E402
 from star.rl.trainer import Trainer  # noqa: E402
+from star.sampling.sampler import latent_shape  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,8 @@ def profile_decoding(params: str, repeats: int = 3) -> None:
 
     variants = {"float32, contiguous (before)": before,
                 "float32, channels-last (default)": lambda: images_from_latents(pipe.vae, latents),
-                "bfloat16 autocast, channels-last (`decode_dtype: bfloat16`)": lambda: images_from_latents(fast, latents)}
+                "bfloat16 autocast, channels-last (`decode_dtype: bfloat16`)":
+                    lambda: images_from_latents(fast, latents)}
     # bf16 autocast pays off only where the CPU has bf16 units (AVX512-BF16, AMX); on AVX2 it is emulated.
     print(f"\nVAE decoding of {rollouts} final latents (median of {repeats}), side by side, on a CPU with "
           f"{torch.backends.cpu.get_cpu_capability()}:\n\n"
@@ -136,7 +137,8 @@ def profile_decoding(params: str, repeats: int = 3) -> None:
             if reference is None:
                 reference, first = images, seconds
             difference = (images - reference).abs()
-            print(f"| {name} | {seconds:.3f} | {first / seconds:.2f}x | {difference.max():.4f} / {difference.mean():.5f} |")
+            print(f"| {name} | {seconds:.3f} | {first / seconds:.2f}x | "
+                  f"{difference.max():.4f} / {difference.mean():.5f} |")
 
 
 def profile_startup(repeats: int = 3) -> None:

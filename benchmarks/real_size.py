@@ -36,13 +36,13 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from star.method.attention import AttentionCapture  # noqa: E402
 from star.config import load_config  # noqa: E402
+from star.method.attention import AttentionCapture  # noqa: E402
 from star.models.lora import add_lora, reference_policy  # noqa: E402
 from star.rl.objectives import Policy  # noqa: E402
+from star.rl.trainer import build_objective  # noqa: E402
 from star.sampling.rollout import Rollouts, sample_rollouts, trained_steps  # noqa: E402
 from star.sampling.sampler import Conditioning  # noqa: E402
-from star.rl.trainer import build_objective  # noqa: E402
 from tests.tiny_models import SD35_MEDIUM_TRANSFORMER  # noqa: E402
 
 SD3_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -75,7 +75,8 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple
     return statistics.median(seconds), peak_memory(device)
 
 
-def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[SD3Transformer2DModel, AutoencoderKL]:
+def build(args: argparse.Namespace, device: torch.device,
+          dtype: torch.dtype) -> tuple[SD3Transformer2DModel, AutoencoderKL]:
     config = SD35_MEDIUM_TRANSFORMER | {"num_layers": args.layers,
                                         "dual_attention_layers": tuple(range(min(13, args.dual_layers)))}
     transformer = SD3Transformer2DModel(**config).to(device, dtype).eval().requires_grad_(False)
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24 if cuda else 2, help="transformer blocks (SD3.5-M: 24)")
-    parser.add_argument("--dual-layers", type=int, default=13 if cuda else 1, help="dual-attention blocks (SD3.5-M: 13)")
+    parser.add_argument("--dual-layers", type=int, default=13 if cuda else 1,
+                        help="dual-attention blocks (SD3.5-M: 13)")
     parser.add_argument("--resolution", type=int, default=512 if cuda else 256, help="image side in pixels")
     parser.add_argument("--steps", type=int, default=10 if cuda else 4, help="SDE steps of a rollout")
     parser.add_argument("--prompts", type=int, default=2 if cuda else 1, help="prompts per rollout batch")
@@ -164,10 +166,12 @@ def main(argv: list[str] | None = None) -> None:
         if checkpointing:
             transformer.enable_gradient_checkpointing()
         seconds, memory = timed(train_step, device, args.repeats)
-        print(f"| training minibatch: {len(chunk)} rollouts x {len(rollouts.trained)} steps, LoRA r{cfg.train.lora_rank}, "
-              f"gradient checkpointing {'on' if checkpointing else 'off'} | {seconds:.2f} | {memory} |")
+        print(f"| training minibatch: {len(chunk)} rollouts x {len(rollouts.trained)} steps, "
+              f"LoRA r{cfg.train.lora_rank}, gradient checkpointing {'on' if checkpointing else 'off'} | "
+              f"{seconds:.2f} | {memory} |")
     print(f"\nSTAR capture overhead (rollout with / without): {captured[0] / plain[0]:.3f}")
-    print(f"parameters: transformer {sum(p.numel() for p in transformer.parameters() if not p.requires_grad) / 1e9:.3f} B "
+    print(f"parameters: transformer "
+          f"{sum(p.numel() for p in transformer.parameters() if not p.requires_grad) / 1e9:.3f} B "
           f"frozen, LoRA {sum(p.numel() for p in transformer.parameters() if p.requires_grad) / 1e6:.2f} M trained")
 
 

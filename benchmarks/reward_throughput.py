@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rewards.base import Reward  # noqa: E402
-from star.scoring import build_reward  # noqa: E402
 from star.config import RewardsConfig  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 from star.world.prompts import geneval_pool, ocr_record, scene_for_metadata  # noqa: E402
 from star.world.render import render_array  # noqa: E402
 from star.world.vocab import GENEVAL_TASKS, MAX_TEXT_LEN, TEXT_CHARSET  # noqa: E402
@@ -74,7 +74,8 @@ def main() -> None:
     else:
         print(f"note: {args.reward_models / 'world_clip'} not found, PickScore (world CLIP) skipped\n")
 
-    print(f"{args.n} images of {args.size} px per reward, {args.batch} per call, torch threads {torch.get_num_threads()}\n")
+    print(f"{args.n} images of {args.size} px per reward, {args.batch} per call, "
+          f"torch threads {torch.get_num_threads()}\n")
     print("| reward | backend | images/s | ms/image |")
     print("|---|---|---:|---:|")
     for name, backend, cfg, task in runs:

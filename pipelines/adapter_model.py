@@ -40,11 +40,13 @@ class TrainedVariant(PythonModel):
         from star.models.variants import load_variant
 
         config = context.model_config
-        pipe = load_pipeline(config["base_model"], dtype=config.get("dtype", "float32"), revision=config.get("revision"))
+        pipe = load_pipeline(config["base_model"], dtype=config.get("dtype", "float32"),
+                             revision=config.get("revision"))
         self.pipe = load_variant(pipe, Path(context.artifacts["variant"]))
         self.steps, self.guidance_scale = int(config["steps"]), float(config["guidance_scale"])
 
-    def predict(self, context: PythonModelContext, model_input: list[str], params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context: PythonModelContext, model_input: list[str],
+                params: dict[str, Any] | None = None) -> np.ndarray:
         from star.sampling.sampler import sample_ode
 
         prompts = _prompts(model_input)

@@ -264,6 +264,7 @@ def report_failure(error: BaseException) -> int:
         _say(f"stopped: {error}; the last checkpoint is kept and the next run resumes from it")
         return 128 + error.signum
     text = str(error) if isinstance(error, (ConfigError, WriteError)) else f"{type(error).__name__}: {error}"
-    hint = "" if debugging() or isinstance(error, ConfigError) else f"\n(the traceback: rerun with --debug or {DEBUG_ENV}=1)"
+    hint = ("" if debugging() or isinstance(error, ConfigError)
+            else f"\n(the traceback: rerun with --debug or {DEBUG_ENV}=1)")
     _say(f"error: {text}{hint}")
     return 2 if isinstance(error, ConfigError) else 1

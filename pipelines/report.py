@@ -8,7 +8,7 @@ figures, written to ``reports/`` and logged to MLflow.
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,10 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import stage_config, stage_main
 from pipelines.evaluate import test_records
 from pipelines.tracking import stage_run
-from star.scoring import build_reward
 from star.config import Config, fingerprint
-from star.evaluation.evaluate import noise_seeds
 from star.diagnostics.maps import model_allocation_maps
-from star.models.sd3 import pipeline_for
-from star.sampling.sampler import sample_ode
+from star.evaluation.evaluate import noise_seeds
+from star.evaluation.figures import allocation_overlay, comparison_grid
 from star.evaluation.report import (
     TASK_NAMES,
     HtmlSection,
@@ -43,9 +41,11 @@ from star.evaluation.report import (
     study_sections,
     training_curves,
 )
-from star.models.variants import load_variant
-from star.evaluation.figures import allocation_overlay, comparison_grid
 from star.files import atomic_file, write_text
+from star.models.sd3 import pipeline_for
+from star.models.variants import load_variant
+from star.sampling.sampler import sample_ode
+from star.scoring import build_reward
 
 MAP_PROMPTS = 4
 """Prompts shown in each allocation-map figure (GenEval: one per task family; others: the first test prompts)."""
@@ -68,7 +68,8 @@ def map_figure(cfg: Config, variant: str, out: Path) -> Path | None:
     pipe = load_variant(pipeline_for(cfg.model, cfg.paths.base_model), checkpoint)
     records = test_records(cfg, task)
     if task == "geneval":
-        records = [next(r for r in records if r["tag"] == tag) for tag in ("two_object", "position", "color_attr", "colors")]
+        records = [next(r for r in records if r["tag"] == tag)
+                   for tag in ("two_object", "position", "color_attr", "colors")]
     picked = records[:MAP_PROMPTS]
     reward = build_reward(cfg.rewards.for_task(task), cfg.paths.reward_models)
     images, maps, scores = model_allocation_maps(pipe, picked, variant_cfg.train, cfg.eval.seed, reward)
@@ -133,10 +134,11 @@ def stamp(cfg: Config) -> str:
     # other's); only edited sources make the tree dirty
     roots = [study.root for study in cfg.studies.values() if study.root is not None]
     outputs = [":!dvc.lock", *(f":!{path}" for path in (cfg.paths.metrics, cfg.paths.reports, *roots))]
-    dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs) else ""
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
+    dirty = " (uncommitted changes)" if changes else ""
     sections = list(Config.model_fields)
     return (f"params hash {fingerprint(cfg, sections)} · commit {commit}{dirty} · "
-            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}")
 
 
 def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tuple[str, HtmlSection]:
@@ -171,7 +173,8 @@ def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tup
     heading = f"Trained on {name}: {', '.join(section.variants)}"
     markdown = (f"## {heading}\n\n### Held-out scores\n\n{held_out}\n{ci_note}\n\n"
                 f"### Per GenEval task and training\n\n{details}\n")
-    return markdown, (heading, [("Held-out scores", held_out, ci_note), ("Per GenEval task and training", details, notes)],
+    return markdown, (heading, [("Held-out scores", held_out, ci_note),
+                                ("Per GenEval task and training", details, notes)],
                       figures)
 
 

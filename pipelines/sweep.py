@@ -53,7 +53,8 @@ def stream_experiment(command: list[str], log: Callable[[str], None], reward_eve
     updates text mode reads as lines). On failure it raises with the last 40 lines of the output."""
     tail: deque[str] = deque(maxlen=40)
     stage, last_reward = "", float("-inf")
-    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
@@ -126,7 +127,8 @@ def reachable_server() -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise SystemExit("error: --serve and --deploy need a running Prefect server: start one with `prefect server start`, "
+        raise SystemExit("error: --serve and --deploy need a running Prefect server: "
+                         "start one with `prefect server start`, "
                          "then export PREFECT_API_URL=http://127.0.0.1:4200/api")
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()

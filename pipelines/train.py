@@ -28,14 +28,14 @@ from pipelines import REPO_ROOT, tracking
 from pipelines.cli import stage_main, use_threads
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
-from star.scoring import build_reward
-from star.files import atomic_file, write_text
-from star.rl.checkpoint import remove_if_left_empty
 from star.config import Config, fingerprint, load_config
+from star.files import atomic_file, write_text
 from star.models.sd3 import pipeline_for
+from star.models.variants import save_variant
+from star.rl.checkpoint import remove_if_left_empty
 from star.rl.prompt_source import load_task_prompts
 from star.rl.trainer import TRAJECTORY_SECTIONS, Trainer
-from star.models.variants import save_variant
+from star.scoring import build_reward
 
 SECTIONS = ["model", "train", "rewards"]
 
@@ -115,7 +115,8 @@ def log_variant_model(cfg: Config, name: str) -> str:
     base_model = str(cfg.paths.base_model.resolve()) if cfg.model.source == "embedded" else cfg.model.pretrained
     config = {"base_model": base_model, "dtype": cfg.model.dtype, "revision": cfg.model.revision,
               "steps": cfg.eval.steps, "guidance_scale": cfg.eval.guidance_scale}
-    versions = {package: metadata.version(package) for package in ("torch", "diffusers", "transformers", "peft", "mlflow")}
+    versions = {package: metadata.version(package)
+                for package in ("torch", "diffusers", "transformers", "peft", "mlflow")}
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME, python_model=str(MODEL_CODE), artifacts={"variant": str(cfg.paths.checkpoints / name)},
         model_config={k: v for k, v in config.items() if v is not None}, code_paths=[str(REPO_ROOT / "star")],

@@ -20,7 +20,8 @@ class ModelLoadError(RuntimeError):
     """The requested model could not be loaded; the message names it and what to do."""
 
 
-def load_pretrained(loader: Callable[..., Any], name: str, what: str, hint: str = "pass a local copy", **kwargs: Any) -> Any:
+def load_pretrained(loader: Callable[..., Any], name: str, what: str, hint: str = "pass a local copy",
+                    **kwargs: Any) -> Any:
     """``loader(name, **kwargs)`` (a ``from_pretrained``), turning a missing model into a
     ``ModelLoadError`` that names the model, ``HF_HUB_OFFLINE`` and what to do."""
     if not HUB_ID.match(name) and not Path(name).expanduser().exists():

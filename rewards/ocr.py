@@ -138,7 +138,8 @@ class RapidOcrBackend:
             # RapidOCR treats 3-channel arrays as BGR (OpenCV); ours are RGB.
             bgr = np.ascontiguousarray(upscale(image)[..., ::-1])
             resized, ratio_h, ratio_w = engine.preprocess(bgr)
-            padded, record = engine.maybe_add_letterbox(resized, {"preprocess": {"ratio_h": ratio_h, "ratio_w": ratio_w}})
+            padded, record = engine.maybe_add_letterbox(resized,
+                                                        {"preprocess": {"ratio_h": ratio_h, "ratio_w": ratio_w}})
             boxes, _ = engine.auto_text_det(padded)
             if boxes is None:
                 continue

@@ -24,15 +24,15 @@ from diffusers import StableDiffusion3Pipeline
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards.geneval import GenEvalReward  # noqa: E402
-from star.world.detector import detect  # noqa: E402
-from star.scoring import build_reward  # noqa: E402
 from star.config import Config, load_config  # noqa: E402
-from star.world.render import world_layout  # noqa: E402
 from star.diagnostics.base_model import caption_sensitivity, commitment_curve, reward_variance_by_step, vae_round_trip  # noqa: E402
 from star.evaluation.evaluate import balanced_subset  # noqa: E402
 from star.models.sd3 import load_pipeline  # noqa: E402
 from star.rl.prompt_source import load_task_prompts  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
+from star.world.detector import detect  # noqa: E402
 from star.world.prompts import colors_record, render_records  # noqa: E402
+from star.world.render import world_layout  # noqa: E402
 from star.world.vocab import COLORS, SHAPES  # noqa: E402
 
 
@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     records = [colors_record(shape, "red") for shape in SHAPES for _ in range(args.per_shape)]
     images = rendered(records, pipe, cfg, np.random.default_rng(0))
     prompts = [r["prompt"] for r in records]
-    other_shape = [p.replace(s, SHAPES[(SHAPES.index(s) + 3) % len(SHAPES)]) for p, s in zip(prompts, (r["include"][0]["class"] for r in records))]
-    variants = {"shape word swapped": other_shape, "colour word swapped": [p.replace("red", "blue") for p in prompts], "empty caption": [""] * len(prompts)}
+    other_shape = [p.replace(s, SHAPES[(SHAPES.index(s) + 3) % len(SHAPES)])
+                   for p, s in zip(prompts, (r["include"][0]["class"] for r in records))]
+    variants = {"shape word swapped": other_shape, "colour word swapped": [p.replace("red", "blue") for p in prompts],
+                "empty caption": [""] * len(prompts)}
     table = caption_sensitivity(pipe, images, prompts, variants, sigmas=[0.9, 0.8, 0.7, 0.5])
     print("| s | x̂₀ error | " + " | ".join(f"change: {name}" for name in variants) + " |")
     print("|---" * (len(variants) + 2) + "|")
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     print_reward_variance(pipe, cfg)
 
 
-def rendered(records: list[dict], pipe: StableDiffusion3Pipeline, cfg: Config, rng: np.random.Generator) -> torch.Tensor:
+def rendered(records: list[dict], pipe: StableDiffusion3Pipeline, cfg: Config,
+             rng: np.random.Generator) -> torch.Tensor:
     """(B, 3, H, W) ground-truth renders in [0, 1] of ``records`` at the VAE's size, in the world's layout."""
     pixels = render_records(records, pipe.vae.config.sample_size, rng, world_layout(cfg.world))
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
@@ -80,7 +83,8 @@ def print_vae_ceiling(pipe: StableDiffusion3Pipeline, cfg: Config, reward: GenEv
     def scores(records: list[dict]) -> tuple[float, float]:
         images = rendered(records, pipe, cfg, rng)
         prompts = [r["prompt"] for r in records]
-        return tuple(reward.score(x, prompts, records).float().mean().item() for x in (images, vae_round_trip(pipe.vae, images)))
+        return tuple(reward.score(x, prompts, records).float().mean().item()
+                     for x in (images, vae_round_trip(pipe.vae, images)))
 
     print("| ground truth | strict GenEval as drawn | after the VAE's round trip |\n|---|---|---|")
     for color in COLORS:

@@ -27,13 +27,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
-from star.scoring import build_reward  # noqa: E402
 from star.config import Config, TrainConfig, config_from_dict, load_config  # noqa: E402
 from star.diagnostics.gradient_snr import GradientRow, gradient_table  # noqa: E402
 from star.models.sd3 import pipeline_for  # noqa: E402
 from star.rl.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
-from star.sampling.rollout import trained_steps  # noqa: E402
 from star.rl.trainer import Trainer, build_objective  # noqa: E402
+from star.sampling.rollout import trained_steps  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 
 REFERENCE = "none"
 ROWS: dict[str, dict[str, Any]] = {
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     records = prompt_pool(records, args.prompts, cfg.seed)
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
     # The records already are the chosen pool: the trainer must not draw a pool from them again.
-    sampler = cfg.model_copy(update={"train": configs[REFERENCE].model_copy(update={"allocation": "star", "prompt_pool": 0})})
+    sampler = cfg.model_copy(update={
+        "train": configs[REFERENCE].model_copy(update={"allocation": "star", "prompt_pool": 0})})
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(rows), flush=True)
     if args.json:
         args.json.write_text(json.dumps({
-            "rollouts_per_estimate": rollouts, "estimates": args.estimates, "rows": {name: chosen[name] for name in chosen},
+            "rollouts_per_estimate": rollouts, "estimates": args.estimates,
+            "rows": {name: chosen[name] for name in chosen},
             "results": [row.__dict__ for row in rows],
         }, indent=1))
 

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-tag", type=int, default=16, help="training prompts per tag (OCR has one tag)")
     parser.add_argument("--task", choices=("geneval", "ocr"), default="geneval", help="the task scored")
     parser.add_argument("--pool", action="store_true",
-                        help="score the prompts a training run draws (train.prompt_pool at `seed`) instead of --per-tag")
+                        help="score the prompts a training run draws (train.prompt_pool at `seed`) "
+                             "instead of --per-tag")
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12], help="noise seeds (x 1000)")
     parser.add_argument("--checkpoint", default="base", help="'base' or a trained variant directory name")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
@@ -64,9 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     for scale, steps in args.settings:
         scores = []
         for seed in args.seeds:
-            sampler = cfg.eval.model_copy(update={"guidance_scale": scale, "steps": steps, "seed": seed * 1000, "noises": 1})
+            sampler = cfg.eval.model_copy(update={"guidance_scale": scale, "steps": steps, "seed": seed * 1000,
+                                                  "noises": 1})
             scores.append(score(TASK_EVALUATORS[args.task](pipe, records, sampler, reward, progress=False).metrics))
-        cells = [" / ".join(f"{v:.3f}" for v in values) for values in [*scores, [statistics.fmean(v) for v in zip(*scores)]]]
+        cells = [" / ".join(f"{v:.3f}" for v in values)
+                 for values in [*scores, [statistics.fmean(v) for v in zip(*scores)]]]
         print(f"| {scale:g} | {steps} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -42,7 +42,9 @@ class MiniModelConfig(Section):
     )
     vae_layers_per_block: int = knob(1, "ResNet layers per VAE block", ge=1, le=4)
     vae_mid_attention: bool = knob(
-        False, "self-attention in the VAE's mid block, as SD3's VAE (off: latents see only a conv neighbourhood and GroupNorm statistics)"
+        False,
+        "self-attention in the VAE's mid block, as SD3's VAE "
+        "(off: latents see only a conv neighbourhood and GroupNorm statistics)",
     )
     latent_channels: int = knob(4, "channels of the VAE latent", ge=1, le=16)
     layers: int = knob(4, "joint-attention (MMDiT) blocks of the transformer", ge=1, le=48)
@@ -97,7 +99,8 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = knob("float32", "weights dtype for inference")
     decode_dtype: Literal["float32", "bfloat16"] = knob(
         "float32",
-        "dtype of the VAE decoding of sampled latents (bfloat16: under autocast; faster only on CPUs/GPUs with bf16 units)",
+        "dtype of the VAE decoding of sampled latents "
+        "(bfloat16: under autocast; faster only on CPUs/GPUs with bf16 units)",
     )
     resolution: int | None = knob(
         None,
@@ -186,7 +189,9 @@ class BaseConfig(Section):
     )
     steps: int = knob(5250, "transformer flow-matching steps (low-resolution ones included)", ge=0)
     low_res_size: int = knob(
-        40, "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does", ge=0
+        40,
+        "train the VAE, then the transformer's first steps, on world images of this size (0: off), as SD3 does",
+        ge=0,
     )
     low_res_steps: int = knob(
         1500, "transformer steps at low_res_size before the full-size ones", ge=0
@@ -195,7 +200,8 @@ class BaseConfig(Section):
         3, "in the full-size phase every n-th step trains on a low-resolution batch (0: none; n >= 2)", ge=0
     )
     low_res_signs: bool = knob(
-        False, "the low-resolution transformer steps train on that set's (free) signs too (false: only the VAE sees them)"
+        False,
+        "the low-resolution transformer steps train on that set's (free) signs too (false: only the VAE sees them)",
     )
     batch_size: int = knob(32, "images per transformer step", ge=1)
     lr: float = knob(1e-3, "transformer (and text encoders') AdamW learning rate, cosine decay after warm-up", gt=0)
@@ -212,10 +218,13 @@ class BaseConfig(Section):
     )
     dataset_size: int = knob(20000, "world images rendered once and reused across steps", ge=64)
     mixture: dict[str, float] = knob(
-        dict(LOW_RES_MIXTURE), "family -> share of the low-resolution (VAE) images (GenEval tags, 'ocr', 'caption')", min_length=1
+        dict(LOW_RES_MIXTURE),
+        "family -> share of the low-resolution (VAE) images (GenEval tags, 'ocr', 'caption')",
+        min_length=1,
     )
     full_size_mixture: dict[str, float] | None = knob(
-        dict(FULL_SIZE_MIXTURE), "family -> share of the full-size images (null: `mixture`); the low-resolution set keeps `mixture`"
+        dict(FULL_SIZE_MIXTURE),
+        "family -> share of the full-size images (null: `mixture`); the low-resolution set keeps `mixture`",
     )
     checkpoint_every: int = knob(500, "steps between resumable checkpoints", ge=1)
 
@@ -263,7 +272,10 @@ class TrainConfig(Section):
     group_size: int = knob(8, "rollouts per prompt (GRPO group; SD3.5 reference 24)", ge=2)
     steps: int = knob(4, "denoising steps of training rollouts", ge=2)
     train_fraction: float = knob(
-        0.99, "train the first floor(f * steps) steps, as Flow-GRPO's timestep_fraction (0.99: all but the last)", gt=0, le=1
+        0.99,
+        "train the first floor(f * steps) steps, as Flow-GRPO's timestep_fraction (0.99: all but the last)",
+        gt=0,
+        le=1,
     )
     sde_window: int = knob(
         0, "SDE steps per rollout, a window drawn in the first half each iteration; the rest ODE (0: all SDE)", ge=0
@@ -284,7 +296,9 @@ class TrainConfig(Section):
     grad_clip: float = knob(1.0, "gradient-norm clip", gt=0)
     clip_range: float = knob(1e-4, "PPO clip range epsilon of image-level and per-region ratios", gt=0)
     kl_beta: float = knob(0.0, "KL-to-reference weight beta", ge=0)
-    global_std: bool = knob(True, "normalise advantages by the batch's std (Flow-GRPO's configs) instead of the group's")
+    global_std: bool = knob(
+        True, "normalise advantages by the batch's std (Flow-GRPO's configs) instead of the group's"
+    )
     advantage_clip: float = knob(5.0, "advantages are clipped to +-this", gt=0)
     gamma: float = knob(3.0, "sharpening exponent gamma of allocation maps", gt=0)
     mix: float = knob(1.0, "strength lambda of the map vs uniform", ge=0, le=1)

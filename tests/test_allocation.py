@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from star.rl.advantages import group_advantages, informative_groups
 from star.method.allocation import (
     AllocationInputs,
     AllocationParams,
@@ -14,6 +13,7 @@ from star.method.allocation import (
     map_change,
     temporal_weights,
 )
+from star.rl.advantages import group_advantages, informative_groups
 
 MODES = ["none", "uniform_region", "temporal", "spatial", "star", "oracle", "shuffled"]
 SIGMAS = torch.tensor([1.0, 0.9, 0.75, 0.5, 0.2, 0.0])
@@ -29,13 +29,16 @@ def _inputs(attention: torch.Tensor, trained: list[int] | None = None, **kwargs:
     coverage[:, :3] = 1.0
     coverage[:, 3] = 0.5
     base = dict(coverage=coverage, generator=torch.Generator().manual_seed(1))
-    return AllocationInputs(attention, SIGMAS[: t + 1], list(range(t)) if trained is None else trained, **(base | kwargs))
+    return AllocationInputs(attention, SIGMAS[: t + 1], list(range(t)) if trained is None else trained,
+                            **(base | kwargs))
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("params", [AllocationParams(), AllocationParams(2.0, 0.5, 0.1, 8.0, "sigma"), AllocationParams(0.5, 1.0, 0.5, 1.5, "map_change")])
+@pytest.mark.parametrize("params", [AllocationParams(), AllocationParams(2.0, 0.5, 0.1, 8.0, "sigma"),
+                                    AllocationParams(0.5, 1.0, 0.5, 1.5, "map_change")])
 @pytest.mark.parametrize("trained", [None, [0, 1, 2, 3]])
-def test_every_mode_preserves_the_mean_over_the_trained_steps(mode: str, params: AllocationParams, trained: list[int] | None) -> None:
+def test_every_mode_preserves_the_mean_over_the_trained_steps(mode: str, params: AllocationParams,
+                                                              trained: list[int] | None) -> None:
     attention = _attention()
     inputs = _inputs(attention, trained)
     weights = allocate(mode, inputs, params, tuple(attention.shape))
@@ -87,7 +90,8 @@ def test_temporal_rules_follow_their_definitions() -> None:
 def test_temporal_weights_are_normalised_over_the_trained_steps_only() -> None:
     attention = _attention(t=4)
     inputs = _inputs(attention, trained=[0, 1, 2])
-    tau = temporal_weights(allocation_maps(attention, AllocationParams()), inputs, AllocationParams(temporal_rule="sigma"))
+    tau = temporal_weights(allocation_maps(attention, AllocationParams()), inputs,
+                           AllocationParams(temporal_rule="sigma"))
     torch.testing.assert_close(tau[:, :3].mean(dim=1), torch.ones(3))
     assert (tau[:, 0] > tau[:, 2]).all(), "earlier, noisier steps weigh more under the sigma rule"
 
@@ -100,7 +104,8 @@ def test_oracle_puts_weight_on_the_detected_objects_at_every_step() -> None:
     torch.testing.assert_close(oracle[:, 0], allocation_maps(inputs.coverage, AllocationParams()))
     assert (oracle[:, :, :3] > 3.0).all() and (oracle[:, :, 4:] < 0.5).all()
     empty = _inputs(attention, coverage=torch.zeros(3, 16))
-    torch.testing.assert_close(allocate("oracle", empty, AllocationParams(), tuple(attention.shape)), torch.ones(3, 5, 16))
+    torch.testing.assert_close(allocate("oracle", empty, AllocationParams(), tuple(attention.shape)),
+                               torch.ones(3, 5, 16))
 
 
 def test_shuffled_keeps_stars_weights_but_not_their_places() -> None:
@@ -127,7 +132,8 @@ def test_gamma_sharpens_mix_and_clamp_bound() -> None:
 
 
 def test_no_core_attention_gives_the_uniform_map() -> None:
-    maps = allocate("star", AllocationInputs(torch.zeros(2, 3, 4), SIGMAS[:4], [0, 1, 2]), AllocationParams(), (2, 3, 4))
+    maps = allocate("star", AllocationInputs(torch.zeros(2, 3, 4), SIGMAS[:4], [0, 1, 2]), AllocationParams(),
+                    (2, 3, 4))
     torch.testing.assert_close(maps, torch.ones(2, 3, 4))
 
 

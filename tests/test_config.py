@@ -35,7 +35,8 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
 
 
 def test_out_of_range_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"base\.caption_dropout = 1\.5 \(from \S*\): Input should be less than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"base\.caption_dropout = 1\.5 \(from \S*\): "
+                                          r"Input should be less than or equal to 1"):
         load_config(write(tmp_path, "base: {caption_dropout: 1.5}\n"))
     with pytest.raises(ConfigError, match=r"train\.allocation = 'stars'"):
         load_config(write(tmp_path, "train: {allocation: stars}\n"))
@@ -212,8 +213,10 @@ def test_params_yaml_is_written_from_the_defaults(tmp_path: Path) -> None:
 
 def test_layout_cell_must_leave_room_for_four_objects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"layout_cell=20 must be 0 or 8\.\.image_size/3=13"):
-        load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\nbase: {low_res_size: 0, low_res_interleave: 0}\n"))
-    free = "world: {image_size: 40, layout_cell: 0, text_layout: free}\nbase: {low_res_size: 0, low_res_interleave: 0}\n"
+        load_config(write(tmp_path, "world: {image_size: 40, layout_cell: 20}\n"
+                                    "base: {low_res_size: 0, low_res_interleave: 0}\n"))
+    free = ("world: {image_size: 40, layout_cell: 0, text_layout: free}\n"
+            "base: {low_res_size: 0, low_res_interleave: 0}\n")
     assert load_config(write(tmp_path, free)).world.layout_cell == 0
 
 
@@ -270,7 +273,8 @@ def test_relative_tracking_paths_resolve_to_the_project_also_from_a_dvc_temp_wor
 def test_world_text_and_mixture_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"world.text_charset = 'AB\?'"):
         load_config(REPO / "params.yaml", {"world": {"text_charset": "AB?"}})
-    with pytest.raises(ConfigError, match=r"4-character texts \(text_lengths\): 4 characters of 2x3 cells of 10 px do not fit a 80 px image"):
+    with pytest.raises(ConfigError, match=r"4-character texts \(text_lengths\): "
+                                          r"4 characters of 2x3 cells of 10 px do not fit a 80 px image"):
         load_config(REPO / "params.yaml", {"world": {"text_lengths": {4: 1}}})
     with pytest.raises(ConfigError, match=r"3-character texts .* do not fit a 70 px image"):  # 7 cells: no margin left
         load_config(REPO / "params.yaml", {"world": {"image_size": 70, "text_layout": "cells", "text_lengths": {3: 1}}})
@@ -301,6 +305,7 @@ def test_the_order_of_mixture_and_length_keys_does_not_change_the_run() -> None:
 
     def prompts(c: Config) -> list[str]:
         rng = np.random.default_rng(0)
-        return [sample_training_example(rng, 32, text=world_text(c.world), mixture=c.base.mixture)[1] for _ in range(40)]
+        return [sample_training_example(rng, 32, text=world_text(c.world), mixture=c.base.mixture)[1]
+                for _ in range(40)]
 
     assert prompts(other) == prompts(cfg)

@@ -18,7 +18,8 @@ from star.world.vocab import TEXT_CHARSET
 
 
 def test_core_words_by_prompt_kind() -> None:
-    geneval = {"tag": "color_attr", "include": [{"class": "star", "count": 1, "color": "red"}, {"class": "cat", "count": 1}]}
+    geneval = {"tag": "color_attr",
+               "include": [{"class": "star", "count": 1, "color": "red"}, {"class": "cat", "count": 1}]}
     assert core_words("a photo of a red star and a cat", geneval) == ["red", "star", "cat"]
     assert core_words('a sign with the text "K7Q"', {"tag": "ocr"}) == ["K7Q"]
     assert core_words("A cozy cabin in the snowy woods") == ["cozy", "cabin", "snowy", "woods"]

@@ -4,8 +4,8 @@ step, and the signal-to-noise table of training gradients (star.diagnostics.grad
 import numpy as np
 import pytest
 import torch
-
 from conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
+
 from star.config import load_config
 from star.diagnostics.base_model import (
     caption_sensitivity,
@@ -13,9 +13,9 @@ from star.diagnostics.base_model import (
     noised,
     reward_variance_by_step,
 )
+from star.diagnostics.gradient_snr import cosine, gradient_table, objective_gradients
 from star.models.lora import trainable_state
 from star.models.sd3 import images_from_latents, latents_from_images
-from star.diagnostics.gradient_snr import cosine, gradient_table, objective_gradients
 from star.rl.trainer import Trainer, build_objective
 from star.world.prompts import colors_record, render_records
 
@@ -129,7 +129,8 @@ def test_objective_gradients_share_the_rollouts(tmp_path) -> None:
 def test_gradient_table_measures_every_objective_against_the_reference(tmp_path) -> None:
     trainer = _trainer(tmp_path, BrightnessReward())
     before = trainable_state(trainer.transformer)
-    rows = gradient_table(trainer, GENEVAL_RECORDS, _objectives(trainer), "none", estimates=3, batches=1, progress=False)
+    rows = gradient_table(trainer, GENEVAL_RECORDS, _objectives(trainer), "none", estimates=3, batches=1,
+                          progress=False)
     by_name = {row.name: row for row in rows}
     assert list(by_name) == ["none", "uniform_region", "star", "fdfo"]
     for row in rows:

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from pipelines.failures import is_transient, temporary_servers
-from star.rl import checkpoint
-from star.files import WriteError, atomic_directory
 from star.config import load_config, write_params
+from star.files import WriteError, atomic_directory
+from star.rl import checkpoint
 from star.rl.trainer import Trainer, TrainingDiverged
 from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_overrides, micro_pipeline
 
@@ -151,10 +151,12 @@ def test_a_bad_command_line_fails_at_once_with_one_message(long_training) -> Non
         ("train", "--variant", "star", "-S", "train.allocation=spatail"):
             "error: invalid configuration: train.allocation = 'spatail' (from -S): Input should be 'none'",
         ("train", "--variant", "nope"): "error: unknown variant 'nope'",
-        ("train", "--study", "tasks", "--variant", "star"): "error: unknown variant 'star'; this study's variants are ['ocr-star']",
+        ("train", "--study", "tasks", "--variant", "star"):
+            "error: unknown variant 'star'; this study's variants are ['ocr-star']",
         ("evaluate", "--checkpoint", "star-s7"): "error: checkpoint 'star-s7' not found at",
         ("train", "--variant", "star", "-S", "paths.base_model=/nonexistent/base"):
-            "error: the embedded base model is not at /nonexistent/base (paths.base_model): build it with `dvc repro base`",
+            "error: the embedded base model is not at /nonexistent/base (paths.base_model): "
+            "build it with `dvc repro base`",
     }
     for args, message in cases.items():
         process = _stage(params, *args)
@@ -191,7 +193,8 @@ def test_a_failed_evaluation_leaves_no_empty_sample_folder(micro_run) -> None:
 
     root = micro_run[0]
     overrides = micro_overrides(root) | {"studies": {"default": {"eval_tasks": ["pickscore"]}},
-                                         "paths": micro_overrides(root)["paths"] | {"reward_models": str(root / "none")}}
+                                         "paths": micro_overrides(root)["paths"]
+                                         | {"reward_models": str(root / "none")}}
     with pytest.raises(ModelLoadError, match="dvc repro reward_models"):
         evaluate(checkpoint="base", params=str(MICRO), overrides=overrides)
     assert not (root / "eval" / "base").exists()
@@ -203,7 +206,8 @@ def test_a_diverging_run_stops_naming_the_iteration(tmp_path: Path) -> None:
     cfg = load_config(MICRO, overrides={"train": {"lr": 1e30, "iterations": 4, "prompts_per_iteration": 2,
                                                   "group_size": 2, "steps": 3, "checkpoint_every": 1}})
     trainer = Trainer(cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, tmp_path, progress=False)
-    with pytest.raises(TrainingDiverged, match=r"training diverged at iteration [1-3]: the .* (is|are) not finite") as error:
+    with pytest.raises(TrainingDiverged,
+                       match=r"training diverged at iteration [1-3]: the .* (is|are) not finite") as error:
         trainer.train()
     assert f"its last checkpoint ({tmp_path / 'state-rank0.ckpt'}) is kept" in str(error.value)
     assert checkpoint.load(tmp_path / "state-rank0.ckpt")["iteration"] == trainer.iteration

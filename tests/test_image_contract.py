@@ -4,17 +4,18 @@ was found, never clamped into a different picture and scored."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 
 from rewards.geneval import GenEvalReward
-from star.world.detector import detect
+from rewards.mix import WeightedReward
 from rewards.ocr import OcrReward
 from rewards.pickscore import PickScoreReward
-from rewards.mix import WeightedReward
+from star.world.detector import detect
 from star.world.prompts import colors_record
 from star.world.render import ObjectSpec, Scene, fitted_side, render_array
 from tests.test_pickscore import tiny_clip_dir  # noqa: F401  (the fixture)
@@ -38,7 +39,8 @@ REWARDS: dict[str, Callable[[Path], Any]] = {
 }
 
 BAD = {  # name -> (transform of a valid float32 batch, what the message must name)
-    "uint8 0-255": (lambda x: (x * 255).round().to(torch.uint8), r"dtype torch\.uint8 \(uint8 0-255 images: divide by 255\)"),
+    "uint8 0-255": (lambda x: (x * 255).round().to(torch.uint8),
+                    r"dtype torch\.uint8 \(uint8 0-255 images: divide by 255\)"),
     "int64 0-255": (lambda x: (x * 255).round().long(), r"dtype torch\.int64"),
     "float 0-255": (lambda x: x * 255, r"values in \[\d.*\] \(looks like 0-255: divide by 255\)"),
     "[-1, 1]": (lambda x: x * 2 - 1, r"values in \[-0\.\d+, 0\.\d+\] \(looks like \[-1, 1\]: use \(x \+ 1\) / 2\)"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from star.method.allocation import AllocationParams
 from star.config import load_config
 from star.diagnostics.maps import capture_maps, localisation_rows, model_allocation_maps
+from star.method.allocation import AllocationParams
 from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
 
 
@@ -21,7 +21,9 @@ def test_capture_settings_see_the_same_images_and_are_scored() -> None:
     pipe = micro_pipeline()
     train = load_config(MICRO).train.model_copy(update={"steps": 3})
     default = capture_maps(pipe, GENEVAL_RECORDS, train, seed=3, reward=CornerReward())
-    clip_only = capture_maps(pipe, GENEVAL_RECORDS, train.model_copy(update={"core_segments": "clip", "capture_blocks": [0]}), 3, CornerReward())
+    clip_only = capture_maps(pipe, GENEVAL_RECORDS,
+                             train.model_copy(update={"core_segments": "clip", "capture_blocks": [0]}), 3,
+                             CornerReward())
     torch.testing.assert_close(default.images, clip_only.images)  # the capture never changes the samples
     assert not torch.allclose(default.attention, clip_only.attention)
     assert default.coverage.shape == (2, default.attention.shape[-1]) and default.coverage.sum() > 0

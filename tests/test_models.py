@@ -13,8 +13,8 @@ from star.models.sd3 import (
     ModelLoadError,
     build_mini_sd3,
     build_world_tokenizer,
-    encode_prompts,
     configure_decoding,
+    encode_prompts,
     images_from_latents,
     latents_from_images,
     load_pipeline,
@@ -159,8 +159,10 @@ def test_default_text_segments_hold_every_world_prompt() -> None:
     "overrides, grid",
     [
         ({}, 8),  # the embedded default: 80 px, objects on every other 10 px token of the 8x8 grid
-        ({"world": {"image_size": 40, "layout_stride": 1, "text_layout": "free"}, "model": {"mini": {"vae_channels": [32, 64]}},
-          "base": {"low_res_size": 0, "low_res_steps": 0, "low_res_interleave": 0}}, 4),  # the earlier 4x4 world, by params
+        # the earlier 4x4 world, by params
+        ({"world": {"image_size": 40, "layout_stride": 1, "text_layout": "free"},
+          "model": {"mini": {"vae_channels": [32, 64]}},
+          "base": {"low_res_size": 0, "low_res_steps": 0, "low_res_interleave": 0}}, 4),
     ],
     ids=["8x8", "4x4"],
 )
@@ -178,7 +180,8 @@ def test_world_geometry_one_object_per_token(overrides: dict, grid: int) -> None
     transformer = pipe.transformer.config
     assert transformer.sample_size // transformer.patch_size == grid
     assert cfg.world.image_size // grid == cfg.world.layout_cell
-    scene = scene_for_metadata(counting_record("star", 4), np.random.default_rng(0), cfg.world.image_size, world_layout(cfg.world))
+    scene = scene_for_metadata(counting_record("star", 4), np.random.default_rng(0), cfg.world.image_size,
+                               world_layout(cfg.world))
     coverage = token_coverage([[o.box for o in scene.objects]], cfg.world.image_size, grid)[0]
     assert sorted(coverage.unique().tolist()) == [0.0, 1.0] and coverage.sum() == 4
     rows, cols = (coverage.view(grid, grid) > 0).nonzero(as_tuple=True)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from star.config import load_config
-from star.rl.objectives import FdfoObjective, PolicyGradientObjective, Targets
 from star.method.allocation import AllocationParams
+from star.rl.objectives import FdfoObjective, PolicyGradientObjective, Targets
 from star.rl.trainer import Trainer
 from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
 
@@ -30,7 +30,8 @@ def _perturb_lora(trainer: Trainer) -> None:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
-def _flow_grpo_loss(trainer: Trainer, rollouts, advantages: torch.Tensor, t: int, clip: float, beta: float) -> torch.Tensor:
+def _flow_grpo_loss(trainer: Trainer, rollouts, advantages: torch.Tensor, t: int, clip: float,
+                    beta: float) -> torch.Tensor:
     """Flow-GRPO's image-level loss written out independently of star.rl.objectives."""
     x, x_next, sig = rollouts.latents[:, t], rollouts.latents[:, t + 1], rollouts.sigmas
     s, dt = sig[t], sig[t + 1] - sig[t]

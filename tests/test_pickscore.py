@@ -12,7 +12,11 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
+from rewards.hub import ModelLoadError
 from rewards.pickscore import PickScoreReward
+from star.config import RewardsConfig, WorldClipConfig
+from star.models.sd3 import build_world_tokenizer
+from star.rl import checkpoint
 from star.scoring import build_reward
 from star.world.clip import (
     build_world_clip,
@@ -22,10 +26,6 @@ from star.world.clip import (
     normalise,
     train_world_clip,
 )
-from star.rl import checkpoint
-from star.config import RewardsConfig, WorldClipConfig
-from rewards.hub import ModelLoadError
-from star.models.sd3 import build_world_tokenizer
 from star.world.prompts import is_test_combination
 from tests.conftest import MICRO, micro_overrides
 
@@ -99,7 +99,8 @@ def test_bad_batches_fail_clearly_and_empty_is_empty(tiny_clip_dir: Path) -> Non
 
 def test_missing_model_names_it_and_what_to_do(tiny_clip_dir: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no_such_pickscore"
-    with pytest.raises(ModelLoadError, match=r"PickScore model: .*no_such_pickscore does not exist .*rewards\.pickscore_model"):
+    with pytest.raises(ModelLoadError,
+                       match=r"PickScore model: .*no_such_pickscore does not exist .*rewards\.pickscore_model"):
         PickScoreReward(missing, tiny_clip_dir).score(_images(1), ["a"], [{}])
     with pytest.raises(ModelLoadError, match=r"PickScore processor: .*no_such_pickscore does not exist"):
         PickScoreReward(tiny_clip_dir, missing).score(_images(1), ["a"], [{}])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from star.rl import checkpoint
 from star.config import BaseConfig
-from star.world.config import WorldConfig
 from star.models.sd3 import build_mini_sd3
+from star.rl import checkpoint
+from star.world.config import WorldConfig
 from star.world.pretrain import (
     LatentSet,
     WorldDataset,
@@ -20,8 +20,8 @@ from star.world.pretrain import (
     lr_factor,
     phase_mixtures,
     train_transformer,
-    trains_low_res,
     train_vae,
+    trains_low_res,
     vae_loss,
 )
 from tests.test_models import CHARSET, TINY, WORDS
@@ -48,7 +48,8 @@ def run_transformer(
 def test_transformer_resume_is_bit_identical(tmp_path: Path) -> None:
     data = tiny_data()
     latents = torch.randn(len(data.captions), 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    straight = run_transformer(BaseConfig(steps=4, batch_size=4, checkpoint_every=2), tmp_path / "a.ckpt", latents, data)
+    straight = run_transformer(BaseConfig(steps=4, batch_size=4, checkpoint_every=2), tmp_path / "a.ckpt",
+                               latents, data)
     # two steps, "crash", then the same command again with the full budget
     run_transformer(BaseConfig(steps=2, batch_size=4, checkpoint_every=2), tmp_path / "b.ckpt", latents, data)
     resumed = run_transformer(BaseConfig(steps=4, batch_size=4, checkpoint_every=2), tmp_path / "b.ckpt", latents, data)

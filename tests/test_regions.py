@@ -9,9 +9,9 @@ import torch
 
 from rewards.base import can_locate, score_and_locate
 from rewards.geneval import GenEvalReward
-from star.world.detector import detect
 from rewards.mix import WeightedReward
 from star.method.regions import localisation, mean_localisation, token_coverage
+from star.world.detector import detect
 from star.world.render import ObjectSpec, Scene, render_array
 from tests.conftest import BrightnessReward
 
@@ -39,7 +39,8 @@ def test_geneval_locates_the_core_objects_only() -> None:
         (ObjectSpec("star", "red", (3, 3, 13, 13)), ObjectSpec("circle", "blue", (23, 23, 33, 33))), image_size=40
     )
     image = torch.from_numpy(render_array(scene)).permute(2, 0, 1)[None].float() / 255
-    record = {"tag": "colors", "include": [{"class": "star", "count": 1, "color": "red"}], "prompt": "a photo of a red star"}
+    record = {"tag": "colors", "include": [{"class": "star", "count": 1, "color": "red"}],
+              "prompt": "a photo of a red star"}
     reward = GenEvalReward(detect)
     scores, boxes = score_and_locate(reward, image, [record["prompt"]], [record])
     assert scores.tolist() == reward.score(image, [record["prompt"]], [record]).tolist()

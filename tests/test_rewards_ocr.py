@@ -153,7 +153,8 @@ def test_batched_recognition_reads_what_rapidocr_itself_reads(rapid: OcrReward) 
     """``RapidOcrBackend.locate_text`` recognises every image's crops in one call; each line's
     text and box equal RapidOCR's own per-image call (blank, one-word, two-line and sign images)."""
     rng = np.random.default_rng(3)
-    signs = [render_array(sample_sign_scene(rng, "".join(rng.choice(list(TEXT_CHARSET), size=3)), 80)) for _ in range(6)]
+    signs = [render_array(sample_sign_scene(rng, "".join(rng.choice(list(TEXT_CHARSET), size=3)), 80))
+             for _ in range(6)]
     top, bottom = _pil_text("K7Q", 48), _pil_text("STAR", 48)
     two_lines = np.full((96, max(top.shape[1], bottom.shape[1]), 3), 255, np.uint8)
     two_lines[:48, : top.shape[1]], two_lines[48:, : bottom.shape[1]] = top, bottom

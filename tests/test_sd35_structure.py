@@ -24,19 +24,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from star.method.attention import AttentionCapture
 from star.config import load_config
+from star.method.attention import AttentionCapture
 from star.method.core_content import core_token_mask, text_segments
 from star.models.lora import add_lora
 from star.models.sd3 import encode_prompts, pipeline_for, text_sequence_length
-from star.sampling.sampler import sample_ode
 from star.rl.trainer import Trainer
+from star.sampling.sampler import sample_ode
 from tests.conftest import MICRO, BrightnessReward
 from tests.tiny_models import SD35_MEDIUM_TRANSFORMER, save_sd35_structured_pipeline
 
 RECORD = {
     "tag": "color_attr", "prompt": "a photo of a purple wine glass and a black apple",
-    "include": [{"class": "wine glass", "count": 1, "color": "purple"}, {"class": "apple", "count": 1, "color": "black"}],
+    "include": [{"class": "wine glass", "count": 1, "color": "purple"},
+                {"class": "apple", "count": 1, "color": "black"}],
 }
 SECOND = {"tag": "counting", "prompt": "a photo of two clocks",
           "include": [{"class": "clock", "count": 2}], "exclude": [{"class": "clock", "count": 3}]}
@@ -61,9 +62,11 @@ def pipe(saved: Path):
 
 def test_loads_with_sd35_mediums_structure(pipe) -> None:
     t = pipe.transformer.config
-    for key in ("patch_size", "in_channels", "joint_attention_dim", "pooled_projection_dim", "pos_embed_max_size", "qk_norm"):
+    for key in ("patch_size", "in_channels", "joint_attention_dim", "pooled_projection_dim", "pos_embed_max_size",
+                "qk_norm"):
         assert t[key] == SD35_MEDIUM_TRANSFORMER[key], key
-    assert tuple(t.dual_attention_layers) == (0, 1) and t.caption_projection_dim == t.num_attention_heads * t.attention_head_dim
+    assert (tuple(t.dual_attention_layers) == (0, 1)
+            and t.caption_projection_dim == t.num_attention_heads * t.attention_head_dim)
     blocks = pipe.transformer.transformer_blocks
     assert [b.attn2 is not None for b in blocks] == [True, True, False, False]
     assert blocks[0].attn.norm_q is not None and blocks[-1].context_pre_only
@@ -74,7 +77,8 @@ def test_loads_with_sd35_mediums_structure(pipe) -> None:
 
 def _block_outputs(transformer, inputs: dict) -> list[torch.Tensor]:
     outputs: list[torch.Tensor] = []
-    hooks = [b.register_forward_hook(lambda _m, _i, out: outputs.append(torch.cat([o.flatten() for o in out if o is not None])))
+    hooks = [b.register_forward_hook(
+                 lambda _m, _i, out: outputs.append(torch.cat([o.flatten() for o in out if o is not None])))
              for b in transformer.transformer_blocks]
     try:
         with torch.no_grad():
@@ -104,7 +108,8 @@ def test_capture_leaves_every_block_output_unchanged(pipe) -> None:
     for index, (a, b) in enumerate(zip(stock, captured)):
         assert (a - b).abs().max() <= 1e-6, f"block {index}"
     assert maps.shape == (2, 16) and torch.isfinite(maps).all() and ((maps > 0) & (maps < 1)).all()
-    assert all(type(b.attn.processor).__name__ != "CaptureJointAttnProcessor" for b in pipe.transformer.transformer_blocks)
+    assert all(type(b.attn.processor).__name__ != "CaptureJointAttnProcessor"
+               for b in pipe.transformer.transformer_blocks)
 
 
 def _marked_tokens(tokenizer, prompt: str, row: torch.Tensor, length: int) -> list[str]:
@@ -120,8 +125,10 @@ def test_core_tokens_on_clip_bpe_and_t5_sentencepiece(pipe) -> None:
     t5 = "".join(_marked_tokens(pipe.tokenizer_3, RECORD["prompt"], row[77:], 256)).replace("▁", " ").split()
     assert t5 == ["purple", "wine", "glass", "black", "apple"]
     # a word the BPE never saw whole is split into pieces, and every piece is marked
-    unseen = {"tag": "colors", "prompt": "a photo of a brown zebra", "include": [{"class": "zebra", "count": 1, "color": "brown"}]}
-    pieces = _marked_tokens(pipe.tokenizer, unseen["prompt"], core_token_mask(text_segments(pipe), [unseen["prompt"]], [unseen])[0][:77], 77)
+    unseen = {"tag": "colors", "prompt": "a photo of a brown zebra",
+              "include": [{"class": "zebra", "count": 1, "color": "brown"}]}
+    pieces = _marked_tokens(pipe.tokenizer, unseen["prompt"],
+                            core_token_mask(text_segments(pipe), [unseen["prompt"]], [unseen])[0][:77], 77)
     assert len(pieces) > 2 and "".join(pieces).replace("</w>", "") == "brownzebra"
 
 

@@ -56,7 +56,8 @@ def test_every_step_of_a_ten_step_schedule_matches_the_formula() -> None:
     sigmas = scheduler.sigmas.tolist()
     assert sigmas[0] == 1.0 and sigmas[-1] == 0.0 and len(sigmas) == 11
     g = torch.Generator().manual_seed(2)
-    x, v = torch.randn(1, 1, 2, 2, generator=g, dtype=torch.float64), torch.randn(1, 1, 2, 2, generator=g, dtype=torch.float64)
+    x, v = (torch.randn(1, 1, 2, 2, generator=g, dtype=torch.float64),
+            torch.randn(1, 1, 2, 2, generator=g, dtype=torch.float64))
     a = 0.7
     for t in range(10):
         s, s_next, s_1 = sigmas[t], sigmas[t + 1], sigmas[1]

@@ -16,14 +16,15 @@ from safetensors import safe_open
 from pipelines.shared_server import free_port
 from star.config import load_config
 from star.models.lora import trainable_state
-from star.rl.prompt_source import prompt_pool
-from star.sampling.sampler import sample_ode
-from star.sampling.rollout import trained_steps
-from star.rl.trainer import ResumeMismatch, Trainer, config_differences
 from star.models.variants import load_variant, save_variant, sort_safetensors_metadata
+from star.rl.prompt_source import prompt_pool
+from star.rl.trainer import ResumeMismatch, Trainer, config_differences
+from star.sampling.rollout import trained_steps
+from star.sampling.sampler import sample_ode
 from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_pipeline
 
-SMALL = {"iterations": 4, "prompts_per_iteration": 2, "group_size": 2, "steps": 3, "minibatch_size": 2, "checkpoint_every": 1}
+SMALL = {"iterations": 4, "prompts_per_iteration": 2, "group_size": 2, "steps": 3, "minibatch_size": 2,
+         "checkpoint_every": 1}
 
 
 def _trainer(tmp: Path, **train: object) -> Trainer:
@@ -175,9 +176,11 @@ def test_checkpoint_trained_from_other_base_weights_is_refused(tmp_path: Path) -
     rebuilt = micro_pipeline()
     with torch.no_grad():
         next(rebuilt.transformer.parameters()).view(-1)[0] += 1e-3
-    with pytest.raises(ResumeMismatch, match=rf"base weights: '{first.base_weights}' in the checkpoint, '[0-9a-f]{{16}}' now"):
+    with pytest.raises(ResumeMismatch,
+                       match=rf"base weights: '{first.base_weights}' in the checkpoint, '[0-9a-f]{{16}}' now"):
         Trainer(first.cfg, rebuilt, BrightnessReward(), GENEVAL_RECORDS, tmp_path, progress=False)
-    assert Trainer(first.cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, tmp_path, progress=False).iteration == 1
+    assert Trainer(first.cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, tmp_path,
+                   progress=False).iteration == 1
 
 
 def test_weights_digest_tells_apart_one_changed_value_a_dtype_and_a_name() -> None:
@@ -224,7 +227,8 @@ def test_config_differences_lists_leaves_with_dotted_keys() -> None:
 @pytest.mark.slow
 def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()),
                str(REPO / "tests" / "scripts" / "two_rank_train.py"), str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -346,12 +350,15 @@ def test_variants_of_one_seed_are_paired_and_another_seed_is_not(tmp_path: Path)
     """The study's pairing: variants with the same seed draw the same prompts, the
     same initial noise and the same LoRA initialisation; another seed changes all three."""
     colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
-    records = [{"prompt": f"a photo of a {c} star", "tag": "colors", "include": [{"class": "star", "count": 1, "color": c}]}
+    records = [{"prompt": f"a photo of a {c} star", "tag": "colors",
+                "include": [{"class": "star", "count": 1, "color": c}]}
                for c in colours]
 
     def first_draws(seed: int, allocation: str) -> tuple[list[str], torch.Tensor, dict[str, torch.Tensor]]:
-        cfg = load_config(MICRO, overrides={"seed": seed, "train": SMALL | {"allocation": allocation, "prompt_pool": 4}})
-        trainer = Trainer(cfg, micro_pipeline(), BrightnessReward(), records, tmp_path / f"{allocation}-{seed}", progress=False)
+        cfg = load_config(MICRO, overrides={"seed": seed,
+                                            "train": SMALL | {"allocation": allocation, "prompt_pool": 4}})
+        trainer = Trainer(cfg, micro_pipeline(), BrightnessReward(), records, tmp_path / f"{allocation}-{seed}",
+                          progress=False)
         prompts = [r["prompt"] for _ in range(3) for r in trainer.prompts.next(2)]
         rollouts = trainer.sample(trainer.prompts.next(2))
         return prompts, rollouts.latents[:, 0], trainable_state(trainer.transformer)

@@ -80,7 +80,8 @@ def _clip_bpe_tokenizer(root: Path, corpus: list[str]) -> Any:
 
     alphabet = sorted(ByteLevel.alphabet())
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 ByteLevel(add_prefix_space=False, use_regex=False)])
     bpe.train_from_iterator([line.lower() for line in corpus * 20], trainers.BpeTrainer(
         vocab_size=400, initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False))
     learnt = json.loads(bpe.to_str())["model"]
@@ -118,7 +119,12 @@ def save_sd35_structured_pipeline(root: Path, layers: int = 4, dual_layers: int 
     Reduced: ``layers`` blocks (the first ``dual_layers`` dual), 2 heads of 8, one- and
     two-layer text encoders, small vocabularies; 64 px images (8x8 latents, 4x4 tokens).
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)

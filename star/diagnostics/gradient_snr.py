@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from star.rl.objectives import Objective
 from star.method.regions import mean_localisation
+from star.rl.objectives import Objective
 from star.sampling.rollout import Rollouts
 
 if TYPE_CHECKING:  # annotations only
@@ -160,7 +160,8 @@ def gradient_table(
                     rollouts = trainer.sample(records)
                     rewards = trainer.score(rollouts)
                     rewards_seen.append(rewards.float().mean().item())
-                    for name, (grad, loc) in objective_gradients(trainer, rollouts, rewards, measured, trainer.generator).items():
+                    gradients_of = objective_gradients(trainer, rollouts, rewards, measured, trainer.generator)
+                    for name, (grad, loc) in gradients_of.items():
                         sums[name] = sums[name] + grad if name in sums else grad
                         localisations[name].append(loc)
             for name in members:

@@ -8,8 +8,9 @@ keeps one score row per (prompt, noise) besides its summary metrics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from diffusers import StableDiffusion3Pipeline
@@ -49,7 +50,8 @@ def noise_seeds(count: int, cfg: EvalConfig) -> list[tuple[int, int, int]]:
     return [(k, i, cfg.seed + k * NOISE_STRIDE + i) for k in range(cfg.noises) for i in range(count)]
 
 
-def sample_records(pipe: StableDiffusion3Pipeline, records: list[dict[str, Any]], cfg: EvalConfig, progress: bool = True) -> torch.Tensor:
+def sample_records(pipe: StableDiffusion3Pipeline, records: list[dict[str, Any]], cfg: EvalConfig,
+                   progress: bool = True) -> torch.Tensor:
     """``cfg.noises`` images per record, noise-major: (K·N, 3, H, W) in [0, 1]."""
     plan = noise_seeds(len(records), cfg)
     prompts = [records[i]["prompt"] for _, i, _ in plan]
@@ -67,7 +69,8 @@ def _repeat(records: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, An
 
 
 def evaluate_geneval(
-    pipe: StableDiffusion3Pipeline, records: list[dict[str, Any]], cfg: EvalConfig, reward: GenEvalReward, progress: bool = True
+    pipe: StableDiffusion3Pipeline, records: list[dict[str, Any]], cfg: EvalConfig, reward: GenEvalReward,
+    progress: bool = True
 ) -> TaskReport:
     """Strict GenEval: per-task accuracies and 'overall' (the mean of the task accuracies), over
     every (prompt, noise) image."""
@@ -80,7 +83,8 @@ def evaluate_geneval(
                       correct, rows, cfg.noises)
 
 
-def evaluate_ocr(pipe: StableDiffusion3Pipeline, records: list[dict[str, Any]], cfg: EvalConfig, reward: Any, progress: bool = True) -> TaskReport:
+def evaluate_ocr(pipe: StableDiffusion3Pipeline, records: list[dict[str, Any]], cfg: EvalConfig, reward: Any,
+                 progress: bool = True) -> TaskReport:
     """OCR: exact-match accuracy, mean normalised edit distance and mean reward."""
     images = sample_records(pipe, records, cfg, progress)
     prompts = [r["prompt"] for r in _repeat(records, cfg)]
@@ -96,7 +100,8 @@ def evaluate_ocr(pipe: StableDiffusion3Pipeline, records: list[dict[str, Any]], 
     return TaskReport(metrics, images, prompts, [bool(r.exact) for r in results], rows, cfg.noises)
 
 
-def evaluate_pickscore(pipe: StableDiffusion3Pipeline, records: list[dict[str, Any]], cfg: EvalConfig, reward: _Scorer, progress: bool = True) -> TaskReport:
+def evaluate_pickscore(pipe: StableDiffusion3Pipeline, records: list[dict[str, Any]], cfg: EvalConfig, reward: _Scorer,
+                       progress: bool = True) -> TaskReport:
     """Preference: mean PickScore (logit-scale units) of the images for their prompts."""
     images = sample_records(pipe, records, cfg, progress)
     repeated = _repeat(records, cfg)

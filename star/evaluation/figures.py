@@ -101,7 +101,8 @@ def report_grid(report: Any, side: int, path: Path, title: str) -> Path:
     count = len(report.prompts) // report.noises
     shown = torch.linspace(0, count - 1, min(count, side * side)).long().tolist()
     marks = [report.marks[i] for i in shown] if report.marks is not None else None
-    return sample_grid(report.images[shown], [report.prompts[i] for i in shown], path, columns=side, marks=marks, title=title)
+    return sample_grid(report.images[shown], [report.prompts[i] for i in shown], path, columns=side, marks=marks,
+                       title=title)
 
 
 def comparison_grid(

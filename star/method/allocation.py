@@ -109,7 +109,8 @@ def shuffle_positions(weights: torch.Tensor, generator: torch.Generator | None) 
     return weights.gather(-1, keys.argsort(dim=-1))
 
 
-def allocate(mode: AllocationMode, inputs: AllocationInputs, params: AllocationParams, shape: tuple[int, int, int]) -> torch.Tensor:
+def allocate(mode: AllocationMode, inputs: AllocationInputs, params: AllocationParams,
+             shape: tuple[int, int, int]) -> torch.Tensor:
     """The weights of ``mode`` (method §5), (B, T, P) = ``shape``; mean over the trained steps
     and all positions is 1.
 

@@ -68,7 +68,8 @@ def token_positions(tokenizer: PreTrainedTokenizerBase, prompt: str, spans: Sequ
     tokens overlapping ``spans``. Fast tokenizers use offsets; slow ones (e.g. SD3's
     ``CLIPTokenizer``) fall back to matching each span's own tokens as a subsequence."""
     if tokenizer.is_fast:
-        encoded = tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_offsets_mapping=True)
+        encoded = tokenizer(prompt, padding="max_length", max_length=length, truncation=True,
+                            return_offsets_mapping=True)
         return [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if _overlaps(a, b, spans)]
     ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True)["input_ids"]
     positions: set[int] = set()

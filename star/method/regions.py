@@ -36,7 +36,8 @@ def localisation(maps: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
     Returns (B, T); NaN for images where the detector found no core object."""
     weight_share = (maps * coverage[:, None]).sum(-1) / maps.sum(-1).clamp_min(1e-12)
     area_share = coverage.mean(-1, keepdim=True)
-    return torch.where(area_share > 0, weight_share / area_share.clamp_min(1e-12), torch.full_like(weight_share, float("nan")))
+    return torch.where(area_share > 0, weight_share / area_share.clamp_min(1e-12),
+                       torch.full_like(weight_share, float("nan")))
 
 
 def mean_localisation(maps: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,8 @@ from typing import Protocol
 
 import torch
 
-from star.rl.advantages import group_advantages, informative_groups
 from star.method.allocation import CAPTURING_MODES, AllocationInputs, AllocationMode, AllocationParams, allocate
+from star.rl.advantages import group_advantages, informative_groups
 from star.sampling.rollout import Rollouts
 from star.sampling.sampler import Conditioning, guided_velocity
 from star.sampling.sde import StepDistribution, step_distribution
@@ -72,7 +72,9 @@ class Objective(Protocol):
     needs_velocities: bool
     noise_share: str  # 'none' | 'group' | 'pair': how rollouts share their initial noise
 
-    def prepare(self, rollouts: Rollouts, rewards: torch.Tensor, generator: torch.Generator | None = None) -> Targets: ...
+    def prepare(
+        self, rollouts: Rollouts, rewards: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Targets: ...
 
     def policy_term(
         self, policy: Policy, velocity: torch.Tensor, rollouts: Rollouts, targets: Targets, t: int

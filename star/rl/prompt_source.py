@@ -19,7 +19,8 @@ def load_task_prompts(prompts_dir: Path, task: str, split: str) -> list[Record]:
     if task == "ocr":
         return [record | {"tag": "ocr"} for record in load_ocr_prompts(prompts_dir / "ocr" / f"{split}.txt")]
     if task == "pickscore":
-        return [record | {"tag": "caption"} for record in load_plain_prompts(prompts_dir / "pickscore" / f"{split}.txt")]
+        return [record | {"tag": "caption"}
+                for record in load_plain_prompts(prompts_dir / "pickscore" / f"{split}.txt")]
     raise ValueError(f"unknown task {task!r}: expected 'geneval', 'ocr' or 'pickscore'")
 
 

@@ -20,20 +20,20 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from rewards.base import Reward, can_locate, score_and_locate
-from star.rl import checkpoint
+from star.config import Config, TrainConfig
+from star.evaluation.figures import allocation_overlay, sample_grid
 from star.method.allocation import AllocationParams
 from star.method.attention import AttentionCapture
-from star.config import Config, TrainConfig
 from star.method.core_content import core_token_mask, text_segments
-from star.rl.ema import EMA
+from star.method.regions import mean_localisation, token_coverage
 from star.models.lora import add_lora, load_trainable_state, reference_policy, trainable_state
-from star.rl.objectives import FdfoObjective, Objective, PolicyGradientObjective, Policy, Targets
+from star.rl import checkpoint
+from star.rl.ema import EMA
+from star.rl.objectives import FdfoObjective, Objective, Policy, PolicyGradientObjective, Targets
 from star.rl.optim import build_optimizer
 from star.rl.prompt_source import PromptSource, Record, prompt_pool
-from star.method.regions import mean_localisation, token_coverage
 from star.sampling.rollout import Rollouts, initial_latents, sample_rollouts, trained_steps
 from star.sampling.sampler import condition, latent_shape, sigma_schedule
-from star.evaluation.figures import allocation_overlay, sample_grid
 
 MetricsCallback = Callable[[dict[str, float], int], None]
 ArtifactCallback = Callable[[Path, int], None]
@@ -100,7 +100,8 @@ class Trainer:
     ) -> None:
         self.cfg, self.train_cfg, self.pipe, self.reward = cfg, cfg.train, pipe, reward
         self.work_dir, self.on_metrics, self.on_artifact, self.progress = work_dir, on_metrics, on_artifact, progress
-        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision,
+                                                      cpu=not torch.cuda.is_available())
         rank = self.accelerator.process_index
         checkpoint.seed_everything(cfg.seed)  # identical LoRA init on every rank
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -108,7 +109,8 @@ class Trainer:
         self.objective = build_objective(cfg.train, pipe.transformer.config.patch_size)
         self.base_weights = checkpoint.weights_digest(pipe.transformer)  # before LoRA joins it
         self._setup_model()
-        self.capture = AttentionCapture(self.transformer, cfg.train.capture_blocks) if self.objective.needs_capture else None
+        self.capture = (AttentionCapture(self.transformer, cfg.train.capture_blocks)
+                        if self.objective.needs_capture else None)
         # the core objects' coverage feeds the oracle, and the localisation score of captured maps
         self.locate = self.objective.needs_regions or (self.capture is not None and can_locate(reward))
         self.sigmas = sigma_schedule(pipe, cfg.train.steps, self.device)
@@ -238,7 +240,8 @@ class Trainer:
         cond = condition(self.pipe, prompts, cfg.guidance_scale, self.device)
         share = {"none": None, "group": group, "pair": 2}[self.objective.noise_share]
         noise = initial_latents(latent_shape(self.pipe), group_ids, self.generator, share).to(self.device)
-        core_mask = core_token_mask(text_segments(self.pipe, cfg.core_segments), prompts, expanded).to(self.device) if self.capture else None
+        core_mask = (core_token_mask(text_segments(self.pipe, cfg.core_segments), prompts, expanded).to(self.device)
+                     if self.capture else None)
         sde_steps = self._sde_window()
         self.transformer.eval()
         fields = sample_rollouts(
@@ -284,7 +287,8 @@ class Trainer:
         keep = targets.keep if self.accelerator.num_processes == 1 else torch.ones_like(targets.keep)
         index = keep.nonzero().flatten()
         plan = []
-        for _ in range(cfg.inner_epochs if len(index) and rollouts.trained else 0):  # split() of nothing yields one empty chunk
+        # split() of nothing yields one empty chunk
+        for _ in range(cfg.inner_epochs if len(index) and rollouts.trained else 0):
             order = index[torch.randperm(len(index), generator=self.generator)]
             plan += [(chunk, rollouts.trained) for chunk in order.split(cfg.minibatch_size)]
         final = self.iteration + 1 == cfg.iterations
@@ -337,14 +341,16 @@ class Trainer:
         ``what`` names them with their verb ("gradient norm is")."""
         if not bool(torch.isfinite(values.detach()).all()):
             self.optimizer.zero_grad(set_to_none=True)
-            kept = f"its last checkpoint ({self._checkpoint_path}) is kept" if self._checkpoint_path.exists() else "no checkpoint was written yet"
+            kept = (f"its last checkpoint ({self._checkpoint_path}) is kept" if self._checkpoint_path.exists()
+                    else "no checkpoint was written yet")
             raise TrainingDiverged(
                 f"training diverged at iteration {self.iteration}: the {what} not finite (NaN or inf); "
                 f"{kept}. Try a smaller train.lr"
             )
 
     # -- logging and output -----------------------------------------------------------------
-    def _summarise(self, rewards: torch.Tensor, targets: Targets, stats: dict[str, float], seconds: float) -> dict[str, float]:
+    def _summarise(self, rewards: torch.Tensor, targets: Targets, stats: dict[str, float],
+                   seconds: float) -> dict[str, float]:
         all_rewards = self.accelerator.gather(rewards.to(self.device)).float()
         adv = targets.advantages.float()
         return {
@@ -362,7 +368,8 @@ class Trainer:
     def _localisation(self, rollouts: Rollouts, targets: Targets) -> dict[str, float]:
         """Per trained step, the mean localisation of the allocation weights on the core objects
         (method §3.4; 1 = none), when both are known."""
-        if targets.weights is None or rollouts.core_coverage is None or self.train_cfg.allocation in ("none", "uniform_region"):
+        if (targets.weights is None or rollouts.core_coverage is None
+                or self.train_cfg.allocation in ("none", "uniform_region")):
             return {}
         scores = mean_localisation(targets.weights, rollouts.core_coverage)
         return {f"localisation_t{t}": float(scores[t]) for t in rollouts.trained if not torch.isnan(scores[t])}

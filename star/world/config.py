@@ -23,7 +23,9 @@ class WorldConfig(Section):
     train_prompts: int = knob(600, "prompts per task family in each train split", ge=6)
     test_prompts: int = knob(120, "prompts per task family in each test split", ge=6)
     text_layout: Literal["free", "cells"] = knob(
-        "cells", "OCR signs: 'free' (a sign anywhere, proportional font) or 'cells' (one character per 2x3 layout cells, centred)"
+        "cells",
+        "OCR signs: 'free' (a sign anywhere, proportional font) "
+        "or 'cells' (one character per 2x3 layout cells, centred)",
     )
     text_charset: str = knob(SIGN_CHARSET, f"characters signs say, a subset of {TEXT_CHARSET}", min_length=1)
     text_lengths: dict[int, float] = knob(
@@ -35,13 +37,15 @@ class WorldConfig(Section):
     def _known_characters(cls, value: str) -> str:
         unknown = sorted(set(value) - set(TEXT_CHARSET))
         if unknown or len(set(value)) != len(value):
-            raise ValueError(f"{value!r} must be distinct characters of {TEXT_CHARSET!r} (the tokenizer's); unknown: {unknown}")
+            raise ValueError(f"{value!r} must be distinct characters of {TEXT_CHARSET!r} (the tokenizer's); "
+                             f"unknown: {unknown}")
         return value
 
     @field_validator("text_lengths")
     @classmethod
     def _valid_lengths(cls, value: dict[int, float]) -> dict[int, float]:
-        if any(not 1 <= k <= MAX_TEXT_LEN for k in value) or any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
+        if (any(not 1 <= k <= MAX_TEXT_LEN for k in value) or any(w < 0 for w in value.values())
+                or sum(value.values()) <= 0):
             raise ValueError(f"{value} needs lengths 1..{MAX_TEXT_LEN} with weights >= 0, not all 0")
         return dict(sorted(value.items()))  # a draw depends on key order: the same lengths draw the same signs
 
@@ -52,7 +56,8 @@ class WorldConfig(Section):
                 f"layout_cell={self.layout_cell} must be 0 or 8..image_size/3={self.image_size // 3}: "
                 "objects need at least 8 px, and four objects with a free cell between them a 3x3 grid"
             )
-        if self.layout_cell and self.layout_stride > 1 and self.image_size // (self.layout_cell * self.layout_stride) < 2:
+        if (self.layout_cell and self.layout_stride > 1
+                and self.image_size // (self.layout_cell * self.layout_stride) < 2):
             raise ValueError(
                 f"layout_stride={self.layout_stride} leaves fewer than 2x2 places for objects of "
                 f"layout_cell={self.layout_cell} px in {self.image_size} px images"
@@ -66,5 +71,7 @@ class WorldConfig(Section):
             try:
                 cell_sign_box(longest, self.image_size, self.layout_cell)
             except ValueError as error:
-                raise ValueError(f"text_layout='cells' with {longest}-character texts (text_lengths): {error}") from None
+                raise ValueError(
+                    f"text_layout='cells' with {longest}-character texts (text_lengths): {error}"
+                ) from None
         return self

@@ -527,7 +527,8 @@ def _include_layout(
     return specs, relations
 
 
-def scene_for_metadata(metadata: Metadata, rng: np.random.Generator, image_size: int = 64, layout: Layout = FREE) -> Scene:
+def scene_for_metadata(metadata: Metadata, rng: np.random.Generator, image_size: int = 64,
+                       layout: Layout = FREE) -> Scene:
     """A ground-truth scene satisfying ``metadata`` (GenEval, "ocr" or "caption" records);
     A ``layout`` with a cell puts each object in its own cell of a grid (``render.sample_boxes``)."""
     tag = metadata["tag"]

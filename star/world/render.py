@@ -302,7 +302,8 @@ def cell_sign_box(length: int, image_size: int, cell: int) -> Box:
     margin = cell // 2
     box = (x0 - margin, y0 - margin, x0 + length * columns * cell + margin, y0 + rows * cell + margin)
     if box[0] < 0 or box[1] < 0 or box[2] > image_size or box[3] > image_size:
-        raise ValueError(f"{length} characters of {columns}x{rows} cells of {cell} px do not fit a {image_size} px image")
+        raise ValueError(f"{length} characters of {columns}x{rows} cells of {cell} px "
+                         f"do not fit a {image_size} px image")
     return box
 
 

@@ -18,7 +18,8 @@ from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipel
 
 def main(out_dir: Path) -> None:
     torch.set_num_threads(1)
-    overrides = {"train": {"iterations": 2, "prompts_per_iteration": 1, "group_size": 4, "steps": 2, "minibatch_size": 2}}
+    overrides = {"train": {"iterations": 2, "prompts_per_iteration": 1, "group_size": 4, "steps": 2,
+                           "minibatch_size": 2}}
     cfg = load_config(MICRO, overrides=overrides)
     trainer = Trainer(cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, out_dir / "work", progress=False)
     assert trainer.accelerator.num_processes == 2, "expected two processes"
