@@ -23,11 +23,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from star.scoring import build_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
 from star.evaluation.evaluate import TASK_EVALUATORS  # noqa: E402
 from star.models.sd3 import pipeline_for  # noqa: E402
 from star.rl.prompt_source import load_task_prompts  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 
 SCORE_COLUMN = {"geneval": "correct", "ocr": "reward", "pickscore": "score"}
 """The per-image column of each task's evaluation rows that stands for its reward. GenEval's is the

@@ -19,9 +19,9 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import stage_config, stage_main
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
+from star.config import Config, fingerprint
 from star.files import atomic_directory, write_text
 from star.rl import checkpoint
-from star.config import Config, fingerprint
 from star.world.pretrain import pretrain_base
 
 SECTIONS = ["model", "world", "base"]

@@ -25,16 +25,17 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import stage_config, stage_main
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
-from star.rl.checkpoint import remove_if_left_empty
 from rewards.base import Reward
-from star.scoring import build_reward
 from star.config import Config
 from star.evaluation.evaluate import TASK_EVALUATORS, TaskReport, balanced_subset
-from star.models.sd3 import pipeline_for
-from star.rl.prompt_source import load_task_prompts
-from star.models.variants import load_variant, variant_info
 from star.evaluation.figures import report_grid
 from star.files import atomic_file, write_text
+from star.models.sd3 import pipeline_for
+from star.models.variants import load_variant, variant_info
+from star.rl.checkpoint import remove_if_left_empty
+from star.rl.prompt_source import load_task_prompts
+from star.scoring import build_reward
+
 
 def test_records(cfg: Config, task_name: str) -> list[dict[str, Any]]:
     """The fixed test subset of a task: balanced GenEval tags, the first N OCR/preference prompts."""

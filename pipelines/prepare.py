@@ -20,8 +20,8 @@ from pipelines.cli import stage_main
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from star.config import Config, load_config
-from star.files import write_text
 from star.data.task_prompts import check_prompt_files, materialise_prompt_sets, sources
+from star.files import write_text
 from star.world.prompts import generate_prompt_sets, world_text
 
 

@@ -22,12 +22,12 @@ from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from rewards.ocr import OcrReward
 from rewards.pickscore import PickScoreReward
+from star.config import Config, fingerprint
+from star.files import write_text
+from star.rl import checkpoint
 from star.world.clip import WORLD_CLIP_DIR, WorldClip, heldout_accuracy, heldout_set, train_world_clip
 from star.world.prompts import generate_prompt_sets, render_records, world_text
 from star.world.render import world_layout
-from star.files import write_text
-from star.rl import checkpoint
-from star.config import Config, fingerprint
 
 SECTIONS = ["world", "rewards"]
 

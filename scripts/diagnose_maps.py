@@ -20,13 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
-from star.scoring import build_reward  # noqa: E402
-from star.method.allocation import AllocationParams  # noqa: E402
-from star.method.attention import default_capture_blocks  # noqa: E402
 from star.config import load_config  # noqa: E402
 from star.diagnostics.maps import LocalisationRow, capture_maps, localisation_rows  # noqa: E402
+from star.method.allocation import AllocationParams  # noqa: E402
+from star.method.attention import default_capture_blocks  # noqa: E402
 from star.models.sd3 import pipeline_for  # noqa: E402
 from star.rl.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 
 
 def table(rows: list[tuple[str, LocalisationRow]], steps: int) -> str:

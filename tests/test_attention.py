@@ -8,11 +8,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-from star.method.attention import AttentionCapture, default_capture_blocks
 from star.config import load_config
+from star.method.attention import AttentionCapture, default_capture_blocks
 from star.method.core_content import core_token_mask, text_segments
-from star.sampling.sampler import condition, latent_shape
 from star.rl.trainer import Trainer
+from star.sampling.sampler import condition, latent_shape
 from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
 
 

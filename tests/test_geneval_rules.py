@@ -11,8 +11,8 @@ from rewards.detection import Detection
 from rewards.geneval_rules import (
     COUNTING_THRESHOLD,
     MAX_OBJECTS,
-    THRESHOLD,
     TASKS,
+    THRESHOLD,
     evaluate_image,
     filter_detections,
     geneval_summary,

@@ -9,7 +9,7 @@ import graphlib
 
 import pytest
 
-from tests.import_graph import imported_names, import_graph, project_modules
+from tests.import_graph import import_graph, imported_names, project_modules
 
 WORLD_SCENES = {f"star.world.{name}" for name in ("config", "vocab", "render", "prompts", "detector")}
 """The procedural world itself (the config reads its defaults); its training modules sit on top."""

@@ -16,6 +16,7 @@ from transformers import CLIPImageProcessorPil
 from rewards.detection import Detection
 from rewards.geneval import GenEvalReward
 from rewards.geneval_rules import COLORS, THRESHOLD
+from rewards.hub import ModelLoadError
 from rewards.mask2former import (
     BACKGROUND,
     Mask2FormerColorDetector,
@@ -25,7 +26,6 @@ from rewards.mask2former import (
     masked_crop,
     resized_shape,
 )
-from rewards.hub import ModelLoadError
 from tests.tiny_models import TINY_LABELS, save_tiny_detector
 
 LABELS = TINY_LABELS

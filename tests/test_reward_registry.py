@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from rewards.geneval import GenEvalReward
-from star.world.detector import detect
-from rewards.ocr import EasyOcrBackend, OcrReward, RapidOcrBackend
 from rewards.mix import WeightedReward, score_components
-from star.scoring import build_reward
+from rewards.ocr import EasyOcrBackend, OcrReward, RapidOcrBackend
 from star.config import ConfigError, RewardsConfig, config_from_dict
+from star.scoring import build_reward
+from star.world.detector import detect
 from star.world.prompts import colors_record
 from star.world.render import ObjectSpec, Scene, fitted_side, render_array
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from prefect.client.orchestration import get_client
 
 from pipelines.sweep import DEPLOYMENT_NAME, deployment, experiment_command

@@ -13,8 +13,8 @@ from scipy import ndimage
 from star.world import prompts as P
 from star.world.detector import detect
 from star.world.render import (
-    Layout,
     MIN_GAP,
+    Layout,
     ObjectSpec,
     Scene,
     render_array,

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from rewards.base import Reward, can_locate, score_and_locate
+from star.config import TrainConfig
 from star.method.allocation import AllocationInputs, AllocationParams, allocate, allocation_maps
 from star.method.attention import AttentionCapture
-from star.config import TrainConfig
 from star.method.core_content import core_token_mask, text_segments
 from star.method.regions import localisation, token_coverage
 from star.sampling.rollout import sample_rollouts, trained_steps

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
 
 from rewards.pickscore import PickScoreReward
-from star.rl import checkpoint
 from star.config import WorldClipConfig
 from star.models.sd3 import BOS, EOS, PAD, SPECIAL_TOKENS, build_world_tokenizer
+from star.rl import checkpoint
 from star.world.pretrain import MetricsCallback, WorldDataset, lr_factor, render_world_dataset
 from star.world.prompts import Metadata, combination_keys, generate_prompt_sets, render_records, vocabulary
 from star.world.render import FREE, Layout

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusion3Pipeline
 from tqdm.auto import tqdm
 
-from star.rl import checkpoint
 from star.config import BaseConfig, Config
-from star.rl.ema import EMA
 from star.models.sd3 import build_mini_sd3, encode_prompts, latents_from_images
+from star.rl import checkpoint
+from star.rl.ema import EMA
 from star.world.prompts import DEFAULT_TEXT, SignText, sample_training_example, vocabulary, world_text
 from star.world.render import FREE, Layout, world_layout
 from star.world.vocab import BACKGROUND_RGB, PRETRAIN_MIXTURE, TEXT_CHARSET
