@@ -12,6 +12,9 @@ import pytest
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect is imported)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, set before torch loads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "configs" / "micro.yaml"
 DEFAULT_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
@@ -23,10 +26,13 @@ STAGE_FIXTURES = {"prefect_server"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that runs a stage ``slow``, so ``pytest -m "not slow"`` is the fast subset
-    (the unit tests of the math, the config, the rewards and the world); the rest is marked by hand."""
+    (the unit tests of the math, the config, the rewards and the world); the rest is marked by hand.
+    Under ``-n 2 --dist loadgroup`` a module's stage tests stay on one worker, where its
+    module-scoped project is built once; every other test goes wherever a worker is free."""
     for item in items:
         if STAGE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")

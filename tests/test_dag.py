@@ -90,8 +90,12 @@ def test_the_micro_trainings_move_the_weights(project: Path) -> None:
 
     for variant in ("none", "star"):
         weights = load_file(project / f"models/checkpoints/{variant}-s0/pytorch_lora_weights.safetensors")
-        ups = [tensor for name, tensor in weights.items() if "lora_B" in name]
-        assert ups and all(tensor.abs().max() > 0 for tensor in ups), f"{variant}: the adapter did not move"
+        last = max(int(name.split("transformer_blocks.")[1].split(".")[0]) for name in weights)
+        # the last block's text queries feed nothing (SD3's context_pre_only block): no gradient reaches them
+        idle = f"transformer_blocks.{last}.attn.add_q_proj."
+        ups = {name: tensor for name, tensor in weights.items() if "lora_B" in name and idle not in name}
+        still = sorted(name for name, tensor in ups.items() if not tensor.abs().max() > 0)
+        assert ups and not still, f"{variant}: these adapters did not move: {still}"
         curve = (project / f"metrics/train/{variant}-s0.csv").read_text().splitlines()
         header = curve[0].split(",")
         spreads = [float(row.split(",")[header.index("reward_std")]) for row in curve[1:]]
