@@ -24,6 +24,7 @@ STAGE_FIXTURES = {"prefect_server"}
 """A test that needs Prefect's server runs stages or flows (tens of seconds to minutes): ``slow``."""
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that runs a stage ``slow``, so ``pytest -m "not slow"`` is the fast subset
     (the unit tests of the math, the config, the rewards and the world); the rest is marked by hand.
