@@ -24,16 +24,12 @@ STAGE_FIXTURES = {"prefect_server"}
 """A test that needs Prefect's server runs stages or flows (tens of seconds to minutes): ``slow``."""
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that runs a stage ``slow``, so ``pytest -m "not slow"`` is the fast subset
-    (the unit tests of the math, the config, the rewards and the world); the rest is marked by hand.
-    Under ``-n 2 --dist loadgroup`` a module's stage tests stay on one worker, where its
-    module-scoped project is built once; every other test goes wherever a worker is free."""
+    (the unit tests of the math, the config, the rewards and the world); the rest is marked by hand."""
     for item in items:
         if STAGE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")
