@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+from functools import cache
 
 import pytest
 
@@ -42,6 +43,7 @@ def group(module: str) -> str:
     return parts[0] if parts[0] != "star" else ".".join(parts[:2])
 
 
+@cache  # asked once per import edge: each file is parsed once
 def docstring_only(module: str) -> bool:
     """A package ``__init__`` that holds nothing but its docstring (importing it runs no code)."""
     body = ast.parse(project_modules()[module].read_text()).body
