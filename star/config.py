@@ -257,10 +257,46 @@ CoreSegments = Literal["both", "clip", "t5"]
 """Which segments of SD3's text sequence carry the core-token positions (docs/method.md §3.1)."""
 
 
+class OldPolicyConfig(Section):
+    """The old (EMA) adapter of the forward-process objectives: θ_old ← d θ_old + (1 − d) θ with
+    d = min(rate · (s − delay), cap) after ``delay`` optimizer steps s, else 0 (docs/method.md §6.1)."""
+
+    rate: float = knob(0.001, "growth of the decay per optimizer step", ge=0)
+    cap: float = knob(0.5, "largest decay d (0: the old adapter is the current one)", ge=0, lt=1)
+    delay: int = knob(0, "optimizer steps with d = 0 before the decay grows", ge=0)
+
+
+class NftConfig(Section):
+    """DiffusionNFT (docs/method.md §6.1): negative-aware fine-tuning on deterministic rollouts."""
+
+    beta: float = knob(1.0, "mixing strength beta of the implicit positive/negative policies", gt=0)
+    kl_beta: float = knob(1e-4, "weight of mean ||v_theta - v_base||^2 (velocity L2 to the base)", ge=0)
+    timestep_fraction: float = knob(
+        0.99, "per rollout, train floor(f * steps) of the sampler's grid points, a random subset each", gt=0, le=1
+    )
+    old_policy: OldPolicyConfig = knob(OldPolicyConfig(), "decay schedule of the old adapter (it samples rollouts)")
+
+
+class DgpoConfig(Section):
+    """DGPO (docs/method.md §6.2): group-level DPO on deterministic rollouts."""
+
+    beta_dpo: float = knob(100.0, "DPO temperature beta of the group preference weight", gt=0)
+    kl_beta: float = knob(0.02, "weight of mean ||v_theta - v_base||^2", ge=0)
+    clip_range: float = knob(0.01, "clip epsilon of the denoising-loss ratio exp(l_old - l_theta)", gt=0)
+    trunc_steps: int = knob(4, "train grid indices 0..trunc_steps (the high-noise end)", ge=0)
+    timesteps: int = knob(4, "grid indices drawn per iteration without replacement, shared by all rollouts", ge=1)
+    switch_ema_ref: int = knob(500, "optimizer steps after which rollouts come from the old (EMA) adapter", ge=0)
+    old_policy: OldPolicyConfig = knob(
+        OldPolicyConfig(rate=0.001, cap=0.3), "decay schedule of the EMA reference (updated every optimizer step)"
+    )
+
+
 class TrainConfig(Section):
     """RL post-training (docs/method.md §1–§6; §7 sets the embedded default beside SD3.5-M's recipe)."""
 
-    algorithm: Literal["grpo", "fdfo"] = knob("grpo", "'grpo': Flow-GRPO/STAR objective; 'fdfo': finite differences")
+    algorithm: Literal["grpo", "fdfo", "nft", "dgpo"] = knob(
+        "grpo", "'grpo': Flow-GRPO/STAR; 'fdfo': finite differences; 'nft': DiffusionNFT; 'dgpo': DGPO"
+    )
     allocation: AllocationMode = knob(
         "star", "advantage allocation: 'none' is Flow-GRPO; 'oracle'/'shuffled' are diagnostic controls"
     )
@@ -321,6 +357,8 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass")
     fdfo_clip: float = knob(0.03, "FDFO's clip c: its quadratic penalty holds the ratio near 1 +- c", gt=0)
     fdfo_base_weight: float = knob(0.0, "FDFO weight of ||v - v_base||^2", ge=0)
+    nft: NftConfig = knob(NftConfig(), "DiffusionNFT's knobs (algorithm 'nft')")
+    dgpo: DgpoConfig = knob(DgpoConfig(), "DGPO's knobs (algorithm 'dgpo')")
     checkpoint_every: int = knob(10, "iterations between resumable checkpoints", ge=1)
     log_images_every: int = knob(32, "iterations between sample grids and map overlays", ge=1)
 
@@ -335,6 +373,11 @@ class TrainConfig(Section):
     def _window_fits(self) -> TrainConfig:
         if self.sde_window > self.steps:
             raise ValueError(f"sde_window = {self.sde_window} exceeds steps = {self.steps}")
+        if self.algorithm == "dgpo" and self.dgpo.timesteps > min(self.dgpo.trunc_steps + 1, self.steps):
+            raise ValueError(
+                f"dgpo.timesteps = {self.dgpo.timesteps} exceeds the grid indices 0..min(dgpo.trunc_steps = "
+                f"{self.dgpo.trunc_steps}, steps - 1 = {self.steps - 1}) it draws from"
+            )
         if int(self.train_fraction * self.steps) < 1:
             raise ValueError(
                 f"train_fraction = {self.train_fraction} trains floor({self.train_fraction} * {self.steps}) = 0 of the "

@@ -160,6 +160,20 @@ def test_star_training_step_and_evaluation_sampling(pipe, saved: Path, tmp_path:
     assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("train", [{"algorithm": "nft", "allocation": "star"},
+                                   {"algorithm": "dgpo", "allocation": "spatial"}],
+                         ids=["nft", "dgpo"])
+def test_forward_objectives_take_a_step_on_the_dual_attention_structure(pipe, saved: Path, tmp_path: Path,
+                                                                        train: dict) -> None:
+    cfg = config(saved, dgpo={"trunc_steps": 2, "timesteps": 2}, **train)
+    trainer = Trainer(cfg, pipe, BrightnessReward(), [RECORD, SECOND], tmp_path, progress=False)
+    metrics = trainer.step()
+    assert all(v == v for v in metrics.values()) and metrics["grad_norm"] > 0
+    lora_b = [p for n, p in pipe.transformer.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b), "the step moved the adapters"
+
+
 def test_model_resolution_sets_the_image_size(saved: Path) -> None:
     """``model.resolution`` (Flow-GRPO trains SD3.5-M at 512 px, not its native 1024) sets
     diffusers' ``default_sample_size``, which rollouts and evaluation sample at."""

@@ -35,8 +35,9 @@ def _trainer(tmp: Path, **train: object) -> Trainer:
 @pytest.mark.parametrize(
     "train", [{"allocation": "none"}, {"allocation": "uniform_region"}, {"allocation": "temporal"},
               {"allocation": "spatial"}, {"allocation": "shuffled"}, {"allocation": "star", "lora_rank": 0},
-              {"algorithm": "fdfo"}],
-    ids=["none", "uniform_region", "temporal", "spatial", "shuffled", "star-full-ft", "fdfo"],
+              {"algorithm": "fdfo"}, {"algorithm": "nft", "allocation": "none"},
+              {"algorithm": "dgpo", "allocation": "none", "dgpo": {"trunc_steps": 2, "timesteps": 2}}],
+    ids=["none", "uniform_region", "temporal", "spatial", "shuffled", "star-full-ft", "fdfo", "nft", "dgpo"],
 )
 @pytest.mark.slow
 def test_every_algorithm_updates_the_policy(tmp_path: Path, train: dict) -> None:
@@ -45,7 +46,9 @@ def test_every_algorithm_updates_the_policy(tmp_path: Path, train: dict) -> None
     metrics = trainer.step()
     after = trainable_state(trainer.transformer)
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    for key in ("reward_mean", "loss", "clip_fraction", "approx_kl", "grad_norm", "advantage_std"):
+    forward = train.get("algorithm") in ("nft", "dgpo")  # no likelihood ratio: no approx_kl
+    keys = ("reward_mean", "loss", "kl", "grad_norm") if forward else ("clip_fraction", "approx_kl")
+    for key in ("reward_mean", "loss", "grad_norm", "advantage_std", *keys):
         assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
     # the progress bar names what trains: FDFO, not the (unused) allocation its config carries
     assert trainer.method == train.get("algorithm", train.get("allocation"))

@@ -3,7 +3,8 @@
 An ``Objective`` turns scored rollouts into per-rollout training targets (``prepare``: the
 advantage step of the loop) and gives the loss of one denoising step of a minibatch
 (``step_loss``). ``PolicyGradientObjective`` is Flow-GRPO (allocation ``none``), STAR and its
-ablations; ``FdfoObjective`` is the finite-difference paired-trajectory method.
+ablations; ``FdfoObjective`` is the finite-difference paired-trajectory method; the
+forward-process objectives (DiffusionNFT, DGPO) live in ``star.rl.nft`` and ``star.rl.dgpo``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
+from star.config import OldPolicyConfig
 from star.method.allocation import CAPTURING_MODES, AllocationInputs, AllocationMode, AllocationParams, allocate
 from star.rl.advantages import group_advantages, informative_groups
 from star.sampling.rollout import Rollouts
@@ -28,7 +30,8 @@ class Policy:
 
     ``model`` is what gradients flow through (possibly wrapped for data parallelism);
     ``reference`` is a context in which ``reference_model`` computes the base weights' velocity
-    (LoRA: adapters disabled; full fine-tuning: a frozen copy and a null context).
+    (LoRA: adapters disabled; full fine-tuning: a frozen copy and a null context); ``old`` is a
+    context in which ``model`` holds the old (EMA) weights, for objectives that keep them.
     """
 
     model: torch.nn.Module
@@ -36,14 +39,32 @@ class Policy:
     reference: Callable[[], AbstractContextManager[object]]
     guidance_scale: float
     noise_level: float
+    old: Callable[[], AbstractContextManager[object]] | None = None
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return guided_velocity(self.model, x, sigma, cond, self.guidance_scale)
 
+    def conditional_velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The trained model's velocity without guidance (the forward-process objectives train it)."""
+        return guided_velocity(self.model, x, sigma, cond, 1.0)
+
     @torch.no_grad()
-    def reference_velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def reference_velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance_scale: float | None = None
+    ) -> torch.Tensor:
+        """The base weights' velocity, at the rollouts' guidance unless ``guidance_scale`` is given."""
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
         with self.reference():
-            return guided_velocity(self.reference_model, x, sigma, cond, self.guidance_scale)
+            return guided_velocity(self.reference_model, x, sigma, cond, scale)
+
+    @torch.no_grad()
+    def old_velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The old (EMA) weights' conditional velocity; call before the trained forward (the swap
+        writes the weights in place)."""
+        if self.old is None:
+            raise RuntimeError("this policy keeps no old weights (the objective declares no old_policy)")
+        with self.old():
+            return guided_velocity(self.model, x, sigma, cond, 1.0)
 
     def transition(self, velocity: torch.Tensor, x: torch.Tensor, sigmas: torch.Tensor, t: int) -> StepDistribution:
         return step_distribution(x, velocity, sigmas[t], sigmas[t + 1], sigmas[1], self.noise_level)
@@ -52,18 +73,41 @@ class Policy:
 @dataclass
 class Targets:
     """Per-rollout training targets. advantages: (B,) Â or FDFO's dR; keep: (B,) bool;
-    weights: (B, T, P) allocation or None; directions: (B, C, h, w) FDFO's dx or None."""
+    weights: (B, T, P) allocation or None; directions: (B, C, h, w) FDFO's dx or None;
+    timesteps: (B, K) grid indices the objective trains, position k of ``step_loss`` reading
+    column k (forward-process objectives; None: the rollouts' ``trained`` steps);
+    noise: (B, K, C, h, w) the forward process's ε for each of them, or None."""
 
     advantages: torch.Tensor
     keep: torch.Tensor
     weights: torch.Tensor | None = None
     directions: torch.Tensor | None = None
+    timesteps: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> Targets:
         def pick(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else x[index]
 
-        return Targets(self.advantages[index], self.keep[index], pick(self.weights), pick(self.directions))
+        return Targets(self.advantages[index], self.keep[index], pick(self.weights), pick(self.directions),
+                       pick(self.timesteps), pick(self.noise))
+
+
+RolloutKind = Literal["sde", "ode"]
+"""'sde': stochastic steps with per-element log-probs, every state kept (policy gradient, FDFO);
+'ode': the deterministic sampler, only the final latent kept (forward-process objectives)."""
+
+
+@dataclass(frozen=True)
+class OldPolicySchedule:
+    """The old (EMA) weights an objective keeps: its decay ``schedule``; ``update`` after every
+    optimizer step (read at the count before it, as DGPO) or once per iteration (at the count
+    so far, as DiffusionNFT); rollouts come from them after ``sample_after`` optimizer steps
+    (0: always; None: never)."""
+
+    schedule: OldPolicyConfig
+    update: Literal["optimizer_step", "iteration"]
+    sample_after: int | None
 
 
 class Objective(Protocol):
@@ -71,6 +115,9 @@ class Objective(Protocol):
     needs_regions: bool  # rollouts carry the core objects' coverage of the final image (§3.4)
     needs_velocities: bool
     noise_share: str  # 'none' | 'group' | 'pair': how rollouts share their initial noise
+    rollout: RolloutKind  # which sampler draws the rollouts
+    old_policy: OldPolicySchedule | None  # old (EMA) weights the trainer keeps for the objective
+    whole_groups: bool  # every minibatch holds whole prompt groups (a group-level term)
 
     def prepare(
         self, rollouts: Rollouts, rewards: torch.Tensor, generator: torch.Generator | None = None
@@ -122,6 +169,9 @@ class PolicyGradientObjective:
     range ε for both, since a region's log-prob is a mean over its elements as the image's is."""
 
     needs_velocities = False
+    rollout: RolloutKind = "sde"
+    old_policy = None
+    whole_groups = False
 
     def __init__(
         self,
@@ -202,6 +252,9 @@ class FdfoObjective:
     needs_regions = False
     needs_velocities = True
     noise_share = "pair"
+    rollout: RolloutKind = "sde"
+    old_policy = None
+    whole_groups = False
 
     def __init__(self, clip: float, base_weight: float = 0.0) -> None:
         self.clip, self.base_weight = clip, base_weight

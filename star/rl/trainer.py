@@ -1,7 +1,9 @@
 """One trainer for every algorithm: sample → score → advantages → update → log.
 
 The algorithm is the ``Objective`` (docs/method.md §4–§6): Flow-GRPO, STAR and its ablations
-share ``PolicyGradientObjective`` (the ``allocation`` knob), FDFO has its own. ``accelerate``
+share ``PolicyGradientObjective`` (the ``allocation`` knob); FDFO, DiffusionNFT and DGPO have
+their own (the last two with the allocation knob too). What an objective declares decides the
+rollouts (SDE or ODE), whether old (EMA) weights are kept and sample, and how minibatches form. ``accelerate``
 handles devices, processes (gradients all-reduced across ranks) and mixed precision; LoRA comes
 from peft. Checkpoints are atomic and a resumed run continues bit for bit.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,11 @@ from star.method.core_content import core_token_mask, text_segments
 from star.method.regions import mean_localisation, token_coverage
 from star.models.lora import add_lora, load_trainable_state, reference_policy, trainable_state
 from star.rl import checkpoint
+from star.rl.dgpo import DgpoObjective
 from star.rl.ema import EMA
+from star.rl.nft import NftObjective
 from star.rl.objectives import FdfoObjective, Objective, Policy, PolicyGradientObjective, Targets
+from star.rl.old_policy import OldPolicy
 from star.rl.optim import build_optimizer
 from star.rl.prompt_source import PromptSource, Record, prompt_pool
 from star.sampling.rollout import Rollouts, initial_latents, sample_rollouts, trained_steps
@@ -72,6 +77,11 @@ def build_objective(cfg: TrainConfig, patch_size: int) -> Objective:
     if cfg.algorithm == "fdfo":
         return FdfoObjective(cfg.fdfo_clip, cfg.fdfo_base_weight)
     allocation = AllocationParams(cfg.gamma, cfg.mix, cfg.w_min, cfg.w_max, cfg.temporal_rule)
+    if cfg.algorithm == "nft":
+        return NftObjective(cfg.nft, cfg.allocation, allocation, patch_size, cfg.global_std, cfg.advantage_clip)
+    if cfg.algorithm == "dgpo":
+        return DgpoObjective(cfg.dgpo, cfg.allocation, allocation, patch_size, cfg.group_size, cfg.global_std,
+                             cfg.advantage_clip)
     return PolicyGradientObjective(
         cfg.allocation, allocation, patch_size, cfg.clip_range, cfg.kl_beta,
         cfg.global_std, cfg.advantage_clip, cfg.same_noise_per_group,
@@ -116,6 +126,7 @@ class Trainer:
         self.sigmas = sigma_schedule(pipe, cfg.train.steps, self.device)
         self.iteration = 0
         self.pending = 0  # minibatches accumulated since the last optimizer step
+        self.optimizer_steps = 0
         self.history: list[dict[str, float]] = []
         self.seconds_before, self._session_start = 0.0, time.perf_counter()
         self._resume()
@@ -140,7 +151,10 @@ class Trainer:
         optimizer = build_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(self.transformer, optimizer)
         self.ema = EMA(self.transformer, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.policy = Policy(self.model, reference_model, reference, cfg.guidance_scale, cfg.noise_level)
+        schedule = self.objective.old_policy
+        self.old = OldPolicy(self.params, schedule.schedule) if schedule else None
+        self.policy = Policy(self.model, reference_model, reference, cfg.guidance_scale, cfg.noise_level,
+                             old=self.old.applied if self.old else None)
 
     @property
     def _checkpoint_path(self) -> Path:
@@ -154,6 +168,8 @@ class Trainer:
             "gradients": [None if p.grad is None else p.grad.clone() for p in self.params] if self.pending else None,
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer_steps": self.optimizer_steps,
+            "old_policy": self.old.state() if self.old else None,
             "rng": checkpoint.rng_state(self.generator),
             "prompts": self.prompts.state_dict(),
             "history": self.history,
@@ -182,6 +198,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema:
             self.ema.load_state_dict(state["ema"])
+        self.optimizer_steps = state.get("optimizer_steps", 0)
+        if self.old:
+            self.old.load(state["old_policy"])
         checkpoint.restore_rng_state(state["rng"], self.generator)
         self.prompts.load_state_dict(state["prompts"])
         self.iteration, self.history = state["iteration"], state["history"]
@@ -200,8 +219,12 @@ class Trainer:
 
     @property
     def method(self) -> str:
-        """What trains, for progress output: 'fdfo', or the allocation of the policy-gradient objective."""
-        return "fdfo" if self.train_cfg.algorithm == "fdfo" else self.train_cfg.allocation
+        """What trains, for progress output: 'fdfo'; the allocation of the policy-gradient
+        objective; 'nft'/'dgpo', with the allocation when there is one."""
+        algorithm, allocation = self.train_cfg.algorithm, self.train_cfg.allocation
+        if algorithm == "grpo":
+            return allocation
+        return algorithm if algorithm == "fdfo" or allocation == "none" else f"{algorithm}-{allocation}"
 
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> list[dict[str, float]]:
@@ -222,6 +245,8 @@ class Trainer:
         rewards = self.score(rollouts)
         targets = self.objective.prepare(rollouts, rewards, self.generator)
         update_stats = self.update(rollouts, targets)
+        if self.old and self.objective.old_policy.update == "iteration":
+            self.old.advance(self.optimizer_steps)
         self.iteration += 1
         metrics = self._summarise(rewards, targets, update_stats, time.perf_counter() - start)
         metrics |= self._localisation(rollouts, targets)
@@ -242,15 +267,18 @@ class Trainer:
         noise = initial_latents(latent_shape(self.pipe), group_ids, self.generator, share).to(self.device)
         core_mask = (core_token_mask(text_segments(self.pipe, cfg.core_segments), prompts, expanded).to(self.device)
                      if self.capture else None)
-        sde_steps = self._sde_window()
+        deterministic = self.objective.rollout == "ode"
+        sde_steps = None if deterministic else self._sde_window()
         self.transformer.eval()
-        fields = sample_rollouts(
-            self.transformer, self.pipe.vae, cond, noise, self.sigmas, cfg.noise_level, cfg.guidance_scale,
-            self.generator, self.capture, core_mask, keep_velocities=self.objective.needs_velocities,
-            sde_steps=sde_steps,
-        )
+        with self._sampling_weights():
+            fields = sample_rollouts(
+                self.transformer, self.pipe.vae, cond, noise, self.sigmas, cfg.noise_level, cfg.guidance_scale,
+                self.generator, self.capture, core_mask, keep_velocities=self.objective.needs_velocities,
+                sde_steps=sde_steps, deterministic=deterministic,
+            )
         self._check_finite("sampled latents are", fields["latents"])
-        trained = trained_steps(sde_steps, cfg.steps, cfg.train_fraction)
+        trained = (self.objective.trained_steps(cfg.steps) if deterministic
+                   else trained_steps(sde_steps, cfg.steps, cfg.train_fraction))
         return Rollouts(
             prompts, expanded, group_ids, cond, self.sigmas, core_mask=core_mask, sde_steps=sde_steps, trained=trained,
             **fields,
@@ -265,6 +293,14 @@ class Trainer:
         grid = rollouts.latents.shape[-1] // self.pipe.transformer.config.patch_size
         rollouts.core_coverage = token_coverage(boxes, rollouts.images.shape[-1], grid)
         return rewards
+
+    def _sampling_weights(self) -> AbstractContextManager[object]:
+        """The old (EMA) weights when the objective samples with them by now, else the trained ones."""
+        schedule = self.objective.old_policy
+        after = schedule.sample_after if schedule else None
+        if self.old is None or after is None or (after > 0 and self.optimizer_steps <= after):
+            return nullcontext()
+        return self.old.applied()
 
     def _sde_window(self) -> list[int] | None:
         """This iteration's SDE steps: ``sde_window`` consecutive steps starting in the first
@@ -286,11 +322,12 @@ class Trainer:
         cfg = self.train_cfg
         keep = targets.keep if self.accelerator.num_processes == 1 else torch.ones_like(targets.keep)
         index = keep.nonzero().flatten()
+        # the steps step_loss trains: the objective's own draws (position k of its timesteps), else the rollouts'
+        steps = list(range(targets.timesteps.shape[1])) if targets.timesteps is not None else rollouts.trained
         plan = []
         # split() of nothing yields one empty chunk
-        for _ in range(cfg.inner_epochs if len(index) and rollouts.trained else 0):
-            order = index[torch.randperm(len(index), generator=self.generator)]
-            plan += [(chunk, rollouts.trained) for chunk in order.split(cfg.minibatch_size)]
+        for _ in range(cfg.inner_epochs if len(index) and steps else 0):
+            plan += [(chunk, steps) for chunk in self._minibatches(index, rollouts.group_ids)]
         final = self.iteration + 1 == cfg.iterations
         totals: dict[str, list[float]] = {}
         self.transformer.train()
@@ -303,6 +340,17 @@ class Trainer:
             totals["grad_norm"] = [self._optimizer_step()]
         self.transformer.eval()
         return {key: sum(values) / len(values) for key, values in totals.items()}
+
+    def _minibatches(self, index: torch.Tensor, group_ids: torch.Tensor) -> list[torch.Tensor]:
+        """``index`` in random order, split into minibatches of ``minibatch_size`` rollouts; with an
+        objective that needs ``whole_groups``, of whole prompt groups (at least one per minibatch)."""
+        if not self.objective.whole_groups:
+            order = index[torch.randperm(len(index), generator=self.generator)]
+            return list(order.split(self.train_cfg.minibatch_size))
+        groups = group_ids[index].unique()
+        per_batch = max(1, self.train_cfg.minibatch_size // self.train_cfg.group_size)
+        shuffled = groups[torch.randperm(len(groups), generator=self.generator)]
+        return [index[torch.isin(group_ids[index], chunk)] for chunk in shuffled.split(per_batch)]
 
     def _minibatch(
         self, rollouts: Rollouts, targets: Targets, steps: list[int], flush: bool = False
@@ -332,6 +380,9 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.pending = 0
+        if self.old and self.objective.old_policy.update == "optimizer_step":
+            self.old.advance(self.optimizer_steps)  # read at the count before this step, as DGPO
+        self.optimizer_steps += 1
         if self.ema:
             self.ema.update(self.transformer)
         return grad_norm

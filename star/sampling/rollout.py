@@ -19,12 +19,14 @@ from star.sampling.sde import step_distribution
 
 @dataclass
 class Rollouts:
-    """B sampled trajectories of T steps.
+    """B sampled trajectories of T steps (SDE rollouts), or their final latents (ODE rollouts).
 
     prompts, records: B prompts and their metadata; group_ids: (B,) prompt-group of each rollout;
     cond: text conditioning (B rows); sigmas: (T + 1,) from 1 to 0;
-    latents: (B, T + 1, C, h, w) states x_0 (noise) … x_T (sample);
-    log_probs: (B, T, C, h, w) per-element log p(x_{t+1} | x_t) under the sampling policy;
+    latents: (B, T + 1, C, h, w) states x_0 (noise) … x_T (sample); ODE rollouts keep only
+    x_T, (B, 1, C, h, w), so ``latents[:, -1]`` is the sample either way;
+    log_probs: (B, T, C, h, w) per-element log p(x_{t+1} | x_t) under the sampling policy, or
+    None for ODE rollouts;
     velocities: (B, T, C, h, w) guided velocities (kept for FDFO), or None;
     images: (B, 3, H, W) decoded x_T in [0, 1];
     core_mask: (B, L_text) core-token mask, or None without capture;
@@ -41,7 +43,7 @@ class Rollouts:
     cond: Conditioning
     sigmas: torch.Tensor
     latents: torch.Tensor
-    log_probs: torch.Tensor
+    log_probs: torch.Tensor | None
     images: torch.Tensor
     velocities: torch.Tensor | None = None
     core_mask: torch.Tensor | None = None
@@ -102,6 +104,7 @@ def sample_rollouts(
     core_mask: torch.Tensor | None = None,
     keep_velocities: bool = False,
     sde_steps: list[int] | None = None,
+    deterministic: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """Run the SDE sampler from ``noise`` (B, C, h, w) through ``sigmas`` (T + 1,).
 
@@ -109,6 +112,8 @@ def sample_rollouts(
     the next state and its per-element log-density is kept. With ``capture`` the conditional
     branch records the core attention (method §3.2). With ``sde_steps`` only those steps add
     noise; the others take the ODE step and get zero log-probs (never trained: method §1).
+    ``deterministic``: the ODE sampler of evaluation at every step, keeping only the final
+    latent and no log-probs (the forward-process objectives, method §6.1–§6.2).
     Returns the tensor fields of ``Rollouts``.
     """
     device, dtype = noise.device, noise.dtype
@@ -119,6 +124,11 @@ def sample_rollouts(
         v = guided_velocity(transformer, x, sigmas[t], cond, guidance_scale, recording=recording)
         if capture is not None:
             attention.append(capture.result().cpu())
+        if deterministic:
+            x = step_distribution(x, v, sigmas[t], sigmas[t + 1], sigmas[1], 0.0).mean
+            if keep_velocities:
+                velocities.append(v)
+            continue
         if sde_steps is None or t in sde_steps:
             dist = step_distribution(x, v, sigmas[t], sigmas[t + 1], sigmas[1], noise_level)
             x = dist.sample(torch.randn(x.shape, generator=generator).to(device, dtype))
@@ -130,8 +140,8 @@ def sample_rollouts(
         if keep_velocities:
             velocities.append(v)
     return {
-        "latents": torch.stack(states, dim=1),
-        "log_probs": torch.stack(log_probs, dim=1),
+        "latents": x[:, None] if deterministic else torch.stack(states, dim=1),
+        "log_probs": None if deterministic else torch.stack(log_probs, dim=1),
         "velocities": torch.stack(velocities, dim=1) if keep_velocities else None,
         "attention": torch.stack(attention, dim=1) if capture is not None else None,
         "images": images_from_latents(vae, x).cpu(),
