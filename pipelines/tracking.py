@@ -81,11 +81,14 @@ def training_run_of(experiment: str, tags: dict[str, str]) -> str | None:
 
 def run_name(stage: str, tags: dict[str, str]) -> str:
     """What the run is, for the runs table and chart legends: ``train-star-s0``,
-    ``evaluate-star-s0``, ``evaluate-base``, ``base``, ``report``."""
+    ``evaluate-star-s0``, ``evaluate-base``, ``base``, ``report``; a training by another
+    algorithm than Flow-GRPO/STAR's names it unless the variant's name does: ``train-nft-none-s0``."""
     if "checkpoint" in tags:
         return f"{stage}-{tags['checkpoint']}"
     if stage == "train" and "variant" in tags and "seed" in tags:
-        return f"{stage}-{tags['variant']}-s{tags['seed']}"
+        algorithm, variant = tags.get("algorithm", "grpo"), tags["variant"]
+        named = variant if algorithm == "grpo" or variant.startswith(algorithm) else f"{algorithm}-{variant}"
+        return f"{stage}-{named}-s{tags['seed']}"
     return stage
 
 

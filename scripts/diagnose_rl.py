@@ -48,6 +48,12 @@ ROWS: dict[str, dict[str, Any]] = {
     "oracle": {"allocation": "oracle"},
     "shuffled": {"allocation": "shuffled"},
     "fdfo": {"algorithm": "fdfo"},
+    "nft": {"algorithm": "nft", "allocation": "none"},
+    "nft star": {"algorithm": "nft", "allocation": "star"},
+    "nft oracle": {"algorithm": "nft", "allocation": "oracle"},
+    "dgpo": {"algorithm": "dgpo", "allocation": "none"},
+    "dgpo star": {"algorithm": "dgpo", "allocation": "star"},
+    "dgpo oracle": {"algorithm": "dgpo", "allocation": "oracle"},
 }
 """Default rows: train overrides on top of the params' train section (the issue's table)."""
 

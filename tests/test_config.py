@@ -309,3 +309,25 @@ def test_the_order_of_mixture_and_length_keys_does_not_change_the_run() -> None:
                 for _ in range(40)]
 
     assert prompts(other) == prompts(cfg)
+
+
+def test_params_with_another_algorithm_train_every_variant_with_it(tmp_path: Path) -> None:
+    """``dvc exp run -S train.algorithm=nft`` rewrites params.yaml; every study variant then trains
+    with that objective (and its allocation), and its MLflow run says so in its name."""
+    from pipelines.tracking import run_name
+    from star.rl.dgpo import DgpoObjective
+    from star.rl.nft import NftObjective
+    from star.rl.trainer import build_objective
+
+    for algorithm, kind in (("nft", NftObjective), ("dgpo", DgpoObjective)):
+        cfg = load_config(REPO / "params.yaml", parse_overrides([f"train.algorithm={algorithm}"]))
+        for variant in ("none", "star", "oracle"):
+            train = cfg.for_variant(variant).train
+            objective = build_objective(train, 2)
+            assert isinstance(objective, kind) and objective.allocating.mode == train.allocation
+        tags = {"variant": "none", "seed": "0", "algorithm": algorithm}
+        assert run_name("train", tags) == f"train-{algorithm}-none-s0"
+    assert run_name("train", {"variant": "nft-star", "seed": "1", "algorithm": "nft"}) == "train-nft-star-s1"
+    assert run_name("train", {"variant": "star", "seed": "1", "algorithm": "grpo"}) == "train-star-s1"
+    with pytest.raises(ConfigError, match="dgpo.timesteps"):
+        load_config(REPO / "params.yaml", parse_overrides(["train.algorithm=dgpo", "train.dgpo.timesteps=9"]))

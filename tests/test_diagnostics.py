@@ -129,12 +129,17 @@ def test_objective_gradients_share_the_rollouts(tmp_path) -> None:
 def test_gradient_table_measures_every_objective_against_the_reference(tmp_path) -> None:
     trainer = _trainer(tmp_path, BrightnessReward())
     before = trainable_state(trainer.transformer)
-    rows = gradient_table(trainer, GENEVAL_RECORDS, _objectives(trainer), "none", estimates=3, batches=1,
+    train = trainer.train_cfg
+    forward = {"nft": build_objective(train.model_copy(update={"algorithm": "nft", "allocation": "none"}), 2),
+               "dgpo star": build_objective(train.model_copy(update={"algorithm": "dgpo"}), 2)}
+    rows = gradient_table(trainer, GENEVAL_RECORDS, _objectives(trainer) | forward, "none", estimates=3, batches=1,
                           progress=False)
     by_name = {row.name: row for row in rows}
-    assert list(by_name) == ["none", "uniform_region", "star", "fdfo"]
+    assert list(by_name) == ["none", "uniform_region", "star", "fdfo", "nft", "dgpo star"]
     for row in rows:
-        assert len(row.pairwise) == 3 and len(row.with_reference) == 3 and min(row.norms) > 0
+        # ODE rollouts carry no log-probs: the forward-process rows have no cosine with none
+        assert len(row.with_reference) == (0 if row.name in forward else 3), row.name
+        assert len(row.pairwise) == 3 and min(row.norms) > 0, row.name
         assert all(-1 <= c < 0.999 for c in row.pairwise), (row.name, row.pairwise)
     assert by_name["none"].with_reference == [pytest.approx(1.0)] * 3
     assert by_name["uniform_region"].reference[0] == pytest.approx(1.0, abs=1e-4)

@@ -58,19 +58,21 @@ def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_pat
     root, _, _ = micro_run
     paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
     main(["--params", str(MICRO), "--prompts", "2", "--batches", "1", "--estimates", "2",
-          "--rows", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo",
+          "--rows", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "nft", "dgpo star",
           "--row", "sharp={allocation: star, gamma: 8}",
           "--json", str(tmp_path / "table.json"), "-S", "train.prompt_pool=3",  # a pool larger than --prompts
           *[arg for path in paths for arg in ("-S", path)]])
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
     names = [row[0].strip() for row in rows[1:]]
-    assert names == ["none", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "sharp"]
+    assert names == ["none", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "nft", "dgpo star", "sharp"]
     for name, agreement, _, reference, _, _localisation, norm in rows[1:]:
-        assert -1 <= float(agreement) <= 1 and -1 <= float(reference) <= 1 and float(norm) >= 0, name
+        ode = name in ("nft", "dgpo star")  # ODE rollouts: no policy-gradient reference to compare with
+        assert -1 <= float(agreement) <= 1 and float(norm) >= 0, name
+        assert reference.strip() == "nan" if ode else -1 <= float(reference) <= 1, name
     assert float(rows[1][3]) in (0.0, 1.0)  # none against itself (0: the micro base scores no reward spread)
     saved = json.loads((tmp_path / "table.json").read_text())
-    assert saved["rollouts_per_estimate"] == 2 * 2 and len(saved["results"]) == 7
+    assert saved["rollouts_per_estimate"] == 2 * 2 and len(saved["results"]) == 9
     with pytest.raises(SystemExit):
         main(["--params", str(MICRO), "--rows", "nope"])
     with pytest.raises(SystemExit, match="core_segments"):  # the rows share rollouts and their captured maps
@@ -148,6 +150,18 @@ def test_profile_prints_each_phase_share(micro_run, capsys, tmp_path: Path) -> N
                   "scoring (detector + rules)"):
         assert phase in phases, out
     assert all(0 <= share <= 100 for share in phases.values())
+
+
+def test_objective_cost_prints_each_algorithm_side_by_side(micro_run, capsys, tmp_path: Path) -> None:
+    from benchmarks.objective_cost import main
+    from star.config import load_config, write_params
+
+    params = write_params(load_config(MICRO, micro_overrides(micro_run[0])), tmp_path / "params.yaml")
+    main(["--params", str(params), "--iterations", "1", "--rows", "none (Flow-GRPO)", "nft", "dgpo star",
+          "-S", "train.dgpo.trunc_steps=2", "-S", "train.dgpo.timesteps=2"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row[0].strip() for row in rows[1:]] == ["none (Flow-GRPO)", "nft", "dgpo star"]
+    assert rows[1][-1].strip() == "1.00x" and all(float(row[5]) > 0 for row in rows[1:])
 
 
 def test_reward_spread_prints_each_task_and_the_mix_weight(micro_run, capsys, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -81,7 +81,9 @@ def objective_gradients(
     mean localisation of its allocation weights (NaN without maps or coverage).
 
     The policy terms only: the KL term's gradient vanishes at the base weights, where this is
-    measured. Groups without reward spread contribute nothing, as in training.
+    measured. Groups without reward spread contribute nothing, as in training. Objectives that
+    draw their own timesteps (the forward-process ones) take their whole ``step_loss`` at each
+    of them (a forward pass each; their velocity-L2 terms vanish at the base weights too).
     """
     targets = {name: objective.prepare(rollouts, rewards, generator) for name, objective in objectives.items()}
     totals = {name: [torch.zeros_like(p) for p in trainer.params] for name in objectives}
@@ -89,12 +91,21 @@ def objective_gradients(
     trainer.transformer.train()
     for chunk in torch.arange(len(rollouts)).split(minibatch):
         part = rollouts.select(chunk)
-        for t in rollouts.trained:
+        for name, objective in objectives.items():
+            drawn = targets[name].timesteps
+            for k in range(drawn.shape[1] if drawn is not None else 0):
+                loss, _ = objective.step_loss(trainer.policy, part, targets[name].select(chunk), k)
+                grads = torch.autograd.grad(loss, trainer.params, allow_unused=True)
+                for total, grad in zip(totals[name], grads):
+                    if grad is not None:
+                        total += grad * len(chunk)
+        shared = {name: o for name, o in objectives.items() if targets[name].timesteps is None}
+        for t in rollouts.trained if shared else []:
             velocity = trainer.policy.velocity(part.latents[:, t], part.sigmas[t], part.cond)
-            for position, (name, objective) in enumerate(objectives.items()):
+            for position, (name, objective) in enumerate(shared.items()):
                 loss = objective.policy_term(trainer.policy, velocity, part, targets[name].select(chunk), t).loss
                 grads = torch.autograd.grad(
-                    loss, trainer.params, retain_graph=position < len(objectives) - 1, allow_unused=True
+                    loss, trainer.params, retain_graph=position < len(shared) - 1, allow_unused=True
                 )
                 for total, grad in zip(totals[name], grads):
                     if grad is not None:
@@ -111,13 +122,17 @@ def objective_gradients(
 
 @contextmanager
 def sampling_for(trainer: Trainer, objective: Objective) -> Iterator[None]:
-    """The trainer samples as ``objective`` needs (shared noise of FDFO's pairs, velocities)."""
-    kept = trainer.objective
+    """The trainer samples as ``objective`` needs (shared noise of FDFO's pairs, velocities, the
+    ODE sampler); an objective with old weights finds them equal to the current ones, as at its
+    first iteration."""
+    kept, kept_old = trainer.objective, trainer.policy.old
     trainer.objective = objective
+    if objective.old_policy is not None and kept_old is None:
+        trainer.policy.old = nullcontext
     try:
         yield
     finally:
-        trainer.objective = kept
+        trainer.objective, trainer.policy.old = kept, kept_old
 
 
 def gradient_table(
@@ -136,7 +151,8 @@ def gradient_table(
 
     Objectives that sample alike share rollouts; one that samples differently (FDFO's paired
     noise) gets its own, and the reference objective's gradient is recomputed on them, so every
-    ``with_reference`` cosine compares the same rollouts. ``trainer`` must capture attention and
+    ``with_reference`` cosine compares the same rollouts. On ODE rollouts (the forward-process
+    objectives) the policy-gradient reference has no log-probs: those rows get no such cosine. ``trainer`` must capture attention and
     locate core objects if any objective needs it (build it with a capturing allocation).
     """
     if estimates < 2:
@@ -145,12 +161,14 @@ def gradient_table(
         raise ValueError(f"reference objective {reference!r} is not among {sorted(objectives)}")
     groups: dict[tuple[str, bool], dict[str, Objective]] = {}
     for name, objective in objectives.items():
-        groups.setdefault((objective.noise_share, objective.needs_velocities), {})[name] = objective
+        key = (objective.noise_share, objective.needs_velocities, objective.rollout)
+        groups.setdefault(key, {})[name] = objective
     rows = {name: GradientRow(name) for name in objectives}
     gradients: dict[str, list[torch.Tensor]] = {name: [] for name in objectives}
     for estimate in tqdm(range(estimates), desc="gradient estimates", disable=not progress):
         for members in groups.values():
-            measured = members | {reference: objectives[reference]}
+            comparable = next(iter(members.values())).rollout == objectives[reference].rollout
+            measured = members | ({reference: objectives[reference]} if comparable else {})
             sums: dict[str, torch.Tensor] = {}
             localisations: dict[str, list[float]] = {name: [] for name in measured}
             rewards_seen: list[float] = []
@@ -165,7 +183,8 @@ def gradient_table(
                         sums[name] = sums[name] + grad if name in sums else grad
                         localisations[name].append(loc)
             for name in members:
-                rows[name].with_reference.append(cosine(sums[name], sums[reference]))
+                if comparable:
+                    rows[name].with_reference.append(cosine(sums[name], sums[reference]))
                 rows[name].norms.append(sums[name].norm().item())
                 rows[name].localisation.append(statistics.fmean(localisations[name]))
                 rows[name].rewards.append(statistics.fmean(rewards_seen))
