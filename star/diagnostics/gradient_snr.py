@@ -152,8 +152,9 @@ def gradient_table(
     Objectives that sample alike share rollouts; one that samples differently (FDFO's paired
     noise) gets its own, and the reference objective's gradient is recomputed on them, so every
     ``with_reference`` cosine compares the same rollouts. On ODE rollouts (the forward-process
-    objectives) the policy-gradient reference has no log-probs: those rows get no such cosine. ``trainer`` must capture attention and
-    locate core objects if any objective needs it (build it with a capturing allocation).
+    objectives) the policy-gradient reference has no log-probs: those rows get no such cosine.
+    ``trainer`` must capture attention and locate core objects if any objective needs it (build
+    it with a capturing allocation).
     """
     if estimates < 2:
         raise ValueError(f"gradient_table needs at least two estimates, got {estimates}")
