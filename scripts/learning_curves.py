@@ -1,0 +1,168 @@
+"""Training-reward curves of several algorithms on the training prompts, paired by seed, and how
+fast each learns (star/evaluation/curves.py, docs/method.md §9.1).
+
+    python scripts/learning_curves.py run --out DIR [--rows none nft dgpo fdfo] [--row 'name={...}']
+        [--seeds 0 1 2] [--jobs 2] [--params params.yaml] [-S key=value ...]
+    python scripts/learning_curves.py summarise DIR [--reference none]
+
+``run`` trains every row with every seed (rows: ``train`` overrides on the params; each run a
+process of its own with one torch thread, ``--jobs`` at a time) and writes each run's
+per-iteration metrics to DIR/<row>-s<seed>.csv. ``summarise`` prints, per row, the training
+reward's slope per 1 000 rollouts and per minute with 95 % t-intervals over seeds, the paired
+difference from the reference row and its minimum detectable difference (80 % power).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROWS: dict[str, dict[str, Any]] = {
+    "none": {"algorithm": "grpo", "allocation": "none"},
+    "star": {"algorithm": "grpo", "allocation": "star"},
+    "fdfo": {"algorithm": "fdfo"},
+    "nft": {"algorithm": "nft", "allocation": "none"},
+    "dgpo": {"algorithm": "dgpo", "allocation": "none"},
+}
+"""Default rows: train overrides on top of the params' train section."""
+
+
+def parse_rows(names: list[str] | None, specs: list[str]) -> dict[str, dict[str, Any]]:
+    rows = {name: ROWS[name] for name in (names or ["none", "nft", "dgpo", "fdfo"])}
+    for spec in specs:
+        name, sep, body = spec.partition("=")
+        overrides = yaml.safe_load(body) if sep else None
+        if not name or not isinstance(overrides, dict):
+            raise SystemExit(f"error: --row {spec!r} is not of the form 'name={{key: value, ...}}'")
+        rows[name] = overrides
+    return rows
+
+
+def train_one(params: str, sets: list[str], row: dict[str, Any], seed: int, out: Path) -> None:
+    """One run in this process: the row's config with ``seed``, its history to ``out``."""
+    import pandas as pd
+
+    from pipelines.cli import parse_overrides, use_threads
+    from star.config import config_from_dict, load_config
+    from star.models.sd3 import pipeline_for
+    from star.rl.prompt_source import load_task_prompts
+    from star.rl.trainer import Trainer
+    from star.scoring import build_reward
+
+    base = load_config(params, parse_overrides(sets))
+    data = base.model_dump()
+    data["train"], data["seed"] = data["train"] | row, seed
+    cfg = config_from_dict(data, f"row {out.stem}")
+    use_threads(cfg)
+    records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
+    reward = build_reward(cfg.rewards, cfg.paths.reward_models)
+    with tempfile.TemporaryDirectory() as work:
+        trainer = Trainer(cfg, pipeline_for(cfg.model, cfg.paths.base_model), reward, records, Path(work),
+                          progress=False)
+        trainer.train()
+    frame = pd.DataFrame(trainer.history)
+    frame["rollouts_per_iteration"] = cfg.train.prompts_per_iteration * cfg.train.group_size
+    frame.to_csv(out, index=False)
+
+
+def run_all(args: argparse.Namespace) -> None:
+    rows = parse_rows(args.rows, args.row)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rows.json").write_text(json.dumps({"rows": rows, "seeds": args.seeds, "sets": args.set}, indent=1))
+    jobs = [(name, seed) for seed in args.seeds for name in rows if not (args.out / f"{name}-s{seed}.csv").exists()]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def launch(job: tuple[str, int]) -> str:
+        name, seed = job
+        start = time.perf_counter()
+        command = [sys.executable, __file__, "one", "--params", args.params, "--row-json", json.dumps(rows[name]),
+                   "--seed", str(seed), "--csv", str(args.out / f"{name}-s{seed}.csv"),
+                   *[part for item in args.set for part in ("-S", item)]]
+        log = args.out / f"{name}-s{seed}.log"
+        with log.open("w") as stream:
+            code = subprocess.call(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
+        status = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
+        print(f"{name} seed {seed}: {status} in {time.perf_counter() - start:.0f} s", flush=True)
+        return status
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        statuses = list(pool.map(launch, jobs))
+    if any(s != "done" for s in statuses):
+        raise SystemExit(1)
+
+
+def summarise(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from star.evaluation.curves import compare, minimum_detectable, run_rates
+
+    records = []
+    for csv in sorted(args.dir.glob("*-s*.csv")):
+        name, _, seed = csv.stem.rpartition("-s")
+        curve = pd.read_csv(csv)
+        records.append({"variant": name, "seed": int(seed),
+                        **run_rates(curve, int(curve["rollouts_per_iteration"].iloc[0]))})
+    rates = pd.DataFrame(records)
+    if args.reference not in set(rates["variant"]):
+        raise SystemExit(f"error: no runs of the reference row {args.reference!r} in {args.dir}")
+    by_rollouts = compare(rates, args.reference)
+    by_minutes = compare(rates, args.reference, "per_minute")
+    table = rates.pivot(index="seed", columns="variant", values="per_1000_rollouts")
+    print(f"Training reward per 1 000 rollouts and per minute (slopes; mean over seeds, 95 % t-interval; "
+          f"paired by seed against {args.reference}):\n")
+    print("| row | seeds | reward start → end | per 1 000 rollouts | learns | − " + args.reference +
+          " | resolved | MDD | per minute | − " + args.reference + " (per minute) | s / iteration |")
+    print("|---|---:|---|---|---|---|---|---:|---|---|---:|")
+    for (_, row), (_, minute) in zip(by_rollouts.iterrows(), by_minutes.iterrows()):
+        own = rates[rates["variant"] == row["variant"]]
+        diff = table[row["variant"]] - table[args.reference]
+        mdd = minimum_detectable(diff.dropna()) if row["vs_reference"] is not None else float("nan")
+        print(f"| {row['variant']} | {row['rate'].n} | {own['start'].mean():.3f} → {own['end'].mean():.3f} | "
+              f"{row['rate']} | {'yes' if row['learns'] else 'no'} | {row['vs_reference'] or ''} | "
+              f"{'yes' if row['resolved'] else 'no'} | {'' if mdd != mdd else f'{mdd:.4f}'} | {minute['rate']} | "
+              f"{minute['vs_reference'] or ''} | {own['seconds_per_iteration'].mean():.1f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train every row with every seed")
+    run.add_argument("--out", type=Path, required=True)
+    run.add_argument("--params", default="params.yaml")
+    run.add_argument("--rows", nargs="+", default=None, choices=sorted(ROWS))
+    run.add_argument("--row", action="append", default=[], metavar="NAME={...}")
+    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run.add_argument("--jobs", type=int, default=2)
+    run.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    one = sub.add_parser("one", help="one run in this process (what `run` launches)")
+    one.add_argument("--params", default="params.yaml")
+    one.add_argument("--row-json", required=True)
+    one.add_argument("--seed", type=int, required=True)
+    one.add_argument("--csv", type=Path, required=True)
+    one.add_argument("-S", "--set", action="append", default=[])
+    summary = sub.add_parser("summarise", help="slopes, paired differences and intervals")
+    summary.add_argument("dir", type=Path)
+    summary.add_argument("--reference", default="none")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run_all(args)
+    elif args.command == "one":
+        train_one(args.params, args.set, json.loads(args.row_json), args.seed, args.csv)
+    else:
+        summarise(args)
+
+
+if __name__ == "__main__":
+    main()
