@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from star.config import OldPolicyConfig, load_config
+from star.method.attention import AttentionCapture
 from star.models.lora import trainable_state
 from star.rl.dgpo import clipped_mask, dgpo_loss, group_weights
 from star.rl.forward_process import element_weights, weighted_mean
@@ -211,6 +212,13 @@ def test_ode_rollouts_keep_the_final_latent_of_the_euler_ode() -> None:
     all_ode_steps = sample_rollouts(*args, sde_steps=[])
     assert ode["latents"].shape[1] == 1 and ode["log_probs"] is None
     assert torch.equal(ode["latents"][:, -1], all_ode_steps["latents"][:, -1])
+    capture = AttentionCapture(pipe.transformer, None)
+    mask = torch.zeros(2, cond.embeds.shape[1], dtype=torch.bool)
+    mask[:, 1] = True
+    captured = sample_rollouts(*args, capture=capture, core_mask=mask, deterministic=True)
+    patches = (noise.shape[-1] // pipe.transformer.config.patch_size) ** 2
+    assert captured["attention"].shape == (2, 3, patches)  # the maps of every ODE step
+    assert torch.equal(captured["latents"], ode["latents"])  # capture leaves the sample alone
 
 
 @pytest.mark.slow
