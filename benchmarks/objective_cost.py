@@ -21,12 +21,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.profile_study import timed  # noqa: E402
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
+from scripts.diagnose_rl import parse_rows  # noqa: E402
+from scripts.learning_curves import ROWS as CURVE_ROWS  # noqa: E402
 from star.config import config_from_dict, load_config  # noqa: E402
 from star.models.sd3 import pipeline_for  # noqa: E402
 from star.rl.prompt_source import load_task_prompts  # noqa: E402
@@ -34,13 +34,9 @@ from star.rl.trainer import Trainer  # noqa: E402
 from star.scoring import build_reward  # noqa: E402
 
 ROWS: dict[str, dict[str, Any]] = {
-    "none (Flow-GRPO)": {"algorithm": "grpo", "allocation": "none"},
-    "star": {"algorithm": "grpo", "allocation": "star"},
-    "fdfo": {"algorithm": "fdfo"},
-    "nft": {"algorithm": "nft", "allocation": "none"},
-    "nft star": {"algorithm": "nft", "allocation": "star"},
-    "dgpo": {"algorithm": "dgpo", "allocation": "none"},
-    "dgpo star": {"algorithm": "dgpo", "allocation": "star"},
+    "none (Flow-GRPO)": CURVE_ROWS["none"], "star": CURVE_ROWS["star"], "fdfo": CURVE_ROWS["fdfo"],
+    "nft": CURVE_ROWS["nft"], "nft star": CURVE_ROWS["nft"] | {"allocation": "star"},
+    "dgpo": CURVE_ROWS["dgpo"], "dgpo star": CURVE_ROWS["dgpo"] | {"allocation": "star"},
 }
 PHASES = ("sample", "score", "advantages", "update")
 
@@ -72,8 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     args = parser.parse_args(argv)
     cfg = load_config(args.params, parse_overrides(args.set))
-    rows = {name: ROWS[name] for name in (args.rows or ROWS)}
-    rows |= {name: yaml.safe_load(body) for name, _, body in (spec.partition("=") for spec in args.row)}
+    rows = {name: ROWS[name] for name in (args.rows or ROWS)} | parse_rows(args.row)
     use_threads(cfg)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.diagnose_rl import parse_rows  # noqa: E402
 
 ROWS: dict[str, dict[str, Any]] = {
     "none": {"algorithm": "grpo", "allocation": "none"},
@@ -39,15 +39,9 @@ ROWS: dict[str, dict[str, Any]] = {
 """Default rows: train overrides on top of the params' train section."""
 
 
-def parse_rows(names: list[str] | None, specs: list[str]) -> dict[str, dict[str, Any]]:
-    rows = {name: ROWS[name] for name in (names or ["none", "nft", "dgpo", "fdfo"])}
-    for spec in specs:
-        name, sep, body = spec.partition("=")
-        overrides = yaml.safe_load(body) if sep else None
-        if not name or not isinstance(overrides, dict):
-            raise SystemExit(f"error: --row {spec!r} is not of the form 'name={{key: value, ...}}'")
-        rows[name] = overrides
-    return rows
+def chosen_rows(names: list[str] | None, specs: list[str]) -> dict[str, dict[str, Any]]:
+    """The named default rows (none, nft, dgpo, fdfo when none are named) and the ``--row`` specs."""
+    return {name: ROWS[name] for name in (names or ["none", "nft", "dgpo", "fdfo"])} | parse_rows(specs)
 
 
 def train_one(params: str, sets: list[str], row: dict[str, Any], seed: int, out: Path) -> None:
@@ -78,7 +72,7 @@ def train_one(params: str, sets: list[str], row: dict[str, Any], seed: int, out:
 
 
 def run_all(args: argparse.Namespace) -> None:
-    rows = parse_rows(args.rows, args.row)
+    rows = chosen_rows(args.rows, args.row)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.json").write_text(json.dumps({"rows": rows, "seeds": args.seeds, "sets": args.set}, indent=1))
     jobs = [(name, seed) for seed in args.seeds for name in rows if not (args.out / f"{name}-s{seed}.csv").exists()]

@@ -130,3 +130,29 @@ GENEVAL_RECORDS = [
     {"prompt": "a photo of a red star", "tag": "colors", "include": [{"class": "star", "count": 1, "color": "red"}]},
     {"prompt": "a photo of two circles", "tag": "counting", "include": [{"class": "circle", "count": 2}]},
 ]
+
+
+def straight_and_resumed(make_trainer: Any, root: Path) -> tuple[Any, Any, Any]:
+    """Train once straight through, and once interrupted after iteration 2 and resumed from its
+    checkpoint: (straight, interrupted, resumed) trainers; ``make_trainer(work_dir)`` builds one."""
+    import pytest
+
+    straight = make_trainer(root / "straight")
+    straight.train()
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(metrics: dict, step: int) -> None:
+        if step == 2:
+            raise Interrupt
+
+    interrupted = make_trainer(root / "resumed")
+    interrupted.on_metrics = stop_after_two
+    with pytest.raises(Interrupt):
+        interrupted.train()
+    resumed = make_trainer(root / "resumed")
+    assert resumed.iteration == 2 and resumed.pending == interrupted.pending
+    assert resumed.optimizer_steps == interrupted.optimizer_steps
+    resumed.train()
+    return straight, interrupted, resumed

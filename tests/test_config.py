@@ -324,7 +324,7 @@ def test_params_with_another_algorithm_train_every_variant_with_it(tmp_path: Pat
         for variant in ("none", "star", "oracle"):
             train = cfg.for_variant(variant).train
             objective = build_objective(train, 2)
-            assert isinstance(objective, kind) and objective.allocating.mode == train.allocation
+            assert isinstance(objective, kind) and objective.mode == train.allocation
         tags = {"variant": "none", "seed": "0", "algorithm": algorithm}
         assert run_name("train", tags) == f"train-{algorithm}-none-s0"
     assert run_name("train", {"variant": "nft-star", "seed": "1", "algorithm": "nft"}) == "train-nft-star-s1"

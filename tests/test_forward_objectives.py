@@ -17,7 +17,7 @@ from star.rl.nft import nft_loss, normalised_error, optimality
 from star.rl.old_policy import OldPolicy, old_decay
 from star.rl.trainer import Trainer
 from star.sampling.rollout import sample_rollouts
-from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline
+from tests.conftest import GENEVAL_RECORDS, MICRO, BrightnessReward, micro_pipeline, straight_and_resumed
 
 SMALL = {"iterations": 3, "prompts_per_iteration": 2, "group_size": 2, "steps": 3, "minibatch_size": 2,
          "checkpoint_every": 1, "accumulation_steps": 1, "allocation": "none"}
@@ -225,23 +225,8 @@ def test_ode_rollouts_keep_the_final_latent_of_the_euler_ode() -> None:
 @pytest.mark.parametrize("train", [{"algorithm": "nft", "allocation": "star"}, DGPO_SMALL | {"allocation": "temporal"}],
                          ids=["nft-star", "dgpo-temporal"])
 def test_forward_objectives_resume_bit_for_bit(tmp_path: Path, train: dict) -> None:
-    straight = _trainer(tmp_path / "straight", **train)
-    straight.train()
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_two(metrics: dict, step: int) -> None:
-        if step == 2:
-            raise Interrupt
-
-    interrupted = _trainer(tmp_path / "resumed", **train)
-    interrupted.on_metrics = stop_after_two
-    with pytest.raises(Interrupt):
-        interrupted.train()
-    resumed = _trainer(tmp_path / "resumed", **train)
-    assert resumed.iteration == 2 and resumed.optimizer_steps == interrupted.optimizer_steps
-    resumed.train()
+    straight, _, resumed = straight_and_resumed(lambda work: _trainer(work, **train), tmp_path)
+    assert resumed.optimizer_steps == straight.optimizer_steps
     a, b = trainable_state(straight.transformer), trainable_state(resumed.transformer)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(x, y) for x, y in zip(straight.old.shadow_params, resumed.old.shadow_params))

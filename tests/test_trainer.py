@@ -21,7 +21,7 @@ from star.rl.prompt_source import prompt_pool
 from star.rl.trainer import ResumeMismatch, Trainer, config_differences
 from star.sampling.rollout import trained_steps
 from star.sampling.sampler import sample_ode
-from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_pipeline
+from tests.conftest import GENEVAL_RECORDS, MICRO, REPO, BrightnessReward, micro_pipeline, straight_and_resumed
 
 SMALL = {"iterations": 4, "prompts_per_iteration": 2, "group_size": 2, "steps": 3, "minibatch_size": 2,
          "checkpoint_every": 1}
@@ -111,23 +111,7 @@ def test_oracle_and_star_read_the_rewards_detections(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("train", [{}, {"accumulation_steps": 3}], ids=["default", "accumulation-across-the-stop"])
 def test_resume_continues_bit_for_bit(tmp_path: Path, train: dict) -> None:
-    straight = _trainer(tmp_path / "straight", **train)
-    straight.train()
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_two(metrics: dict, step: int) -> None:
-        if step == 2:
-            raise Interrupt
-
-    interrupted = _trainer(tmp_path / "resumed", **train)
-    interrupted.on_metrics = stop_after_two
-    with pytest.raises(Interrupt):
-        interrupted.train()
-    resumed = _trainer(tmp_path / "resumed", **train)
-    assert resumed.iteration == 2 and resumed.pending == interrupted.pending
-    resumed.train()
+    straight, _, resumed = straight_and_resumed(lambda work: _trainer(work, **train), tmp_path)
     a, b = trainable_state(straight.transformer), trainable_state(resumed.transformer)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.ema.state_dict().keys() == resumed.ema.state_dict().keys()

@@ -16,8 +16,8 @@ import torch
 from star.config import DgpoConfig
 from star.method.allocation import AllocationMode, AllocationParams
 from star.rl.advantages import group_advantages
-from star.rl.forward_process import Allocating, element_weights, grid_sigmas, noised, weighted_mean
-from star.rl.objectives import OldPolicySchedule, Policy, RolloutKind, Targets
+from star.rl.forward_process import ForwardProcessObjective, weighted_mean
+from star.rl.objectives import OldPolicySchedule, Policy, Targets
 from star.sampling.rollout import Rollouts
 
 
@@ -49,20 +49,15 @@ def dgpo_loss(advantages: torch.Tensor, loss: torch.Tensor, reference_loss: torc
     return (weight * advantages * kept).mean(), clipped
 
 
-class DgpoObjective:
+class DgpoObjective(ForwardProcessObjective):
     """DGPO with allocation ``mode`` over its per-element errors (method §6.2, §6.3)."""
 
-    needs_velocities = False
-    noise_share = "none"
-    rollout: RolloutKind = "ode"
-    whole_groups = True
+    whole_groups = True  # the group weight sums over a whole prompt group
 
     def __init__(self, cfg: DgpoConfig, mode: AllocationMode, allocation: AllocationParams, patch_size: int,
                  group_size: int, global_std: bool = False, advantage_clip: float = 5.0) -> None:
+        super().__init__(mode, allocation, patch_size, global_std, advantage_clip)
         self.cfg, self.group_size = cfg, group_size
-        self.global_std, self.advantage_clip = global_std, advantage_clip
-        self.allocating = Allocating(mode, allocation, patch_size)
-        self.needs_capture, self.needs_regions = self.allocating.needs_capture, self.allocating.needs_regions
         self.old_policy = OldPolicySchedule(cfg.old_policy, update="optimizer_step", sample_after=cfg.switch_ema_ref)
 
     def trained_steps(self, steps: int) -> list[int]:
@@ -79,7 +74,7 @@ class DgpoObjective:
         final = rollouts.latents[:, -1]
         _, group = rollouts.group_ids.unique(return_inverse=True)
         shared = torch.randn((int(group.max()) + 1, len(order), *final.shape[1:]), generator=generator)
-        weights = self.allocating.maps(rollouts, candidates, generator)
+        weights = self.maps(rollouts, candidates, generator)
         keep = torch.ones(len(rollouts), dtype=torch.bool)
         return Targets(advantages, keep, weights, timesteps=timesteps, noise=shared[group.cpu()])
 
@@ -87,20 +82,15 @@ class DgpoObjective:
         self, policy: Policy, rollouts: Rollouts, targets: Targets, k: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss at the k-th drawn grid point for whole prompt groups, plus the velocity L2 to the base."""
-        assert targets.timesteps is not None and targets.noise is not None
-        final = rollouts.latents[:, -1]
-        grid_index = targets.timesteps[:, k]
-        sigma = grid_sigmas(rollouts, grid_index)
-        noise = targets.noise[:, k].to(final)
-        x_t, target = noised(final, noise, sigma), noise - final
-        v_old = policy.old_velocity(x_t, sigma, rollouts.cond)  # before v_θ: the swap writes weights in place
-        v_ref = policy.reference_velocity(x_t, sigma, rollouts.cond, 1.0)
-        v_theta = policy.conditional_velocity(x_t, sigma, rollouts.cond)
-        weights = element_weights(targets.weights, grid_index, self.allocating.patch)
-        loss_theta = weighted_mean((target - v_theta) ** 2, weights)
-        loss_ref = weighted_mean((target - v_ref) ** 2, weights)
-        loss_old = weighted_mean((target - v_old) ** 2, weights)
-        advantages = targets.advantages.to(x_t)
+        at = self.grid_point(rollouts, targets, k)
+        target = at.noise - at.final
+        v_old = policy.old_velocity(at.x_t, at.sigma, rollouts.cond)  # before v_θ: the swap writes weights in place
+        v_ref = policy.reference_velocity(at.x_t, at.sigma, rollouts.cond, 1.0)
+        v_theta = policy.conditional_velocity(at.x_t, at.sigma, rollouts.cond)
+        loss_theta = weighted_mean((target - v_theta) ** 2, at.weights)
+        loss_ref = weighted_mean((target - v_ref) ** 2, at.weights)
+        loss_old = weighted_mean((target - v_old) ** 2, at.weights)
+        advantages = targets.advantages.to(at.x_t)
         policy_loss, clipped = dgpo_loss(advantages, loss_theta, loss_ref, loss_old, rollouts.group_ids,
                                          self.cfg.beta_dpo, self.group_size, self.cfg.clip_range)
         kl = ((v_theta - v_ref) ** 2).mean(dim=(1, 2, 3)).mean()

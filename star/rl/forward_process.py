@@ -7,10 +7,25 @@ elements before the mean, the map of the grid point each rollout is trained at.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from star.method.allocation import CAPTURING_MODES, AllocationInputs, AllocationMode, AllocationParams, allocate
+from star.rl.objectives import RolloutKind, Targets
 from star.sampling.rollout import Rollouts
+
+
+@dataclass
+class GridPoint:
+    """The k-th drawn grid point of a minibatch: final: (B, C, h, w) x₀; noise: (B, C, h, w) ε;
+    sigma: (B,) σ; x_t: (B, C, h, w) x_σ; weights: (B, 1, h, w) the allocation there, or None."""
+
+    final: torch.Tensor
+    noise: torch.Tensor
+    sigma: torch.Tensor
+    x_t: torch.Tensor
+    weights: torch.Tensor | None
 
 
 def noised(final: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -46,18 +61,35 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.T
     return values.mean(dim=(1, 2, 3))
 
 
-class Allocating:
-    """The allocation part of a forward-process objective: the mode, its parameters, the patch
-    size; ``maps`` gives (B, T, P) weights over the grid points the objective may train, or
-    None for ``none``."""
+class ForwardProcessObjective:
+    """What a forward-process objective declares to the trainer (deterministic rollouts, its own
+    timesteps, no velocities kept) and its allocation: ``mode``, its parameters, the patch size;
+    ``maps`` gives (B, T, P) weights over the grid points it may train, or None for ``none``."""
 
-    def __init__(self, mode: AllocationMode, params: AllocationParams, patch_size: int) -> None:
+    needs_velocities = False
+    noise_share = "none"
+    rollout: RolloutKind = "ode"
+    whole_groups = False
+
+    def __init__(self, mode: AllocationMode, params: AllocationParams, patch_size: int, global_std: bool,
+                 advantage_clip: float) -> None:
         if mode == "uniform_region":
             raise ValueError("allocation 'uniform_region' is a clipped-ratio granularity; the forward-process "
                              "objectives have no ratio per region (use 'none')")
         self.mode, self.allocation, self.patch = mode, params, patch_size
+        self.global_std, self.advantage_clip = global_std, advantage_clip
         self.needs_capture = mode in CAPTURING_MODES
         self.needs_regions = mode == "oracle"
+
+    def grid_point(self, rollouts: Rollouts, targets: Targets, k: int) -> GridPoint:
+        """x_σ at each rollout's k-th drawn grid point with its ε, and the allocation there."""
+        assert targets.timesteps is not None and targets.noise is not None
+        final = rollouts.latents[:, -1]
+        grid_index = targets.timesteps[:, k]
+        sigma = grid_sigmas(rollouts, grid_index)
+        noise = targets.noise[:, k].to(final)
+        weights = element_weights(targets.weights, grid_index, self.patch)
+        return GridPoint(final, noise, sigma, noised(final, noise, sigma), weights)
 
     def maps(self, rollouts: Rollouts, grid_steps: list[int], generator: torch.Generator | None) -> torch.Tensor | None:
         """(B, T, P) weights with mean 1 over ``grid_steps`` and all positions (method §3.3, §5)."""

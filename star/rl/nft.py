@@ -15,8 +15,8 @@ import torch
 from star.config import NftConfig
 from star.method.allocation import AllocationMode, AllocationParams
 from star.rl.advantages import group_advantages
-from star.rl.forward_process import Allocating, element_weights, grid_sigmas, noised, weighted_mean
-from star.rl.objectives import OldPolicySchedule, Policy, RolloutKind, Targets
+from star.rl.forward_process import ForwardProcessObjective, weighted_mean
+from star.rl.objectives import OldPolicySchedule, Policy, Targets
 from star.sampling.rollout import Rollouts
 
 NORMALISER_FLOOR = 1e-5
@@ -53,19 +53,13 @@ def nft_loss(
     return clip * ((r * loss_pos + (1 - r) * loss_neg) / beta).mean()
 
 
-class NftObjective:
+class NftObjective(ForwardProcessObjective):
     """DiffusionNFT with allocation ``mode`` over its per-element errors (method §6.1, §6.3)."""
-
-    needs_velocities = False
-    noise_share = "none"
-    rollout: RolloutKind = "ode"
-    whole_groups = False
 
     def __init__(self, cfg: NftConfig, mode: AllocationMode, allocation: AllocationParams, patch_size: int,
                  global_std: bool = True, advantage_clip: float = 5.0) -> None:
-        self.cfg, self.global_std, self.advantage_clip = cfg, global_std, advantage_clip
-        self.allocating = Allocating(mode, allocation, patch_size)
-        self.needs_capture, self.needs_regions = self.allocating.needs_capture, self.allocating.needs_regions
+        super().__init__(mode, allocation, patch_size, global_std, advantage_clip)
+        self.cfg = cfg
         self.old_policy = OldPolicySchedule(cfg.old_policy, update="iteration", sample_after=0)
 
     def trained_steps(self, steps: int) -> list[int]:
@@ -82,7 +76,7 @@ class NftObjective:
         timesteps = torch.stack([torch.randperm(steps, generator=generator)[:count] for _ in range(len(rollouts))])
         final = rollouts.latents[:, -1]
         noise = torch.randn((len(rollouts), count, *final.shape[1:]), generator=generator)
-        weights = self.allocating.maps(rollouts, self.trained_steps(steps), generator)
+        weights = self.maps(rollouts, self.trained_steps(steps), generator)
         keep = torch.ones(len(rollouts), dtype=torch.bool)
         return Targets(advantages, keep, weights, timesteps=timesteps, noise=noise)
 
@@ -90,17 +84,13 @@ class NftObjective:
         self, policy: Policy, rollouts: Rollouts, targets: Targets, k: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss at each rollout's k-th drawn grid point, plus the velocity L2 to the base."""
-        assert targets.timesteps is not None and targets.noise is not None
-        final = rollouts.latents[:, -1]
-        grid_index = targets.timesteps[:, k]
-        sigma = grid_sigmas(rollouts, grid_index)
-        x_t = noised(final, targets.noise[:, k].to(final), sigma)
-        v_old = policy.old_velocity(x_t, sigma, rollouts.cond)  # before v_θ: the swap writes weights in place
-        v_ref = policy.reference_velocity(x_t, sigma, rollouts.cond, 1.0) if self.cfg.kl_beta > 0 else None
-        v_theta = policy.conditional_velocity(x_t, sigma, rollouts.cond)
-        weights = element_weights(targets.weights, grid_index, self.allocating.patch)
-        r = optimality(targets.advantages.to(x_t), self.advantage_clip)
-        policy_loss = nft_loss(v_theta, v_old, x_t, final, sigma, r, self.cfg.beta, self.advantage_clip, weights)
+        at = self.grid_point(rollouts, targets, k)
+        v_old = policy.old_velocity(at.x_t, at.sigma, rollouts.cond)  # before v_θ: the swap writes weights in place
+        v_ref = policy.reference_velocity(at.x_t, at.sigma, rollouts.cond, 1.0) if self.cfg.kl_beta > 0 else None
+        v_theta = policy.conditional_velocity(at.x_t, at.sigma, rollouts.cond)
+        r = optimality(targets.advantages.to(at.x_t), self.advantage_clip)
+        policy_loss = nft_loss(v_theta, v_old, at.x_t, at.final, at.sigma, r, self.cfg.beta, self.advantage_clip,
+                               at.weights)
         kl = torch.zeros(()) if v_ref is None else ((v_theta - v_ref) ** 2).mean(dim=(1, 2, 3)).mean()
         loss = policy_loss + self.cfg.kl_beta * kl
         stats = {"policy_loss": policy_loss.detach(), "kl": kl.detach(),
