@@ -65,6 +65,9 @@ def train_one(params: str, sets: list[str], row: dict[str, Any], seed: int, out:
     with tempfile.TemporaryDirectory() as work:
         trainer = Trainer(cfg, pipeline_for(cfg.model, cfg.paths.base_model), reward, records, Path(work),
                           progress=False)
+        trainer.on_metrics = lambda metrics, iteration: print(  # progress, in the run's log
+            f"iteration {iteration}/{cfg.train.iterations}: reward {metrics['reward_mean']:.3f} "
+            f"({metrics['seconds']:.0f} s)", flush=True)
         trainer.train()
     frame = pd.DataFrame(trainer.history)
     frame["rollouts_per_iteration"] = cfg.train.prompts_per_iteration * cfg.train.group_size
@@ -122,11 +125,35 @@ def summarise(args: argparse.Namespace) -> None:
     for (_, row), (_, minute) in zip(by_rollouts.iterrows(), by_minutes.iterrows()):
         own = rates[rates["variant"] == row["variant"]]
         diff = table[row["variant"]] - table[args.reference]
-        mdd = minimum_detectable(diff.dropna()) if row["vs_reference"] is not None else float("nan")
+        paired = diff.dropna()
+        mdd = minimum_detectable(paired) if row["vs_reference"] is not None and len(paired) > 1 else float("nan")
         print(f"| {row['variant']} | {row['rate'].n} | {own['start'].mean():.3f} → {own['end'].mean():.3f} | "
               f"{row['rate']} | {'yes' if row['learns'] else 'no'} | {row['vs_reference'] or ''} | "
               f"{'yes' if row['resolved'] else 'no'} | {'' if mdd != mdd else f'{mdd:.4f}'} | {minute['rate']} | "
               f"{minute['vs_reference'] or ''} | {own['seconds_per_iteration'].mean():.1f} |")
+
+
+def plot(directory: Path, path: Path) -> Path:
+    """Mean training reward against rollouts per row (line: mean over seeds; band: min … max)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from star.evaluation.figures import save_figure
+
+    curves: dict[str, list[pd.DataFrame]] = {}
+    for csv in sorted(directory.glob("*-s*.csv")):
+        curves.setdefault(csv.stem.rpartition("-s")[0], []).append(pd.read_csv(csv))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, runs in curves.items():
+        rollouts = runs[0]["iteration"] * runs[0]["rollouts_per_iteration"]
+        rewards = pd.concat([run["reward_mean"] for run in runs], axis=1)
+        line = ax.plot(rollouts, rewards.mean(axis=1), label=f"{name} ({len(runs)} seeds)")[0]
+        ax.fill_between(rollouts, rewards.min(axis=1), rewards.max(axis=1), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("rollouts sampled")
+    ax.set_ylabel("training reward (iteration mean)")
+    ax.set_title("Training reward against rollouts: mean over seeds, band min … max")
+    ax.legend()
+    return save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = sub.add_parser("summarise", help="slopes, paired differences and intervals")
     summary.add_argument("dir", type=Path)
     summary.add_argument("--reference", default="none")
+    summary.add_argument("--plot", type=Path, default=None, help="also draw the curves to this PNG")
     args = parser.parse_args(argv)
     if args.command == "run":
         run_all(args)
@@ -156,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         train_one(args.params, args.set, json.loads(args.row_json), args.seed, args.csv)
     else:
         summarise(args)
+        if args.plot:
+            print(f"\ncurves: {plot(args.dir, args.plot)}")
 
 
 if __name__ == "__main__":

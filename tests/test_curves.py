@@ -29,8 +29,10 @@ def test_t_interval_of_three_seeds_uses_two_degrees_of_freedom() -> None:
     interval = t_interval([1.0, 2.0, 3.0])
     assert interval.mean == 2.0 and interval.high - 2.0 == pytest.approx(4.3027 * 1.0 / np.sqrt(3), rel=1e-4)
     assert not interval.resolved and t_interval([1.0, 1.1, 1.2]).resolved
-    with pytest.raises(ValueError, match="at least two"):
-        t_interval([1.0])
+    single = t_interval([1.0])
+    assert single.mean == 1.0 and single.n == 1 and not single.resolved and single.low != single.low
+    with pytest.raises(ValueError, match="at least one"):
+        t_interval([])
 
 
 def test_paired_interval_covers_a_null_difference_95_percent_of_the_time() -> None:
@@ -63,3 +65,24 @@ def test_paired_interval_covers_a_null_difference_95_percent_of_the_time() -> No
                              **run_rates(_curve(rng, rate + rng.normal(0, 3e-6), offset), 128)})
         detected += bool(compare(pd.DataFrame(rows), "none").set_index("variant").loc["other", "resolved"])
     assert 0.6 <= detected / 300 <= 0.95
+
+
+def test_learning_curves_summary_prints_paired_rows_and_draws_the_curves(tmp_path, capsys) -> None:
+    from scripts.learning_curves import main
+
+    rng = np.random.default_rng(1)
+    for seed in range(3):
+        offset = rng.normal(0, 0.05)
+        for name, rate in (("none", 0.0), ("fast", 1e-4)):
+            curve = _curve(rng, rate, offset)
+            curve["rollouts_per_iteration"] = 128
+            curve.to_csv(tmp_path / f"{name}-s{seed}.csv", index=False)
+    main(["summarise", str(tmp_path), "--plot", str(tmp_path / "curves.png")])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"row", "none", "fast"}
+    assert rows["fast"][4].strip() == "yes" and rows["none"][4].strip() == "no"  # learns
+    assert rows["fast"][6].strip() == "yes"  # resolved against none, paired by seed
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="reference row 'nope'"):
+        main(["summarise", str(tmp_path), "--reference", "nope"])

@@ -164,6 +164,20 @@ def test_objective_cost_prints_each_algorithm_side_by_side(micro_run, capsys, tm
     assert rows[1][-1].strip() == "1.00x" and all(float(row[5]) > 0 for row in rows[1:])
 
 
+def test_learning_curves_trains_a_row_on_the_training_prompts(micro_run, capsys, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from scripts.learning_curves import train_one
+    from star.config import load_config, write_params
+
+    params = write_params(load_config(MICRO, micro_overrides(micro_run[0])), tmp_path / "params.yaml")
+    row = {"algorithm": "nft", "allocation": "none"}
+    train_one(str(params), ["train.iterations=2"], row, 1, tmp_path / "nft-s1.csv")
+    curve = pd.read_csv(tmp_path / "nft-s1.csv")
+    assert curve["iteration"].tolist() == [1.0, 2.0] and curve["rollouts_per_iteration"].nunique() == 1
+    assert "iteration 2/2: reward" in capsys.readouterr().out
+
+
 def test_reward_spread_prints_each_task_and_the_mix_weight(micro_run, capsys, tmp_path: Path) -> None:
     from benchmarks.reward_spread import main
     from star.config import load_config, write_params

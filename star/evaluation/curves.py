@@ -35,10 +35,13 @@ class Interval:
 
 
 def t_interval(values: np.ndarray | list[float], level: float = 0.95) -> Interval:
-    """Mean and Student-t interval of independent values (per-seed slopes or paired differences)."""
+    """Mean and Student-t interval of independent values (per-seed slopes or paired differences);
+    one value has no interval (NaN bounds: never resolved)."""
     x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        raise ValueError(f"an interval over seeds needs at least two values, got {len(x)}")
+    if len(x) == 0:
+        raise ValueError("an interval over seeds needs at least one value")
+    if len(x) == 1:
+        return Interval(float(x[0]), float("nan"), float("nan"), 1)
     half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
     return Interval(float(x.mean()), float(x.mean() - half), float(x.mean() + half), len(x))
 
@@ -76,7 +79,7 @@ def compare(rates: pd.DataFrame, reference: str, measure: str = "per_1000_rollou
     for variant in table.columns:
         own = t_interval(table[variant].dropna())
         paired = (table[variant] - table[reference]).dropna()
-        difference = t_interval(paired) if variant != reference and len(paired) > 1 else None
+        difference = t_interval(paired) if variant != reference and len(paired) else None
         rows.append({"variant": variant, "rate": own, "learns": own.resolved and own.mean > 0,
                      "vs_reference": difference,
                      "resolved": bool(difference and difference.resolved)})
