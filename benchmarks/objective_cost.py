@@ -1,10 +1,11 @@
 """The cost of one training iteration of each algorithm, side by side in one run: Flow-GRPO
 (``none``), STAR, FDFO, DiffusionNFT and DGPO on the same config, base weights and prompts.
 
-    python benchmarks/objective_cost.py [--iterations 2] [--params params.yaml] [-S key=value ...]
+    python benchmarks/objective_cost.py [--iterations 2] [--passes 2] [--params params.yaml] [-S key=value ...]
         [--row 'name={algorithm: nft, allocation: none}']
 
-Each row is a fresh trainer (one warm-up iteration, then the mean of ``--iterations``), timed in
+Each row is a fresh trainer (one warm-up iteration, then the mean of ``--iterations``; every row
+once per pass, ``--passes`` passes averaged), timed in
 place: sample (the row's sampler: SDE with log-probs, or the ODE of the forward-process
 objectives; with attention capture where the row allocates), score, advantages (+ maps, + the
 drawn timesteps and noise), update. Prints seconds per phase, rollouts per second and each row's
@@ -62,7 +63,8 @@ def measure(cfg: Any, pipe_for: Any, reward: Any, records: list, iterations: int
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=2, help="timed iterations per row and pass")
+    parser.add_argument("--passes", type=int, default=2, help="passes over all rows, averaged")
     parser.add_argument("--rows", nargs="+", default=None, help=f"default rows ({', '.join(ROWS)})")
     parser.add_argument("--row", action="append", default=[], metavar="NAME={...}", help="add a row")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
@@ -72,18 +74,24 @@ def main(argv: list[str] | None = None) -> None:
     use_threads(cfg)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
-    results = {}
+    configs = {}
     for name, overrides in rows.items():
         data = cfg.model_dump()
         data["train"] = data["train"] | overrides
-        row_cfg = config_from_dict(data, f"row {name!r}")
-        results[name] = measure(row_cfg, lambda c=row_cfg: pipeline_for(c.model, c.paths.base_model), reward,
-                                records, args.iterations)
-        print(f"measured {name}: {results[name]['total']:.1f} s per iteration", file=sys.stderr, flush=True)
+        configs[name] = config_from_dict(data, f"row {name!r}")
+    # every row once per pass, the passes averaged: a drift of the machine's speed reaches every row alike
+    passes: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
+    for number in range(args.passes):
+        for name, row_cfg in configs.items():
+            passes[name].append(measure(row_cfg, lambda c=row_cfg: pipeline_for(c.model, c.paths.base_model),
+                                        reward, records, args.iterations))
+            print(f"pass {number + 1}, {name}: {passes[name][-1]['total']:.1f} s per iteration", file=sys.stderr,
+                  flush=True)
+    results = {name: {key: sum(m[key] for m in runs) / len(runs) for key in runs[0]} for name, runs in passes.items()}
     rollouts = cfg.train.prompts_per_iteration * cfg.train.group_size
     first = next(iter(results.values()))["total"]
     print(f"\nOne training iteration, {rollouts} rollouts ({cfg.train.steps} steps), mean of {args.iterations} "
-          f"after a warm-up, {torch_threads()} torch threads:\n")
+          f"after a warm-up in each of {args.passes} passes over the rows, {torch_threads()} torch threads:\n")
     print("| row | " + " | ".join(f"{p} s" for p in PHASES) + " | total s | rollouts/s | cost vs first |")
     print("|---|" + "---:|" * (len(PHASES) + 3))
     for name, s in results.items():

@@ -152,7 +152,7 @@ def plot(directory: Path, path: Path) -> Path:
     ax.set_xlabel("rollouts sampled")
     ax.set_ylabel("training reward (iteration mean)")
     ax.set_title("Training reward against rollouts: mean over seeds, band min … max")
-    ax.legend()
+    ax.legend(fontsize="small", loc="lower right", ncol=2)
     return save_figure(fig, path, dpi=120)
 
 

@@ -157,7 +157,8 @@ def test_objective_cost_prints_each_algorithm_side_by_side(micro_run, capsys, tm
     from star.config import load_config, write_params
 
     params = write_params(load_config(MICRO, micro_overrides(micro_run[0])), tmp_path / "params.yaml")
-    main(["--params", str(params), "--iterations", "1", "--rows", "none (Flow-GRPO)", "nft", "dgpo star",
+    main(["--params", str(params), "--iterations", "1", "--passes", "1",
+          "--rows", "none (Flow-GRPO)", "nft", "dgpo star",
           "-S", "train.dgpo.trunc_steps=2", "-S", "train.dgpo.timesteps=2"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [row[0].strip() for row in rows[1:]] == ["none (Flow-GRPO)", "nft", "dgpo star"]
