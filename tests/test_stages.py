@@ -61,13 +61,14 @@ def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_pat
           "--rows", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "nft", "dgpo star",
           "--row", "sharp={allocation: star, gamma: 8}",
           "--json", str(tmp_path / "table.json"), "-S", "train.prompt_pool=3",  # a pool larger than --prompts
+          "-S", "train.dgpo.trunc_steps=2", "-S", "train.dgpo.timesteps=2",  # the micro config samples 3 steps
           *[arg for path in paths for arg in ("-S", path)]])
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
     names = [row[0].strip() for row in rows[1:]]
     assert names == ["none", "uniform_region", "star γ2", "oracle", "shuffled", "fdfo", "nft", "dgpo star", "sharp"]
     for name, agreement, _, reference, _, _localisation, norm in rows[1:]:
-        ode = name in ("nft", "dgpo star")  # ODE rollouts: no policy-gradient reference to compare with
+        ode = name.strip() in ("nft", "dgpo star")  # ODE rollouts: no policy-gradient reference to compare with
         assert -1 <= float(agreement) <= 1 and float(norm) >= 0, name
         assert reference.strip() == "nan" if ode else -1 <= float(reference) <= 1, name
     assert float(rows[1][3]) in (0.0, 1.0)  # none against itself (0: the micro base scores no reward spread)
@@ -76,7 +77,8 @@ def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_pat
     with pytest.raises(SystemExit):
         main(["--params", str(MICRO), "--rows", "nope"])
     with pytest.raises(SystemExit, match="core_segments"):  # the rows share rollouts and their captured maps
-        main(["--params", str(MICRO), "--row", "t5={allocation: star, core_segments: t5}"])
+        main(["--params", str(MICRO), "--row", "t5={allocation: star, core_segments: t5}",
+              "-S", "train.dgpo.trunc_steps=2", "-S", "train.dgpo.timesteps=2"])
 
 
 def test_diagnose_base_prints_the_vae_ceiling_per_colour(micro_run, capsys, tmp_path: Path) -> None:
