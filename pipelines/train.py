@@ -150,12 +150,13 @@ def run_tags(cfg: Config, variant: str) -> dict[str, str]:
 
 
 def flow_run_name() -> str:
-    """``train-star-s0``: the Prefect flow run's name, from its parameters (seed None: the config's)."""
+    """``train-star-s0`` (``train-nft-none-s0`` for another algorithm): the Prefect flow run's name,
+    the MLflow run's, from its parameters (seed None: the config's)."""
     parameters = flow_run.parameters
-    seed = parameters.get("seed")
-    if seed is None:
-        seed = load_config(parameters.get("params", "params.yaml"), parameters.get("overrides")).seed
-    return tracking.run_name("train", {"variant": parameters["variant"], "seed": str(seed)})
+    cfg = (load_config(parameters.get("params", "params.yaml"), parameters.get("overrides"))
+           .for_study(parameters.get("study", "default")).for_variant(parameters["variant"], parameters.get("seed")))
+    return tracking.run_name("train", {"variant": parameters["variant"], "seed": str(cfg.seed),
+                                       "algorithm": cfg.train.algorithm})
 
 
 @flow(name="train", flow_run_name=flow_run_name)
