@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.profile_study import timed  # noqa: E402
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
-from scripts.diagnose_rl import parse_rows  # noqa: E402
+from scripts.diagnose_rl import parse_rows, with_row  # noqa: E402
 from scripts.learning_curves import ROWS as CURVE_ROWS  # noqa: E402
-from star.config import config_from_dict, load_config  # noqa: E402
+from star.config import load_config  # noqa: E402
 from star.models.sd3 import pipeline_for  # noqa: E402
 from star.rl.prompt_source import load_task_prompts  # noqa: E402
 from star.rl.trainer import Trainer  # noqa: E402
@@ -74,11 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     use_threads(cfg)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
-    configs = {}
-    for name, overrides in rows.items():
-        data = cfg.model_dump()
-        data["train"] = data["train"] | overrides
-        configs[name] = config_from_dict(data, f"row {name!r}")
+    configs = {name: with_row(cfg, overrides, name) for name, overrides in rows.items()}
     # every row once per pass, the passes averaged: a drift of the machine's speed reaches every row alike
     passes: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
     for number in range(args.passes):

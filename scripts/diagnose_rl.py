@@ -71,9 +71,16 @@ def row_config(cfg: Config, overrides: dict[str, Any], name: str) -> TrainConfig
     sampled = sorted(set(overrides) & set(SAMPLING_KNOBS))
     if sampled:
         raise SystemExit(f"error: row {name!r} sets {sampled}: the rows share rollouts; set it with -S train.<knob>=…")
+    return with_row(cfg, overrides, name).train
+
+
+def with_row(cfg: Config, overrides: dict[str, Any], name: str, seed: int | None = None) -> Config:
+    """``cfg`` with a row's ``train`` overrides (and ``seed``), validated; errors name the row."""
     data = cfg.model_dump()
     data["train"] = data["train"] | overrides
-    return config_from_dict(data, f"row {name!r}").train
+    if seed is not None:
+        data["seed"] = seed
+    return config_from_dict(data, f"row {name!r}")
 
 
 def parse_rows(specs: list[str]) -> dict[str, dict[str, Any]]:

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.diagnose_rl import parse_rows  # noqa: E402
+from scripts.diagnose_rl import parse_rows, with_row  # noqa: E402
 
 ROWS: dict[str, dict[str, Any]] = {
     "none": {"algorithm": "grpo", "allocation": "none"},
@@ -49,16 +49,13 @@ def train_one(params: str, sets: list[str], row: dict[str, Any], seed: int, out:
     import pandas as pd
 
     from pipelines.cli import parse_overrides, use_threads
-    from star.config import config_from_dict, load_config
+    from star.config import load_config
     from star.models.sd3 import pipeline_for
     from star.rl.prompt_source import load_task_prompts
     from star.rl.trainer import Trainer
     from star.scoring import build_reward
 
-    base = load_config(params, parse_overrides(sets))
-    data = base.model_dump()
-    data["train"], data["seed"] = data["train"] | row, seed
-    cfg = config_from_dict(data, f"row {out.stem}")
+    cfg = with_row(load_config(params, parse_overrides(sets)), row, out.stem, seed)
     use_threads(cfg)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)

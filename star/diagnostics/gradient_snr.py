@@ -89,27 +89,26 @@ def objective_gradients(
     totals = {name: [torch.zeros_like(p) for p in trainer.params] for name in objectives}
     minibatch = trainer.train_cfg.minibatch_size
     trainer.transformer.train()
+
+    def accumulate(name: str, loss: torch.Tensor, size: int, retain_graph: bool = False) -> None:
+        grads = torch.autograd.grad(loss, trainer.params, retain_graph=retain_graph, allow_unused=True)
+        for total, grad in zip(totals[name], grads):
+            if grad is not None:
+                total += grad * size
+
     for chunk in torch.arange(len(rollouts)).split(minibatch):
         part = rollouts.select(chunk)
         for name, objective in objectives.items():
             drawn = targets[name].timesteps
             for k in range(drawn.shape[1] if drawn is not None else 0):
-                loss, _ = objective.step_loss(trainer.policy, part, targets[name].select(chunk), k)
-                grads = torch.autograd.grad(loss, trainer.params, allow_unused=True)
-                for total, grad in zip(totals[name], grads):
-                    if grad is not None:
-                        total += grad * len(chunk)
+                accumulate(name, objective.step_loss(trainer.policy, part, targets[name].select(chunk), k)[0],
+                           len(chunk))
         shared = {name: o for name, o in objectives.items() if targets[name].timesteps is None}
         for t in rollouts.trained if shared else []:
             velocity = trainer.policy.velocity(part.latents[:, t], part.sigmas[t], part.cond)
             for position, (name, objective) in enumerate(shared.items()):
                 loss = objective.policy_term(trainer.policy, velocity, part, targets[name].select(chunk), t).loss
-                grads = torch.autograd.grad(
-                    loss, trainer.params, retain_graph=position < len(shared) - 1, allow_unused=True
-                )
-                for total, grad in zip(totals[name], grads):
-                    if grad is not None:
-                        total += grad * len(chunk)
+                accumulate(name, loss, len(chunk), retain_graph=position < len(shared) - 1)
     trainer.transformer.eval()
     result = {}
     for name in objectives:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from star.method.allocation import CAPTURING_MODES, AllocationInputs, AllocationMode, AllocationParams, allocate
-from star.rl.objectives import RolloutKind, Targets
+from star.method.allocation import CAPTURING_MODES, AllocationMode, AllocationParams
+from star.rl.objectives import RolloutKind, Targets, allocation_weights
 from star.sampling.rollout import Rollouts
 
 
@@ -95,7 +95,4 @@ class ForwardProcessObjective:
         """(B, T, P) weights with mean 1 over ``grid_steps`` and all positions (method §3.3, §5)."""
         if self.mode == "none":
             return None
-        _, _, h, w = rollouts.latents.shape[1:]
-        shape = (len(rollouts), len(rollouts.sigmas) - 1, (h // self.patch) * (w // self.patch))
-        inputs = AllocationInputs(rollouts.attention, rollouts.sigmas, grid_steps, rollouts.core_coverage, generator)
-        return allocate(self.mode, inputs, self.allocation, shape)
+        return allocation_weights(self.mode, self.allocation, self.patch, rollouts, grid_steps, generator)

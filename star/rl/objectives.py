@@ -163,6 +163,16 @@ class Surrogate:
     transition: StepDistribution | None = None
 
 
+def allocation_weights(mode: AllocationMode, params: AllocationParams, patch: int, rollouts: Rollouts,
+                       trained_steps: list[int], generator: torch.Generator | None) -> torch.Tensor:
+    """(B, T, P) weights of ``mode`` for ``rollouts`` on the P = (h/patch)·(w/patch) patch grid,
+    mean 1 over ``trained_steps`` and all positions (method §3.3, §5)."""
+    h, w = rollouts.latents.shape[-2:]
+    shape = (len(rollouts), len(rollouts.sigmas) - 1, (h // patch) * (w // patch))
+    inputs = AllocationInputs(rollouts.attention, rollouts.sigmas, trained_steps, rollouts.core_coverage, generator)
+    return allocate(mode, inputs, params, shape)
+
+
 class PolicyGradientObjective:
     """Flow-GRPO and STAR: group-relative advantages, allocated by ``mode`` (method §3, §5),
     with the clipped objective at image level (``none``) or per region (method §4); one clip
@@ -193,13 +203,7 @@ class PolicyGradientObjective:
 
     def prepare(self, rollouts: Rollouts, rewards: torch.Tensor, generator: torch.Generator | None = None) -> Targets:
         advantages = group_advantages(rewards, rollouts.group_ids, self.global_std, self.advantage_clip)
-        b, t_steps = rollouts.log_probs.shape[:2]
-        _, _, h, w = rollouts.log_probs.shape[1:]
-        shape = (b, t_steps, (h // self.patch) * (w // self.patch))
-        inputs = AllocationInputs(
-            rollouts.attention, rollouts.sigmas, rollouts.trained, rollouts.core_coverage, generator
-        )
-        weights = allocate(self.mode, inputs, self.allocation, shape)
+        weights = allocation_weights(self.mode, self.allocation, self.patch, rollouts, rollouts.trained, generator)
         return Targets(advantages, informative_groups(advantages, rollouts.group_ids), weights)
 
     def policy_term(

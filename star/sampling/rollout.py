@@ -124,19 +124,16 @@ def sample_rollouts(
         v = guided_velocity(transformer, x, sigmas[t], cond, guidance_scale, recording=recording)
         if capture is not None:
             attention.append(capture.result().cpu())
-        if deterministic:
-            x = step_distribution(x, v, sigmas[t], sigmas[t + 1], sigmas[1], 0.0).mean
-            if keep_velocities:
-                velocities.append(v)
-            continue
-        if sde_steps is None or t in sde_steps:
+        if not deterministic and (sde_steps is None or t in sde_steps):
             dist = step_distribution(x, v, sigmas[t], sigmas[t + 1], sigmas[1], noise_level)
             x = dist.sample(torch.randn(x.shape, generator=generator).to(device, dtype))
             log_probs.append(dist.log_prob(x))
         else:
             x = step_distribution(x, v, sigmas[t], sigmas[t + 1], sigmas[1], 0.0).mean
-            log_probs.append(torch.zeros_like(x))
-        states.append(x)
+            if not deterministic:
+                log_probs.append(torch.zeros_like(x))
+        if not deterministic:  # ODE rollouts keep the final state only
+            states.append(x)
         if keep_velocities:
             velocities.append(v)
     return {
