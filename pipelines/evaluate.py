@@ -33,7 +33,7 @@ from star.files import atomic_file, write_text
 from star.models.sd3 import pipeline_for
 from star.models.variants import load_variant, variant_info
 from star.rl.checkpoint import remove_if_left_empty
-from star.rl.prompt_source import load_task_prompts
+from star.rl.prompt_source import load_task_prompts, training_pool
 from star.scoring import build_reward
 
 
@@ -55,6 +55,50 @@ def evaluation_reward(cfg: Config, task_name: str) -> Reward:
 def score_task(pipe: Any, cfg: Config, task_name: str) -> TaskReport:
     """Sample the task's test prompts and score them with the task's reward backend."""
     return TASK_EVALUATORS[task_name](pipe, test_records(cfg, task_name), cfg.eval, evaluation_reward(cfg, task_name))
+
+
+POOL_PREFIX = "pool_"
+"""Task-name prefix of the training-pool scores (``pool_geneval``) in a checkpoint's score rows."""
+
+
+def pool_records(cfg: Config) -> list[dict[str, Any]]:
+    """The prompts ``cfg`` trains on (its task's training split, ``train.prompt_pool`` of them)."""
+    records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
+    return training_pool(records, cfg.train.prompt_pool, cfg.train.pool_seed, cfg.seed)
+
+
+def score_pool(pipe: Any, cfg: Config) -> TaskReport:
+    """The training prompts sampled by the evaluation sampler on ``eval.pool_noises`` fixed noises
+    each and scored by the task's evaluation (strict) and by the training reward (column
+    ``reward``, partial credit and reward mixes included): the same noises before and after
+    training, so a gain is measured pair by pair (docs/method.md §9.2)."""
+    task_name = cfg.rewards.task
+    records = pool_records(cfg)
+    eval_cfg = cfg.eval.model_copy(update={"noises": cfg.eval.pool_noises})
+    report = TASK_EVALUATORS[task_name](pipe, records, eval_cfg, evaluation_reward(cfg, task_name), progress=False)
+    repeated = [records[row["prompt_index"]] for row in report.rows]
+    rewards = build_reward(cfg.rewards, cfg.paths.reward_models).score(report.images, report.prompts, repeated)
+    for row, value in zip(report.rows, rewards.tolist(), strict=True):
+        row["reward"] = value
+    report.metrics = {f"{POOL_PREFIX}reward": float(rewards.mean())}
+    return report
+
+
+def pool_configs(cfg: Config, variant: str, seed: int | None) -> list[Config]:
+    """The configs whose training pools a checkpoint is scored on (``eval.pool_noises`` > 0): a
+    trained variant's own; for the base, the pool of each training task of the study, where
+    every seed trains on the same pool (``train.pool_seed`` set) so that one base score serves
+    every seed."""
+    if cfg.eval.pool_noises == 0:
+        return []
+    if variant != "base":
+        return [cfg.for_variant(variant, seed)] if variant in cfg.study.variants else []
+    configs = {}
+    for name in cfg.study.variants:
+        variant_cfg = cfg.for_variant(name)
+        if variant_cfg.train.pool_seed is not None:
+            configs.setdefault(variant_cfg.rewards.task, variant_cfg)
+    return list(configs.values())
 
 
 @task(cache_policy=NO_CACHE)
@@ -98,6 +142,10 @@ def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, 
             report = evaluate_task(pipe, cfg, task_name, checkpoint, out_dir)
             metrics |= report.metrics
             rows += [{"task": task_name, **row} for row in report.rows]
+        for pool_cfg in pool_configs(cfg, variant, info.get("seed")):
+            report = score_pool(pipe, pool_cfg)
+            metrics |= {f"{key}_{pool_cfg.rewards.task}": value for key, value in report.metrics.items()}
+            rows += [{"task": POOL_PREFIX + pool_cfg.rewards.task, **row} for row in report.rows]
         log_metrics(metrics)
         path = cfg.paths.metrics / "eval" / f"{checkpoint}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,9 @@ from pipelines.evaluate import test_records
 from pipelines.tracking import stage_run
 from star.config import Config, fingerprint
 from star.diagnostics.maps import model_allocation_maps
-from star.evaluation.evaluate import noise_seeds
+from star.evaluation.evaluate import HEADLINE, noise_seeds
 from star.evaluation.figures import allocation_overlay, comparison_grid
+from star.evaluation.paired import learning_and_power
 from star.evaluation.report import (
     TASK_NAMES,
     HtmlSection,
@@ -170,12 +171,30 @@ def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tup
     notes = ("GenEval: strict accuracy (mean of six tasks); OCR NED: mean normalised edit distance (lower is better); "
              "train reward: mean of the first and last 10 % of iterations (of this section's training reward); map "
              "loc.: allocation weight on the located core content over its area share (1 = none).")
+    pairs = [(a, b) for a, b in cfg.study.contrasts if a in section.variants and b in section.variants]
+    power = learning_and_power(scores, training_curves(train_dir, checkpoints), section.task, HEADLINE[section.task],
+                               section.variants, section.reference, pairs, cfg.eval.target_difference)
+    power_note = (f"Differences paired by seed: per seed the tag-balanced mean over the prompts × noises, a − b "
+                  f"seed by seed, Student-t 95 % interval over the {len(seeds)} seeds (the base is one checkpoint, "
+                  "every seed's reference); ✓: resolved. MDD: the smallest true difference the design detects with "
+                  "80 % power, from the observed spread of the per-seed differences; the last column: the seeds "
+                  f"that spread needs for an MDD of {cfg.eval.target_difference:g}. Training pool: the prompts the "
+                  f"variants train on, {cfg.eval.pool_noises} fixed noises each, the evaluation sampler, the training "
+                  "reward (partial credit).")
     heading = f"Trained on {name}: {', '.join(section.variants)}"
-    markdown = (f"## {heading}\n\n### Held-out scores\n\n{held_out}\n{ci_note}\n\n"
+    markdown = (f"## {heading}\n\n### Learning and power (paired by seed)\n\n{power}\n{power_note}\n\n"
+                f"### Held-out scores\n\n{held_out}\n{ci_note}\n\n"
                 f"### Per GenEval task and training\n\n{details}\n")
-    return markdown, (heading, [("Held-out scores", held_out, ci_note),
+    return markdown, (heading, [*power_tables(power, power_note), ("Held-out scores", held_out, ci_note),
                                 ("Per GenEval task and training", details, notes)],
                       figures)
+
+
+def power_tables(markdown: str, note: str) -> list[tuple[str, str, str]]:
+    """The learning-and-power markdown as the HTML page's tables (one per measure), the note under the last."""
+    tables = [part for part in markdown.split("\n\n") if part.strip()]
+    return [(table.split("|")[1].strip(), table, note if i == len(tables) - 1 else "")
+            for i, table in enumerate(tables)]
 
 
 @flow(name="report")

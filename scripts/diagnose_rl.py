@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         objectives = {name: build_objective(train, patch) for name, train in configs.items()}
         rows = gradient_table(trainer, records, objectives, REFERENCE, args.estimates, args.batches)
     rollouts = args.batches * len(records) * cfg.train.group_size
-    trained = trained_steps(None, cfg.train.steps, cfg.train.train_fraction)
+    window = cfg.train.sde_window
+    trained = (f"an SDE window of {window} step(s) in the first half" if window
+               else trained_steps(None, cfg.train.steps, cfg.train.train_fraction))
     print(f"{rollouts} rollouts per estimate, {args.estimates} estimates, {cfg.train.steps} steps (trained {trained}), "
           f"reward {sum(rows[0].rewards) / len(rows[0].rewards):.3f}, {time.perf_counter() - start:.0f} s\n")
     print(markdown(rows), flush=True)

@@ -21,7 +21,7 @@ from pipelines.evaluate import evaluation_reward  # noqa: E402
 from star.config import load_config  # noqa: E402
 from star.evaluation.evaluate import TASK_EVALUATORS, balanced_subset  # noqa: E402
 from star.models.sd3 import pipeline_for  # noqa: E402
-from star.rl.prompt_source import load_task_prompts, prompt_pool  # noqa: E402
+from star.rl.prompt_source import load_task_prompts, training_pool  # noqa: E402
 
 
 def setting(text: str) -> tuple[float, int]:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         load_variant(pipe, cfg.paths.checkpoints / args.checkpoint)
     reward = evaluation_reward(cfg, args.task)
     train_records = load_task_prompts(cfg.paths.prompts, args.task, "train")
-    records = (prompt_pool(train_records, cfg.train.prompt_pool, cfg.seed) if args.pool
+    records = (training_pool(train_records, cfg.train.prompt_pool, cfg.train.pool_seed, cfg.seed) if args.pool
                else balanced_subset(train_records, args.per_tag))
     what = "strict GenEval" if args.task == "geneval" else "OCR exact match / normalised edit distance"
     print(f"{args.checkpoint}: {what} on {len(records)} training prompts, one noise per prompt and seed\n")

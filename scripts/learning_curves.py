@@ -7,9 +7,11 @@ fast each learns (star/evaluation/curves.py, docs/method.md §9.1).
 
 ``run`` trains every row with every seed (rows: ``train`` overrides on the params; each run a
 process of its own with one torch thread, ``--jobs`` at a time) and writes each run's
-per-iteration metrics to DIR/<row>-s<seed>.csv. ``summarise`` prints, per row, the training
-reward's slope per 1 000 rollouts and per minute with 95 % t-intervals over seeds, the paired
-difference from the reference row and its minimum detectable difference (80 % power).
+per-iteration metrics to DIR/<row>-s<seed>.csv and, when ``eval.pool_noises`` > 0, the training
+pool's scores before and after training on fixed noises to DIR/<row>-s<seed>.pool.csv.
+``summarise`` prints, per row, the training reward's slope per 1 000 rollouts and per minute and
+the pool's gain, each with 95 % t-intervals over seeds, the paired difference from the reference
+row and its minimum detectable difference (80 % power).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,6 +54,7 @@ def train_one(params: str, sets: list[str], row: dict[str, Any], seed: int, out:
     import pandas as pd
 
     from pipelines.cli import parse_overrides, use_threads
+    from pipelines.evaluate import score_pool
     from star.config import load_config
     from star.models.sd3 import pipeline_for
     from star.rl.prompt_source import load_task_prompts
@@ -59,13 +65,18 @@ def train_one(params: str, sets: list[str], row: dict[str, Any], seed: int, out:
     use_threads(cfg)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
+    pipe = pipeline_for(cfg.model, cfg.paths.base_model)
+    pool = [] if cfg.eval.pool_noises == 0 else [pd.DataFrame(score_pool(pipe, cfg).rows).assign(when="before")]
     with tempfile.TemporaryDirectory() as work:
-        trainer = Trainer(cfg, pipeline_for(cfg.model, cfg.paths.base_model), reward, records, Path(work),
-                          progress=False)
+        trainer = Trainer(cfg, pipe, reward, records, Path(work), progress=False)
         trainer.on_metrics = lambda metrics, iteration: print(  # progress, in the run's log
             f"iteration {iteration}/{cfg.train.iterations}: reward {metrics['reward_mean']:.3f} "
             f"({metrics['seconds']:.0f} s)", flush=True)
         trainer.train()
+        if pool:
+            trainer.final_weights()
+            pool.append(pd.DataFrame(score_pool(pipe, cfg).rows).assign(when="after"))
+            pd.concat(pool).to_csv(out.with_suffix(".pool.csv"), index=False)
     frame = pd.DataFrame(trainer.history)
     frame["rollouts_per_iteration"] = cfg.train.prompts_per_iteration * cfg.train.group_size
     frame.to_csv(out, index=False)
@@ -103,11 +114,12 @@ def summarise(args: argparse.Namespace) -> None:
     from star.evaluation.curves import compare, minimum_detectable, run_rates
 
     records = []
-    for csv in sorted(args.dir.glob("*-s*.csv")):
+    for csv in sorted(path for path in args.dir.glob("*-s*.csv") if not path.name.endswith(".pool.csv")):
         name, _, seed = csv.stem.rpartition("-s")
         curve = pd.read_csv(csv)
         records.append({"variant": name, "seed": int(seed),
-                        **run_rates(curve, int(curve["rollouts_per_iteration"].iloc[0]))})
+                        **run_rates(curve, int(curve["rollouts_per_iteration"].iloc[0])),
+                        **pool_gain(csv.with_suffix(".pool.csv"))})
     rates = pd.DataFrame(records)
     if args.reference not in set(rates["variant"]):
         raise SystemExit(f"error: no runs of the reference row {args.reference!r} in {args.dir}")
@@ -128,6 +140,43 @@ def summarise(args: argparse.Namespace) -> None:
               f"{row['rate']} | {'yes' if row['learns'] else 'no'} | {row['vs_reference'] or ''} | "
               f"{'yes' if row['resolved'] else 'no'} | {'' if mdd != mdd else f'{mdd:.4f}'} | {minute['rate']} | "
               f"{minute['vs_reference'] or ''} | {own['seconds_per_iteration'].mean():.1f} |")
+    if "pool_reward" in rates.columns:
+        print_pool_gains(rates.dropna(subset=["pool_reward"]), args.reference)
+
+
+def pool_gain(path: Path) -> dict[str, float]:
+    """A run's mean gain on its training pool, after − before on the same (prompt, noise) pairs:
+    ``pool_reward`` (the training reward) and ``pool_strict`` (the task's evaluation score)."""
+    import pandas as pd
+
+    if not path.is_file():
+        return {}
+    scores = pd.read_csv(path)
+    strict = next(c for c in ("correct", "exact", "score") if c in scores.columns)
+    means = scores.groupby("when")[["reward", strict]].mean()
+    return {"pool_reward": float(means.loc["after", "reward"] - means.loc["before", "reward"]),
+            "pool_strict": float(means.loc["after", strict] - means.loc["before", strict]),
+            "pool_before": float(means.loc["before", "reward"])}
+
+
+def print_pool_gains(rates: pd.DataFrame, reference: str) -> None:
+    """The training pool's gain per row (t-interval over seeds) and its paired difference from
+    ``reference`` with the minimum detectable difference."""
+    from star.evaluation.curves import compare, minimum_detectable
+
+    print(f"\nGain on the training pool, after − before on the same noises (eval sampler; mean over seeds, "
+          f"95 % t-interval; paired by seed against {reference}):\n")
+    print(f"| row | seeds | reward before | reward gain | learns | − {reference} | MDD | strict gain | − {reference} |")
+    print("|---|---:|---:|---|---|---|---:|---|---|")
+    strict = compare(rates, reference, "pool_strict")
+    table = rates.pivot(index="seed", columns="variant", values="pool_reward")
+    for (_, row), (_, hard) in zip(compare(rates, reference, "pool_reward").iterrows(), strict.iterrows()):
+        paired = (table[row["variant"]] - table[reference]).dropna()
+        mdd = minimum_detectable(paired) if row["vs_reference"] is not None and len(paired) > 1 else float("nan")
+        before = rates.loc[rates["variant"] == row["variant"], "pool_before"].mean()
+        print(f"| {row['variant']} | {row['rate'].n} | {before:.3f} | {row['rate']} | "
+              f"{'yes' if row['learns'] else 'no'} | {row['vs_reference'] or ''} | "
+              f"{'' if mdd != mdd else f'{mdd:.4f}'} | {hard['rate']} | {hard['vs_reference'] or ''} |")
 
 
 def plot(directory: Path, path: Path) -> Path:
@@ -138,7 +187,7 @@ def plot(directory: Path, path: Path) -> Path:
     from star.evaluation.figures import save_figure
 
     curves: dict[str, list[pd.DataFrame]] = {}
-    for csv in sorted(directory.glob("*-s*.csv")):
+    for csv in sorted(path for path in directory.glob("*-s*.csv") if not path.name.endswith(".pool.csv")):
         curves.setdefault(csv.stem.rpartition("-s")[0], []).append(pd.read_csv(csv))
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, runs in curves.items():

@@ -305,6 +305,9 @@ class TrainConfig(Section):
     prompt_pool: int = knob(
         16, "train on a fixed seeded subset of this many training prompts (0: all of them)", ge=0
     )
+    pool_seed: int | None = knob(
+        0, "seed of the prompt pool's draw (null: the run's seed; fixed: every seed trains on the same prompts)"
+    )
     group_size: int = knob(8, "rollouts per prompt (GRPO group; SD3.5 reference 24)", ge=2)
     steps: int = knob(4, "denoising steps of training rollouts", ge=2)
     train_fraction: float = knob(
@@ -441,11 +444,17 @@ class EvalConfig(Section):
     batch_size: int = knob(32, "images sampled per forward batch", ge=1)
     seed: int = knob(2024, "seed of evaluation noise (fixed across checkpoints)")
     noises: int = knob(4, "initial noises per test prompt, the same for every checkpoint (paired comparisons)", ge=1)
+    pool_noises: int = knob(
+        8, "initial noises per training-pool prompt: the pool scored before and after training (0: off)", ge=0
+    )
     bootstrap: int = knob(2000, "bootstrap resamples of the confidence intervals (star/evaluation/stats.py)", ge=100)
     geneval_per_tag: int = knob(16, "GenEval test prompts per task (balanced subset, file order)", ge=1)
     ocr_prompts: int = knob(16, "OCR test prompts (file order)", ge=1)
     pickscore_prompts: int = knob(16, "preference-task test prompts (file order)", ge=1)
     grid: int = knob(4, "side of the sample grid kept per task", ge=1, le=16)
+    target_difference: float = knob(
+        0.04, "the difference the report asks its design to detect: it prints the seeds that bring the MDD to it", gt=0
+    )
 
 
 class TrackingConfig(Section):
@@ -563,6 +572,17 @@ class Study(Section):
     root: Path | None = knob(
         None, "folder of the study's checkpoints/, metrics/, eval/ and reports/ (null: those of `paths`)"
     )
+    contrasts: list[tuple[Name, Name]] = knob(
+        [], "pairs [a, b] of variants whose difference a - b the report tests paired by seed, besides each vs none"
+    )
+
+    @model_validator(mode="after")
+    def _contrasts_name_variants(self) -> Study:
+        for pair in self.contrasts:
+            unknown = [name for name in pair if name not in self.variants]
+            if unknown:
+                raise ValueError(f"contrasts: {list(pair)} names {unknown}, not variants ({sorted(self.variants)})")
+        return self
 
     def output_paths(self, paths: PathsConfig) -> PathsConfig:
         """``paths`` with this study's outputs under ``root``; the base model, prompts, reward
@@ -576,12 +596,21 @@ class Study(Section):
 STUDIES: dict[str, Study] = {
     DEFAULT_STUDY: Study(variants={
         "none": {"allocation": "none"},
-        "temporal": {"allocation": "temporal"},
-        "spatial": {"allocation": "spatial"},
-        "star": {"allocation": "star"},
-        "fdfo": {"algorithm": "fdfo"},
-        "oracle": {"allocation": "oracle"},
-    }),
+        "nft": {"algorithm": "nft", "allocation": "none"},
+        "nft-star": {"algorithm": "nft", "allocation": "star"},
+        "nft-oracle": {"algorithm": "nft", "allocation": "oracle"},
+    }, contrasts=[("nft-star", "nft"), ("nft-oracle", "nft"), ("nft-oracle", "nft-star")]),
+    "ablations": Study(variants={
+        "grpo-none": {"allocation": "none"},
+        "grpo-star": {"allocation": "star"},
+        "grpo-shuffled": {"allocation": "shuffled"},
+        "grpo-oracle": {"allocation": "oracle"},
+        "grpo-temporal": {"allocation": "temporal"},
+        "grpo-spatial": {"allocation": "spatial"},
+        "grpo-fdfo": {"algorithm": "fdfo"},
+        "dgpo": {"algorithm": "dgpo", "allocation": "none"},
+    }, eval_tasks=["geneval"], contrasts=[("grpo-star", "grpo-shuffled"), ("grpo-oracle", "grpo-star")],
+        root=Path("studies/ablations")),
     "tasks": Study(variants={
         "ocr-none": {"allocation": "none", VARIANT_REWARDS: {"task": "ocr"}},
         "ocr-star": {"allocation": "star", VARIANT_REWARDS: {"task": "ocr"}},
@@ -592,8 +621,10 @@ STUDIES: dict[str, Study] = {
         "pick-star": {"allocation": "star", VARIANT_REWARDS: {"task": "pickscore"}},
     }, root=Path("studies/tasks")),
 }
-"""The platform's two comparisons: ``default`` on GenEval (`dvc repro report`), ``tasks`` on
-OCR, the preference task and a reward mix (`dvc repro report_tasks`)."""
+"""The platform's comparisons: ``default`` on GenEval (`dvc repro report`: Flow-GRPO, and
+DiffusionNFT without allocation, with STAR's and with the oracle's), ``ablations`` (`dvc repro
+report_ablations`: Flow-GRPO's allocations, the controls, the temporal and spatial halves, FDFO
+and DGPO) and ``tasks`` on OCR, the preference task and a reward mix (`dvc repro report_tasks`)."""
 
 
 class SweepConfig(Section):

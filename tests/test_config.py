@@ -113,13 +113,15 @@ def test_variants_override_train_and_are_validated(tmp_path: Path) -> None:
     from star.config import ConfigError, write_params
 
     cfg = load_config(REPO / "params.yaml")
-    star = cfg.for_variant("star", seed=7)
-    assert star.train.allocation == "star" and star.seed == 7
+    star = cfg.for_variant("nft-star", seed=7)
+    assert (star.train.algorithm, star.train.allocation, star.seed) == ("nft", "star", 7)
     assert cfg.for_variant("none").train.allocation == "none"
     with pytest.raises(ConfigError, match="unknown variant 'nope'"):
         cfg.for_variant("nope")
     with pytest.raises(ConfigError, match=r"variants\.bad\.gamma = -1"):
         load_config(REPO / "params.yaml", {"studies": {"default": {"variants": {"bad": {"gamma": -1}}}}})
+    with pytest.raises(ConfigError, match=r"contrasts: \['nft', 'gone'\] names \['gone'\]"):
+        load_config(REPO / "params.yaml", {"studies": {"default": {"contrasts": [["nft", "gone"]]}}})
     written = write_params(star, tmp_path / "params.yaml")
     assert load_config(written) == star
 
@@ -141,7 +143,7 @@ def test_a_variant_may_set_its_training_task_and_reward_mix() -> None:
     assert cfg.for_variant("star").rewards == cfg.rewards
     sections = [(s.task, s.variants, s.reference) for s in study_sections(cfg)]
     # the reward mix trains on GenEval prompts beside Flow-GRPO, but is not the reference
-    geneval = [*Config().study.variants, "mix"]  # the overrides merge into the default variants
+    geneval = list(dict.fromkeys([*Config().study.variants, "star", "mix"]))  # the overrides merge into the defaults
     assert sections == [("geneval", geneval, "none"), ("ocr", ["text-star", "text-none"], "text-none")]
     with pytest.raises(ConfigError, match=r"variants\.x\.rewards\.task = 'foo'"):
         load_config(REPO / "params.yaml", {"studies": {"default": {"variants": {"x": {"rewards": {"task": "foo"}}}}}})
@@ -168,10 +170,10 @@ def test_each_study_has_its_variants_seeds_and_output_folder(tmp_path: Path) -> 
     mix = tasks.for_variant("ocr-mix")
     assert (mix.rewards.task, mix.train.allocation) == ("ocr", "none")
     assert mix.rewards.weights == {"ocr": 1.0, "pickscore": 0.026}
-    with pytest.raises(ConfigError, match="unknown study 'ablations'"):
-        cfg.for_study("ablations")
-    with pytest.raises(ConfigError, match=r"studies\.default and studies\.tasks share the variant names \['star'\]"):
-        load_config(REPO / "params.yaml", {"studies": {"tasks": {"variants": {"star": {"allocation": "star"}}}}})
+    with pytest.raises(ConfigError, match="unknown study 'nope'"):
+        cfg.for_study("nope")
+    with pytest.raises(ConfigError, match=r"studies\.default and studies\.tasks share the variant names \['nft'\]"):
+        load_config(REPO / "params.yaml", {"studies": {"tasks": {"variants": {"nft": {"allocation": "star"}}}}})
     with pytest.raises(ConfigError, match="studies write to the same folders"):
         load_config(REPO / "params.yaml", {"studies": {"tasks": {"root": None}}})
     with pytest.raises(ConfigError, match="studies has no 'default' study"):
@@ -320,8 +322,8 @@ def test_params_with_another_algorithm_train_every_variant_with_it(tmp_path: Pat
     from star.rl.trainer import build_objective
 
     for algorithm, kind in (("nft", NftObjective), ("dgpo", DgpoObjective)):
-        cfg = load_config(REPO / "params.yaml", parse_overrides([f"train.algorithm={algorithm}"]))
-        for variant in ("none", "star", "oracle"):
+        cfg = load_config(REPO / "params.yaml", parse_overrides([f"train.algorithm={algorithm}"])).for_study("ablations")
+        for variant in ("grpo-none", "grpo-star", "grpo-oracle"):
             train = cfg.for_variant(variant).train
             objective = build_objective(train, 2)
             assert isinstance(objective, kind) and objective.mode == train.allocation

@@ -77,10 +77,18 @@ def test_learning_curves_summary_prints_paired_rows_and_draws_the_curves(tmp_pat
             curve = _curve(rng, rate, offset)
             curve["rollouts_per_iteration"] = 128
             curve.to_csv(tmp_path / f"{name}-s{seed}.csv", index=False)
+            gain = 0.1 * (name == "fast") + rng.normal(0, 0.005)
+            pool = pd.DataFrame({"when": ["before"] * 4 + ["after"] * 4, "prompt_index": [0, 1] * 4,
+                                 "reward": [0.3] * 4 + [0.3 + gain] * 4, "correct": [0.0] * 8})
+            pool.to_csv(tmp_path / f"{name}-s{seed}.pool.csv", index=False)
     main(["summarise", str(tmp_path), "--plot", str(tmp_path / "curves.png")])
     out = capsys.readouterr().out
-    rows = {line.split("|")[1].strip(): line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")}
+    curves, pool = out.split("Gain on the training pool")
+    rows = {line.split("|")[1].strip(): line.split("|")[1:-1] for line in curves.splitlines() if line.startswith("| ")}
     assert set(rows) == {"row", "none", "fast"}
+    gains = {line.split("|")[1].strip(): line.split("|")[1:-1] for line in pool.splitlines() if line.startswith("| ")}
+    assert gains["fast"][3].strip().startswith("+0.1") and gains["fast"][4].strip() == "yes"  # learns on the pool
+    assert gains["fast"][5].strip().startswith("+0.1") and gains["none"][4].strip() == "no"
     assert rows["fast"][4].strip() == "yes" and rows["none"][4].strip() == "no"  # learns
     assert rows["fast"][6].strip() == "yes"  # resolved against none, paired by seed
     assert (tmp_path / "curves.png").stat().st_size > 10_000

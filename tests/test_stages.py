@@ -179,6 +179,10 @@ def test_learning_curves_trains_a_row_on_the_training_prompts(micro_run, capsys,
     curve = pd.read_csv(tmp_path / "nft-s1.csv")
     assert curve["iteration"].tolist() == [1.0, 2.0] and curve["rollouts_per_iteration"].nunique() == 1
     assert "iteration 2/2: reward" in capsys.readouterr().out
+    pool = pd.read_csv(tmp_path / "nft-s1.pool.csv")  # the training pool before and after, same noises
+    before, after = (pool[pool.when == when] for when in ("before", "after"))
+    assert len(before) == len(after) > 0 and before.prompt_index.tolist() == after.prompt_index.tolist()
+    assert pool.reward.notna().all() and set(pool.columns) >= {"correct", "noise", "tag"}
 
 
 def test_reward_spread_prints_each_task_and_the_mix_weight(micro_run, capsys, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from star.rl.prompt_source import load_task_prompts
 from tests.conftest import MICRO, micro_overrides
 
 VARIANTS = {"none": {"allocation": "none"}, "star": {"allocation": "star"},
@@ -69,7 +70,10 @@ def test_evaluate_writes_one_score_per_prompt_and_noise(study) -> None:
     root = study[0]
     scores = pd.read_csv(root / "metrics" / "eval" / "star-s0.scores.csv")
     # eval.noises 4 x (6 GenEval prompts, one per tag; 2 OCR; 2 PickScore)
-    assert scores.groupby("task").size().to_dict() == {"geneval": 24, "ocr": 8, "pickscore": 8}
+    # and its training pool (the micro config trains on every training prompt) on eval.pool_noises 1
+    pool = len(load_task_prompts(root / "data" / "prompts", "geneval", "train"))
+    assert scores.groupby("task").size().to_dict() == {"geneval": 24, "ocr": 8, "pickscore": 8, "pool_geneval": pool}
+    assert scores[scores.task == "pool_geneval"].reward.notna().all()
     assert sorted(scores.noise.unique()) == [0, 1, 2, 3]
     geneval = scores[scores.task == "geneval"]
     summary = json.loads((root / "metrics" / "eval" / "star-s0.json").read_text())
@@ -98,6 +102,27 @@ def test_report_has_intervals_differences_curves_and_maps(study) -> None:
                  "maps_text-star.png"):
         assert (out / name).is_file(), name
     assert not (out / "ocr_difference_vs_none.png").exists(), "no Flow-GRPO variant trained on OCR"
+
+
+def test_the_base_is_scored_on_each_training_tasks_pool(study) -> None:
+    root = study[0]
+    base = pd.read_csv(root / "metrics" / "eval" / "base.scores.csv")
+    assert {"pool_geneval", "pool_ocr"} <= set(base.task)
+    star = pd.read_csv(root / "metrics" / "eval" / "star-s0.scores.csv")
+    def pairs(scores: pd.DataFrame) -> list[tuple]:
+        pool = scores[scores.task == "pool_geneval"]
+        return list(zip(pool.prompt_index, pool.noise, pool.tag))
+
+    assert pairs(base) == pairs(star), "the base and a trained variant: the same pool prompts and noises"
+
+
+def test_report_tests_learning_and_comparisons_paired_by_seed(study) -> None:
+    table = (study[3] / "table.md").read_text()
+    geneval = table.split("## Trained on GenEval")[1].split("## Trained on OCR")[0]
+    power = geneval.split("### Learning and power (paired by seed)")[1].split("### Held-out")[0]
+    for row in ("| star − base |", "| star − none |", "| star − 0 |", "learning: training pool"):
+        assert row in power
+    assert "seeds for MDD ≤ 0.04" in power
 
 
 def test_report_has_one_section_per_training_task(study) -> None:

@@ -330,7 +330,17 @@ def test_sde_window_adds_noise_and_trains_only_inside_the_window(tmp_path: Path)
 def test_prompt_pool_fixes_the_prompts_the_trainer_draws(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, prompt_pool=2, iterations=1)
     drawn = {r["prompt"] for _ in range(6) for r in trainer.prompts.next(2)}
-    assert drawn == {r["prompt"] for r in prompt_pool(GENEVAL_RECORDS, 2, trainer.cfg.seed)}
+    assert drawn == {r["prompt"] for r in prompt_pool(GENEVAL_RECORDS, 2, trainer.cfg.train.pool_seed)}
+
+
+def test_a_fixed_pool_seed_gives_every_seed_the_same_prompts(tmp_path: Path) -> None:
+    def pool(seed: int, pool_seed: int | None) -> set[str]:
+        cfg = load_config(MICRO, overrides={"seed": seed, "train": SMALL | {"prompt_pool": 2, "pool_seed": pool_seed}})
+        trainer = Trainer(cfg, micro_pipeline(), BrightnessReward(), GENEVAL_RECORDS, tmp_path, progress=False)
+        return {r["prompt"] for r in trainer.prompts.records}
+
+    assert pool(0, 5) == pool(1, 5)
+    assert pool(0, None) != pool(3, None)
 
 
 def test_variants_of_one_seed_are_paired_and_another_seed_is_not(tmp_path: Path) -> None:

@@ -36,6 +36,14 @@ def prompt_pool(records: list[Record], size: int, seed: int) -> list[Record]:
     return [records[i] for i in pick.tolist()]
 
 
+def training_pool(records: list[Record], size: int, pool_seed: int | None, run_seed: int) -> list[Record]:
+    """The prompts a run trains on: ``prompt_pool`` drawn with ``train.pool_seed``, or with the
+    run's seed where that is null. A fixed pool seed gives every seed of a study the same prompts,
+    so that seeds differ in initialisation and noise only and the pool can be scored before and
+    after training (docs/method.md §9.2)."""
+    return prompt_pool(records, size, run_seed if pool_seed is None else pool_seed)
+
+
 class PromptSource:
     """Epochs over ``records`` in a seeded random order; ``next(k)`` gives k records."""
 

@@ -36,7 +36,7 @@ from star.rl.nft import NftObjective
 from star.rl.objectives import FdfoObjective, Objective, Policy, PolicyGradientObjective, Targets
 from star.rl.old_policy import OldPolicy
 from star.rl.optim import build_optimizer
-from star.rl.prompt_source import PromptSource, Record, prompt_pool
+from star.rl.prompt_source import PromptSource, Record, training_pool
 from star.sampling.rollout import Rollouts, initial_latents, sample_rollouts, trained_steps
 from star.sampling.sampler import condition, latent_shape, sigma_schedule
 
@@ -115,7 +115,8 @@ class Trainer:
         rank = self.accelerator.process_index
         checkpoint.seed_everything(cfg.seed)  # identical LoRA init on every rank
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-        self.prompts = PromptSource(prompt_pool(records, cfg.train.prompt_pool, cfg.seed), seed=cfg.seed * 1000 + rank)
+        pool = training_pool(records, cfg.train.prompt_pool, cfg.train.pool_seed, cfg.seed)
+        self.prompts = PromptSource(pool, seed=cfg.seed * 1000 + rank)
         self.objective = build_objective(cfg.train, pipe.transformer.config.patch_size)
         self.base_weights = checkpoint.weights_digest(pipe.transformer)  # before LoRA joins it
         self._setup_model()
