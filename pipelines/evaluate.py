@@ -80,25 +80,53 @@ def score_pool(pipe: Any, cfg: Config) -> TaskReport:
     rewards = build_reward(cfg.rewards, cfg.paths.reward_models).score(report.images, report.prompts, repeated)
     for row, value in zip(report.rows, rewards.tolist(), strict=True):
         row["reward"] = value
-    report.metrics = {f"{POOL_PREFIX}reward": float(rewards.mean())}
+    report.metrics = {f"{POOL_PREFIX}reward_{task_name}": float(rewards.mean())}
     return report
 
 
-def pool_configs(cfg: Config, variant: str, seed: int | None) -> list[Config]:
-    """The configs whose training pools a checkpoint is scored on (``eval.pool_noises`` > 0): a
-    trained variant's own; for the base, the pool of each training task of the study, where
+SAMPLER_PREFIX = "train_sampler_"
+"""Task-name prefix of the held-out scores under the training rollouts' step count (``train_sampler_geneval``)."""
+
+
+def score_with_training_sampler(pipe: Any, cfg: Config) -> TaskReport:
+    """The held-out prompts of ``cfg``'s training task sampled as the evaluation does but with
+    the training rollouts' ``train.steps`` (ODE): beside the evaluation sampler's table it shows
+    a gain that holds under one sampler and not the other (docs/method.md §9.2)."""
+    task_name = cfg.rewards.task
+    eval_cfg = cfg.eval.model_copy(update={"steps": cfg.train.steps})
+    report = TASK_EVALUATORS[task_name](pipe, test_records(cfg, task_name), eval_cfg,
+                                        evaluation_reward(cfg, task_name), progress=False)
+    report.metrics = {f"{SAMPLER_PREFIX}{key}": value for key, value in report.metrics.items()}
+    return report
+
+
+def training_configs(cfg: Config, variant: str, seed: int | None) -> list[Config]:
+    """The training configs whose pool and sampler a checkpoint is measured with: a trained
+    variant's own; for the base, the first variant's of each training task of the study, where
     every seed trains on the same pool (``train.pool_seed`` set) so that one base score serves
     every seed."""
-    if cfg.eval.pool_noises == 0:
-        return []
     if variant != "base":
         return [cfg.for_variant(variant, seed)] if variant in cfg.study.variants else []
-    configs = {}
+    configs: dict[str, Config] = {}
     for name in cfg.study.variants:
         variant_cfg = cfg.for_variant(name)
         if variant_cfg.train.pool_seed is not None:
             configs.setdefault(variant_cfg.rewards.task, variant_cfg)
     return list(configs.values())
+
+
+def training_measures(pipe: Any, cfg: Config, variant: str, seed: int | None) -> list[tuple[str, TaskReport]]:
+    """(task name in the scores file, report) of the training-side measures: the training pool
+    (``eval.pool_noises`` > 0) and the held-out prompts under the training sampler
+    (``eval.training_sampler``), for each of ``training_configs``."""
+    measures = []
+    for train_cfg in training_configs(cfg, variant, seed):
+        task_name = train_cfg.rewards.task
+        if cfg.eval.pool_noises:
+            measures.append((POOL_PREFIX + task_name, score_pool(pipe, train_cfg)))
+        if cfg.eval.training_sampler:
+            measures.append((SAMPLER_PREFIX + task_name, score_with_training_sampler(pipe, train_cfg)))
+    return measures
 
 
 @task(cache_policy=NO_CACHE)
@@ -142,10 +170,9 @@ def evaluate(checkpoint: str, params: str = "params.yaml", overrides: dict[str, 
             report = evaluate_task(pipe, cfg, task_name, checkpoint, out_dir)
             metrics |= report.metrics
             rows += [{"task": task_name, **row} for row in report.rows]
-        for pool_cfg in pool_configs(cfg, variant, info.get("seed")):
-            report = score_pool(pipe, pool_cfg)
-            metrics |= {f"{key}_{pool_cfg.rewards.task}": value for key, value in report.metrics.items()}
-            rows += [{"task": POOL_PREFIX + pool_cfg.rewards.task, **row} for row in report.rows]
+        for name, report in training_measures(pipe, cfg, variant, info.get("seed")):
+            metrics |= report.metrics
+            rows += [{"task": name, **row} for row in report.rows]
         log_metrics(metrics)
         path = cfg.paths.metrics / "eval" / f"{checkpoint}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -325,12 +325,12 @@ class TrainConfig(Section):
     inner_epochs: int = knob(1, "passes over each iteration's rollouts", ge=1)
     minibatch_size: int = knob(32, "rollouts per forward/backward pass", ge=1)
     accumulation_steps: int = knob(
-        64, "minibatches summed into one optimizer step, across iterations if needed", ge=1
+        1, "minibatches summed into one optimizer step, across iterations if needed", ge=1
     )
     optimizer: Literal["adamw", "normalized_sgd"] = knob(
-        "normalized_sgd", "'adamw', or 'normalized_sgd': steps of length lr along the gradient"
+        "adamw", "'adamw', or 'normalized_sgd': steps of length lr along the gradient"
     )
-    lr: float = knob(0.5, "learning rate (normalized_sgd: the L2 length of each step)", gt=0)
+    lr: float = knob(3e-4, "learning rate (normalized_sgd: the L2 length of each step)", gt=0)
     weight_decay: float = knob(1e-4, "decoupled weight decay", ge=0)
     grad_clip: float = knob(1.0, "gradient-norm clip", gt=0)
     clip_range: float = knob(1e-4, "PPO clip range epsilon of image-level and per-region ratios", gt=0)
@@ -446,6 +446,9 @@ class EvalConfig(Section):
     noises: int = knob(4, "initial noises per test prompt, the same for every checkpoint (paired comparisons)", ge=1)
     pool_noises: int = knob(
         8, "initial noises per training-pool prompt: the pool scored before and after training (0: off)", ge=0
+    )
+    training_sampler: bool = knob(
+        True, "also score the held-out prompts of the training task with the training rollouts' step count (ODE)"
     )
     bootstrap: int = knob(2000, "bootstrap resamples of the confidence intervals (star/evaluation/stats.py)", ge=100)
     geneval_per_tag: int = knob(16, "GenEval test prompts per task (balanced subset, file order)", ge=1)
@@ -599,7 +602,7 @@ STUDIES: dict[str, Study] = {
         "nft": {"algorithm": "nft", "allocation": "none"},
         "nft-star": {"algorithm": "nft", "allocation": "star"},
         "nft-oracle": {"algorithm": "nft", "allocation": "oracle"},
-    }, contrasts=[("nft-star", "nft"), ("nft-oracle", "nft"), ("nft-oracle", "nft-star")]),
+    }, eval_tasks=["geneval"], contrasts=[("nft-star", "nft"), ("nft-oracle", "nft"), ("nft-oracle", "nft-star")]),
     "ablations": Study(variants={
         "grpo-none": {"allocation": "none"},
         "grpo-star": {"allocation": "star"},

@@ -322,7 +322,8 @@ def test_params_with_another_algorithm_train_every_variant_with_it(tmp_path: Pat
     from star.rl.trainer import build_objective
 
     for algorithm, kind in (("nft", NftObjective), ("dgpo", DgpoObjective)):
-        cfg = load_config(REPO / "params.yaml", parse_overrides([f"train.algorithm={algorithm}"])).for_study("ablations")
+        overridden = load_config(REPO / "params.yaml", parse_overrides([f"train.algorithm={algorithm}"]))
+        cfg = overridden.for_study("ablations")
         for variant in ("grpo-none", "grpo-star", "grpo-oracle"):
             train = cfg.for_variant(variant).train
             objective = build_objective(train, 2)

@@ -69,14 +69,17 @@ def test_evaluate_scores_every_task(study) -> None:
 def test_evaluate_writes_one_score_per_prompt_and_noise(study) -> None:
     root = study[0]
     scores = pd.read_csv(root / "metrics" / "eval" / "star-s0.scores.csv")
+    summary = json.loads((root / "metrics" / "eval" / "star-s0.json").read_text())
     # eval.noises 4 x (6 GenEval prompts, one per tag; 2 OCR; 2 PickScore)
     # and its training pool (the micro config trains on every training prompt) on eval.pool_noises 1
     pool = len(load_task_prompts(root / "data" / "prompts", "geneval", "train"))
-    assert scores.groupby("task").size().to_dict() == {"geneval": 24, "ocr": 8, "pickscore": 8, "pool_geneval": pool}
+    # and the held-out GenEval prompts again under the training sampler (train.steps, ODE)
+    assert scores.groupby("task").size().to_dict() == {"geneval": 24, "ocr": 8, "pickscore": 8, "pool_geneval": pool,
+                                                       "train_sampler_geneval": 24}
+    assert "train_sampler_geneval_overall" in summary and "pool_reward_geneval" in summary
     assert scores[scores.task == "pool_geneval"].reward.notna().all()
     assert sorted(scores.noise.unique()) == [0, 1, 2, 3]
     geneval = scores[scores.task == "geneval"]
-    summary = json.loads((root / "metrics" / "eval" / "star-s0.json").read_text())
     assert summary["geneval_overall"] == pytest.approx(geneval.groupby("tag").correct.mean().mean())
 
 
@@ -107,7 +110,7 @@ def test_report_has_intervals_differences_curves_and_maps(study) -> None:
 def test_the_base_is_scored_on_each_training_tasks_pool(study) -> None:
     root = study[0]
     base = pd.read_csv(root / "metrics" / "eval" / "base.scores.csv")
-    assert {"pool_geneval", "pool_ocr"} <= set(base.task)
+    assert {"pool_geneval", "pool_ocr", "train_sampler_geneval", "train_sampler_ocr"} <= set(base.task)
     star = pd.read_csv(root / "metrics" / "eval" / "star-s0.scores.csv")
     def pairs(scores: pd.DataFrame) -> list[tuple]:
         pool = scores[scores.task == "pool_geneval"]
@@ -120,7 +123,7 @@ def test_report_tests_learning_and_comparisons_paired_by_seed(study) -> None:
     table = (study[3] / "table.md").read_text()
     geneval = table.split("## Trained on GenEval")[1].split("## Trained on OCR")[0]
     power = geneval.split("### Learning and power (paired by seed)")[1].split("### Held-out")[0]
-    for row in ("| star − base |", "| star − none |", "| star − 0 |", "learning: training pool"):
+    for row in ("| star − base |", "| star − none |", "| star − 0 |", "learning: training pool", "training sampler"):
         assert row in power
     assert "seeds for MDD ≤ 0.04" in power
 

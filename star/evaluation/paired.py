@@ -127,6 +127,9 @@ def learning_and_power(
         measures.append((f"training pool ({task} training reward, eval sampler)",
                          seed_scores(scores, f"pool_{task}", "reward"), "base"))
     measures.append((f"held-out {task} ({column})", seed_scores(scores, task, column), "base"))
+    if (scores.task == f"train_sampler_{task}").any():
+        measures.append((f"held-out {task} ({column}), training sampler",
+                         seed_scores(scores, f"train_sampler_{task}", column), "base"))
     learned = [(measure, [contrast(table, v, against, target) for v in variants if v in table])
                for measure, table, against in measures if against in table]
     parts += [contrast_table(rows, f"learning: {measure}", target) for measure, rows in learned if rows]
