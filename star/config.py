@@ -445,7 +445,7 @@ class EvalConfig(Section):
     seed: int = knob(2024, "seed of evaluation noise (fixed across checkpoints)")
     noises: int = knob(4, "initial noises per test prompt, the same for every checkpoint (paired comparisons)", ge=1)
     pool_noises: int = knob(
-        8, "initial noises per training-pool prompt: the pool scored before and after training (0: off)", ge=0
+        16, "initial noises per training-pool prompt: the pool scored before and after training (0: off)", ge=0
     )
     training_sampler: bool = knob(
         True, "also score the held-out prompts of the training task with the training rollouts' step count (ODE)"
