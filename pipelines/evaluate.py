@@ -26,7 +26,7 @@ from pipelines.cli import stage_config, stage_main
 from pipelines.failures import retry_if_transient
 from pipelines.tracking import log_metrics, stage_run
 from rewards.base import Reward
-from star.config import Config
+from star.config import Config, EvalTask
 from star.evaluation.evaluate import TASK_EVALUATORS, TaskReport, balanced_subset
 from star.evaluation.figures import report_grid
 from star.files import atomic_file, write_text
@@ -101,18 +101,23 @@ def score_with_training_sampler(pipe: Any, cfg: Config) -> TaskReport:
 
 
 def training_configs(cfg: Config, variant: str, seed: int | None) -> list[Config]:
-    """The training configs whose pool and sampler a checkpoint is measured with: a trained
-    variant's own; for the base, the first variant's of each training task of the study, where
-    every seed trains on the same pool (``train.pool_seed`` set) so that one base score serves
-    every seed."""
-    if variant != "base":
-        return [cfg.for_variant(variant, seed)] if variant in cfg.study.variants else []
-    configs: dict[str, Config] = {}
-    for name in cfg.study.variants:
-        variant_cfg = cfg.for_variant(name)
-        if variant_cfg.train.pool_seed is not None:
-            configs.setdefault(variant_cfg.rewards.task, variant_cfg)
-    return list(configs.values())
+    """The configs whose training pool and training sampler a checkpoint is measured with: the
+    study's shared ``train`` knobs on a training task with that task's own reward, so that the base
+    and every variant (whatever else it overrides) are scored on the same prompts, noises and
+    reward. A trained variant: its training task, its seed's pool; the base: every evaluation task,
+    when every seed trains on the same pool (``train.pool_seed`` set), so one base score serves every
+    seed and it depends on no variant's knobs."""
+    if variant == "base":
+        if cfg.train.pool_seed is None:
+            return []
+        return [_on_task(cfg, task, cfg.seed) for task in cfg.study.eval_tasks]
+    if variant not in cfg.study.variants:
+        return []
+    return [_on_task(cfg, cfg.for_variant(variant).rewards.task, cfg.seed if seed is None else seed)]
+
+
+def _on_task(cfg: Config, task: EvalTask, seed: int) -> Config:
+    return cfg.model_copy(update={"rewards": cfg.rewards.for_task(task), "seed": seed})
 
 
 def training_measures(pipe: Any, cfg: Config, variant: str, seed: int | None) -> list[tuple[str, TaskReport]]:

@@ -114,13 +114,16 @@ def test_the_task_study_writes_only_under_its_own_folder(project: Path) -> None:
     assert not (project / "metrics/eval/ocr-star-s0.json").exists()
     assert "ocr-star" not in (project / "reports/table.md").read_text()
     default_target = _run(["dvc", "dag", "--md", "report"], project)
-    assert "train@star-0" in default_target and "_tasks" not in default_target
+    assert "train@star-0" in default_target and "_tasks" not in default_target and "_ablations" not in default_target
+    ablations = project / "studies/ablations"
+    assert (ablations / "checkpoints/nft-s0").is_dir() and "| nft |" in (ablations / "reports/table.md").read_text()
 
 
 def test_plots_overlay_every_variant_on_one_chart_per_metric(project: Path) -> None:
     shown = json.loads(_run(["dvc", "plots", "show", "--json"], project))
-    # the micro study has no `spatial` variant, so no map figure of it
-    assert [e["name"] for e in shown.get("errors", [])] == ["reports/maps_spatial.png"], shown.get("errors")
+    # the micro study has no DiffusionNFT variants, so no map figure of them
+    errors = sorted(e["name"] for e in shown.get("errors", []))
+    assert errors == ["reports/maps_nft-oracle.png", "reports/maps_nft-star.png"], shown.get("errors")
     for name in ("training reward", "policy loss", "KL to the reference policy", "clip fraction",
                  "map localisation on the core objects"):
         (plot,) = shown["data"][name]

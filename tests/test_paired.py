@@ -88,8 +88,11 @@ def test_learning_and_power_reports_learning_and_each_comparison() -> None:
                            for v in ("none", "star", "oracle") for s in range(3) for i in range(1, 9)])
     text = learning_and_power(scores, curves, "geneval", "correct", ["none", "star", "oracle"], "none",
                               [("oracle", "star")], 0.04)
-    assert "learning: training reward" in text and "learning: training pool" in text
-    assert "comparison: held-out geneval (correct)" in text
+    tables = text.split("\n\n")
+    assert [table.split("|")[1].strip() for table in tables] == [
+        "training reward, last − first quarter", "training pool, training reward (geneval, eval sampler)",
+        "training pool, correct (geneval, eval sampler)", "held-out geneval, correct (eval sampler)"]
+    assert "star − none" not in tables[0] and "star − none" in tables[3]
     for name in ("star − base", "star − none", "oracle − none", "oracle − star", "star − 0"):
         assert name in text
     assert "seeds for MDD ≤ 0.04" in text

@@ -123,7 +123,7 @@ def test_report_tests_learning_and_comparisons_paired_by_seed(study) -> None:
     table = (study[3] / "table.md").read_text()
     geneval = table.split("## Trained on GenEval")[1].split("## Trained on OCR")[0]
     power = geneval.split("### Learning and power (paired by seed)")[1].split("### Held-out")[0]
-    for row in ("| star − base |", "| star − none |", "| star − 0 |", "learning: training pool", "training sampler"):
+    for row in ("| star − base |", "| star − none |", "| star − 0 |", "| training pool, training reward", "sampler)"):
         assert row in power
     assert "seeds for MDD ≤ 0.04" in power
 

@@ -117,27 +117,28 @@ def learning_and_power(
     scores: pd.DataFrame, curves: pd.DataFrame, task: str, column: str, variants: list[str],
     reference: str | None, pairs: list[tuple[str, str]], target: float,
 ) -> str:
-    """Markdown: whether each variant learned (training-curve gain; training-pool and held-out
-    score against the base) and the study's comparisons (each variant − ``reference`` and
-    ``pairs``), every difference paired by seed with its interval and power."""
-    parts = []
+    """Markdown, one table per measure (training-curve gain; the training pool's reward and
+    strict score; held-out under the evaluation and the training sampler): whether each variant
+    learned (against the base, or no change for the curve) and the study's comparisons (each
+    variant − ``reference``, then ``pairs``), every difference paired by seed with its interval
+    and power."""
     gains = curve_gains(curves)
     measures = [("training reward, last − first quarter", zero_reference(gains), "0")] if not gains.empty else []
-    if (scores.task == f"pool_{task}").any():
-        measures.append((f"training pool ({task} training reward, eval sampler)",
-                         seed_scores(scores, f"pool_{task}", "reward"), "base"))
-    measures.append((f"held-out {task} ({column})", seed_scores(scores, task, column), "base"))
-    if (scores.task == f"train_sampler_{task}").any():
-        measures.append((f"held-out {task} ({column}), training sampler",
-                         seed_scores(scores, f"train_sampler_{task}", column), "base"))
-    learned = [(measure, [contrast(table, v, against, target) for v in variants if v in table])
-               for measure, table, against in measures if against in table]
-    parts += [contrast_table(rows, f"learning: {measure}", target) for measure, rows in learned if rows]
+    pool, sampler = f"pool_{task}", f"train_sampler_{task}"
+    if (scores.task == pool).any():
+        measures += [(f"training pool, training reward ({task}, eval sampler)", seed_scores(scores, pool, "reward"),
+                      "base"),
+                     (f"training pool, {column} ({task}, eval sampler)", seed_scores(scores, pool, column), "base")]
+    measures.append((f"held-out {task}, {column} (eval sampler)", seed_scores(scores, task, column), "base"))
+    if (scores.task == sampler).any():
+        measures.append((f"held-out {task}, {column} (training sampler)", seed_scores(scores, sampler, column),
+                         "base"))
     comparisons = [(v, reference) for v in variants if reference and v != reference] + list(pairs)
+    tables = []
     for measure, table, against in measures:
-        if against != "base":
-            continue
-        rows = [contrast(table, a, b, target) for a, b in comparisons if a in table and b in table]
+        rows = [contrast(table, v, against, target) for v in variants if v in table and against in table]
+        if against == "base":  # the curves' gains come from different samplers: only the evaluations compare
+            rows += [contrast(table, a, b, target) for a, b in comparisons if a in table and b in table]
         if rows:
-            parts.append(contrast_table(rows, f"comparison: {measure}", target))
-    return "\n".join(parts)
+            tables.append(contrast_table(rows, measure, target))
+    return "\n".join(tables)

@@ -199,7 +199,7 @@ def plot_differences(comparison: pd.DataFrame, column: str, reference: str, path
         ax.invert_yaxis()
         ax.set_title(f"{TASK_NAMES[task]}: difference vs {reference}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{title}paired difference, 95 % bootstrap interval over prompts (and seeds); filled: excludes 0",
+    fig.suptitle(f"{title}paired difference, 95 % bootstrap interval\nover prompts (and seeds); filled: excludes 0",
                  fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
