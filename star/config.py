@@ -602,7 +602,8 @@ STUDIES: dict[str, Study] = {
         "nft": {"algorithm": "nft", "allocation": "none"},
         "nft-star": {"algorithm": "nft", "allocation": "star"},
         "nft-oracle": {"algorithm": "nft", "allocation": "oracle"},
-    }, eval_tasks=["geneval"], contrasts=[("nft-star", "nft"), ("nft-oracle", "nft"), ("nft-oracle", "nft-star")]),
+    }, seeds=[0, 1, 2, 3, 4, 5], eval_tasks=["geneval"],
+        contrasts=[("nft-star", "nft"), ("nft-oracle", "nft"), ("nft-oracle", "nft-star")]),
     "ablations": Study(variants={
         "grpo-none": {"allocation": "none"},
         "grpo-star": {"allocation": "star"},
