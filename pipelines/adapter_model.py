@@ -1,7 +1,7 @@
 """A trained variant as an MLflow model (pyfunc, logged from code): prompts in, images out.
 
     import mlflow
-    images = mlflow.pyfunc.load_model("runs:/<train run id>/model").predict(["a photo of a red star"])
+    images = mlflow.pyfunc.load_model("runs:/<train run id>/<variant>-s<seed>").predict(["a photo of a red star"])
 
 ``images`` is a (B, H, W, 3) uint8 array, one image per prompt, sampled with the evaluation's
 ODE sampler (``eval.steps``, ``eval.guidance_scale``) from noise seed ``i`` for prompt ``i``

@@ -13,18 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import stage_config, stage_main
 from pipelines.evaluate import test_records
-from pipelines.tracking import stage_run
+from pipelines.tracking import experiment_name, register_checkpoint, stage_run
 from star.config import Config, fingerprint
 from star.diagnostics.maps import model_allocation_maps
 from star.evaluation.evaluate import HEADLINE, noise_seeds
 from star.evaluation.figures import allocation_overlay, comparison_grid
-from star.evaluation.paired import learning_and_power
+from star.evaluation.paired import learning_and_power, seed_scores
 from star.evaluation.report import (
     TASK_NAMES,
     HtmlSection,
@@ -197,6 +198,34 @@ def power_tables(markdown: str, note: str) -> list[tuple[str, str, str]]:
             for i, table in enumerate(tables)]
 
 
+def best_checkpoint(scores: pd.DataFrame, section: Section) -> tuple[str, int, float] | None:
+    """(variant, seed, held-out score) of the section's checkpoint with the highest held-out
+    headline score on its task (tag-balanced, as the report's tables), or None without scores."""
+    table = seed_scores(scores, section.task, HEADLINE[section.task])
+    table = table[[v for v in section.variants if v in table]]
+    if table.empty or table.isna().all().all():
+        return None
+    seed, variant = table.stack().idxmax()
+    return str(variant), int(seed), float(table.loc[seed, variant])
+
+
+def register_best(cfg: Config, section: Section, scores: pd.DataFrame) -> None:
+    """Register the section's best checkpoint in the Model Registry as ``<experiment>-<task>-best``
+    (a new version each report), its held-out score and its variant's knobs as tags."""
+    best = best_checkpoint(scores, section)
+    if best is None:
+        return
+    variant, seed, score = best
+    train = cfg.for_variant(variant).train
+    version = register_checkpoint(
+        cfg, f"{variant}-s{seed}", variant, seed, f"{experiment_name(cfg)}-{section.task}-best",
+        {HEADLINE[section.task]: f"{score:.4f}", "algorithm": train.algorithm, "allocation": train.allocation},
+    )
+    if version is None:
+        get_run_logger().warning("%s-s%d: no finished training run logged its model; nothing registered",
+                                 variant, seed)
+
+
 @flow(name="report")
 def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None, study: str = "default") -> Path:
     cfg = stage_config(params, overrides).for_study(study)
@@ -217,6 +246,8 @@ def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None,
     with stage_run(cfg, "report", ["study"], tags={"variant": "all", "study": study}):
         for path in [out / "table.md", out / "report.html", *(p for _, (_, _, figures) in pages for _, p in figures)]:
             mlflow.log_artifact(str(path), "report")
+        for section in sections:
+            register_best(cfg, section, scores)
     get_run_logger().info("report written to %s\n%s", out, (out / "table.md").read_text())
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import mlflow
 
 from pipelines.failures import process_alive, this_process
-from star.config import Config
+from star.config import DEFAULT_STUDY, Config
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -53,18 +54,40 @@ def artifact_location(artifacts: str, cwd: Path | None = None) -> str:
     return (path if path.is_absolute() else project_root(cwd) / path).resolve().as_uri()
 
 
+def experiment_name(cfg: Config) -> str:
+    """One MLflow experiment per study: ``tracking.experiment`` for the default study,
+    ``<experiment>-<study>`` for the others (``star-tasks``), so that the runs of two studies
+    (each has its ``evaluate-base`` and ``report``) never share a table."""
+    if cfg.study_name == DEFAULT_STUDY:
+        return cfg.tracking.experiment
+    return f"{cfg.tracking.experiment}-{cfg.study_name}"
+
+
 def experiment_id(cfg: Config) -> str:
-    """The configured experiment, created with a local artifact root on first use."""
+    """The study's experiment, created with a local artifact root on first use."""
     mlflow.set_tracking_uri(tracking_uri(cfg.tracking.uri))
-    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    name = experiment_name(cfg)
+    experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     return mlflow.create_experiment(
-        cfg.tracking.experiment, artifact_location=artifact_location(cfg.tracking.artifacts),
-        tags={"mlflow.note.content": "STAR study: one run per DVC stage (`prepare`, `base`, `reward_models`, "
-              "`train-star-s0` for variant star and seed 0, `evaluate-star-s0`, `report`); evaluations are "
-              "nested under the training run they evaluate, and each training run logs its variant as a model."},
+        name, artifact_location=artifact_location(cfg.tracking.artifacts),
+        tags={"study": cfg.study_name,
+              "mlflow.note.content": f"STAR study '{cfg.study_name}': one run per DVC stage (`prepare`, `base`, "
+              "`reward_models`, `train-star-s0` for variant star and seed 0, `evaluate-star-s0`, `report`); "
+              "evaluations are nested under the training run they evaluate, and each training run logs its "
+              "variant as a model named `<variant>-s<seed>`."},
     )
+
+
+def stage_command(argv: list[str] | None = None) -> str | None:
+    """The command that ran the stage, as the run's source: ``python -m pipelines train
+    --variant star --seed 0`` (MLflow would show ``__main__.py``); None outside ``python -m pipelines``."""
+    argv = sys.argv if argv is None else argv
+    if not argv or Path(argv[0]).parent.name != "pipelines":
+        return None
+    module = "pipelines" if Path(argv[0]).name == "__main__.py" else f"pipelines.{Path(argv[0]).stem}"
+    return " ".join(["python", "-m", module, *argv[1:]])
 
 
 def training_run_of(experiment: str, tags: dict[str, str]) -> str | None:
@@ -90,6 +113,24 @@ def run_name(stage: str, tags: dict[str, str]) -> str:
         named = variant if algorithm == "grpo" or variant.startswith(algorithm) else f"{algorithm}-{variant}"
         return f"{stage}-{named}-s{tags['seed']}"
     return stage
+
+
+def register_checkpoint(cfg: Config, checkpoint: str, variant: str, seed: int, registered: str,
+                        tags: dict[str, str]) -> str | None:
+    """Register the model that ``checkpoint``'s training run logged (named ``checkpoint``) as a
+    new version of ``registered`` in the Model Registry, with ``tags``; returns the version, or
+    None when the study's experiment holds no finished training run that logged it."""
+    experiment = experiment_id(cfg)
+    run_id = training_run_of(experiment, {"checkpoint": checkpoint, "variant": variant, "seed": str(seed)})
+    if run_id is None:
+        return None
+    logged = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list", max_results=1,
+                                         filter_string=f"name = '{checkpoint}' AND source_run_id = '{run_id}'")
+    if not logged:
+        return None
+    version = mlflow.register_model(logged[0].model_uri, registered,
+                                    tags={"study": cfg.study_name, "checkpoint": checkpoint, **tags})
+    return str(version.version)
 
 
 PROCESS_TAG = "star.process"
@@ -159,8 +200,11 @@ def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str]
     trained_by = training_run_of(experiment, tags) if stage == "evaluate" else None
     if trained_by:  # the UI nests the evaluation under the training run it evaluates
         links = {"mlflow.parentRunId": trained_by, "star.trained_by": trained_by}
+    command = stage_command()
+    source = {"mlflow.source.name": command} if command else {}
     run = mlflow.start_run(experiment_id=experiment, run_name=run_name(stage, tags),
-                           tags={"stage": stage, PROCESS_TAG: this_process(), **links, **tags})
+                           tags={"stage": stage, "study": cfg.study_name, PROCESS_TAG: this_process(), **source,
+                                 **links, **tags})
     try:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         with resume_tags(run.info.run_id):

@@ -72,8 +72,6 @@ def write_outputs(cfg: Config, name: str, history: list[dict[str, float]], secon
     return summary
 
 
-MODEL_NAME = "model"
-"""The training run logs its variant as ``runs:/<run id>/model`` (``pipelines/adapter_model.py``)."""
 MODEL_CODE = REPO_ROOT / "pipelines" / "adapter_model.py"
 
 
@@ -110,15 +108,15 @@ def run_training(cfg: Config, name: str, log: bool = True) -> Trainer:
 
 
 def log_variant_model(cfg: Config, name: str) -> str:
-    """Log the saved variant as an MLflow model (``pipelines/adapter_model.py``) with the
-    training params; returns its URI."""
+    """Log the saved variant as an MLflow model named like its checkpoint, ``runs:/<run
+    id>/<variant>-s<seed>`` (``pipelines/adapter_model.py``), with the training params; returns its URI."""
     base_model = str(cfg.paths.base_model.resolve()) if cfg.model.source == "embedded" else cfg.model.pretrained
     config = {"base_model": base_model, "dtype": cfg.model.dtype, "revision": cfg.model.revision,
               "steps": cfg.eval.steps, "guidance_scale": cfg.eval.guidance_scale}
     versions = {package: metadata.version(package)
                 for package in ("torch", "diffusers", "transformers", "peft", "mlflow")}
     info = mlflow.pyfunc.log_model(
-        name=MODEL_NAME, python_model=str(MODEL_CODE), artifacts={"variant": str(cfg.paths.checkpoints / name)},
+        name=name, python_model=str(MODEL_CODE), artifacts={"variant": str(cfg.paths.checkpoints / name)},
         model_config={k: v for k, v in config.items() if v is not None}, code_paths=[str(REPO_ROOT / "star")],
         pip_requirements=[f"{package}=={version}" for package, version in versions.items()],
         params={f"train.{k}": str(v) for k, v in cfg.train.model_dump(mode="json").items()},

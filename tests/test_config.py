@@ -334,3 +334,17 @@ def test_params_with_another_algorithm_train_every_variant_with_it(tmp_path: Pat
     assert run_name("train", {"variant": "star", "seed": "1", "algorithm": "grpo"}) == "train-star-s1"
     with pytest.raises(ConfigError, match="dgpo.timesteps"):
         load_config(REPO / "params.yaml", parse_overrides(["train.algorithm=dgpo", "train.dgpo.timesteps=9"]))
+
+
+def test_runs_name_their_study_experiment_and_their_stage_command() -> None:
+    """One MLflow experiment per study, and each run's source is the command that ran its stage
+    (MLflow alone would record ``__main__.py``)."""
+    from pipelines.tracking import experiment_name, stage_command
+
+    cfg = load_config(REPO / "params.yaml")
+    assert [experiment_name(cfg.for_study(s)) for s in ("default", "tasks", "ablations")] == [
+        "star", "star-tasks", "star-ablations"]
+    assert stage_command(["/p/pipelines/__main__.py", "train", "--variant", "star", "--seed", "0"]) == (
+        "python -m pipelines train --variant star --seed 0")
+    assert stage_command(["/p/pipelines/report.py", "--study", "tasks"]) == "python -m pipelines.report --study tasks"
+    assert stage_command(["/usr/bin/pytest", "-x"]) is None

@@ -15,6 +15,7 @@ import mlflow
 import pytest
 
 from star.config import load_config, write_params
+from star.evaluation.evaluate import HEADLINE
 from tests.conftest import MICRO, REPO
 
 COPIED = ["pipelines", "star", "rewards", "dvc.yaml", ".dvcignore"]
@@ -81,6 +82,30 @@ def test_report_and_mlflow_runs(project: Path) -> None:
     assert stages >= {"prepare", "base", "reward_models", "train", "evaluate", "report"}
 
 
+
+def test_each_study_has_its_experiment_tagged_runs_and_a_registered_best_checkpoint(project: Path) -> None:
+    """The default study's runs in `star`, the others' in `star-<study>`; every run tagged with
+    its study and sourced by its stage's command; each study's best checkpoint per training task
+    registered."""
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns.db'}")
+    for study, experiment in (("default", "star"), ("tasks", "star-tasks"), ("ablations", "star-ablations")):
+        runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+        assert {r.info.run_name for r in runs} >= {"evaluate-base", "report"}, experiment
+        assert {r.data.tags["study"] for r in runs} == {study}, experiment
+        train = next(r for r in runs if r.data.tags["stage"] == "train")
+        assert train.data.tags["mlflow.source.name"] == (
+            f"python -m pipelines train{'' if study == 'default' else f' --study {study}'} "
+            f"--variant {train.data.tags['variant']} --seed {train.data.tags['seed']}")
+    client = mlflow.MlflowClient()
+    for name, experiment, task, checkpoints in (("star-geneval-best", "star", "geneval", {"none-s0", "star-s0"}),
+                                                 ("star-tasks-ocr-best", "star-tasks", "ocr", {"ocr-star-s0"})):
+        version = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+        assert version.tags["checkpoint"] in checkpoints and 0 <= float(version.tags[HEADLINE[task]]) <= 1
+        runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+        trained = next(r for r in runs if r.info.run_name == f"train-{version.tags['checkpoint']}")
+        assert version.run_id == trained.info.run_id, "the version is the model its training run logged"
+    model = mlflow.pyfunc.load_model("models:/star-geneval-best/latest")  # the README's one-liner
+    assert model.predict(["a photo of a red star"]).shape[0] == 1
 
 def test_the_micro_trainings_move_the_weights(project: Path) -> None:
     """The micro study's reward varies (a little PickScore beside GenEval, which scores 0 on the

@@ -204,7 +204,7 @@ def test_training_run_logs_its_variant_as_a_loadable_model(study) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
     runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["star"], output_format="list")}
     run_id = runs["train-star-s0"].info.run_id
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # the one-liner the README gives
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/star-s0")  # the one-liner the README gives
     prompts = ["a photo of a red star", "a photo of two blue circles"]
     images = model.predict(prompts)
     cfg = load_config(MICRO, micro_overrides(root))
