@@ -257,5 +257,5 @@ def test_under_two_processes_rank_0_alone_logs_the_run(study, prefect_api_url: s
     assert len(runs) == 1 and runs[0].info.status == "FINISHED", "one run, by rank 0"
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "reward_mean")
     assert [m.step for m in history] == [1, 2]
-    assert mlflow.pyfunc.load_model(f"runs:/{runs[0].info.run_id}/model") is not None
+    assert mlflow.pyfunc.load_model(f"runs:/{runs[0].info.run_id}/none-s7") is not None  # named like its checkpoint
     assert json.loads((root / "metrics" / "train" / "none-s7.json").read_text())["iterations"] == 2
