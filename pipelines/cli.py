@@ -159,6 +159,17 @@ def named_flow(stage_flow: Any, args: argparse.Namespace) -> Any:
     return stage_flow.with_options(flow_run_name=run_name(args.stage, tags))
 
 
+def flow_tags(args: argparse.Namespace) -> list[str]:
+    """The stage's Prefect flow-run tags, to filter the UI as the MLflow runs are: ``stage:train``,
+    ``study:default``, ``variant:star``, ``seed:0``, ``checkpoint:star-s0`` (those the stage has)."""
+    tags = [f"stage:{args.stage}"]
+    for key in ("study", "variant", "seed", "checkpoint"):
+        value = getattr(args, key, None)
+        if value is not None:
+            tags.append(f"{key}:{value}")
+    return tags
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, then import the stage (Prefect, MLflow, torch) and run its flow; the exit code."""
     from pipelines import failures
@@ -181,7 +192,10 @@ def run(args: argparse.Namespace) -> int:
         extra |= {"checkpoint": args.checkpoint} if args.stage == "evaluate" else {}
         extra |= {"study": args.study} if args.stage in STUDY_STAGES else {}
         entry = getattr(module, "run_cli", None) or named_flow(getattr(module, args.stage), args)
-        entry(params=args.params, overrides=overrides, **extra)
+        from prefect import tags  # imported with the stage's module
+
+        with tags(*flow_tags(args)):
+            entry(params=args.params, overrides=overrides, **extra)
     except BaseException as error:  # noqa: BLE001  (signals included: one message, an exit code)
         if isinstance(error, SystemExit):
             raise

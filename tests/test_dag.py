@@ -107,6 +107,23 @@ def test_each_study_has_its_experiment_tagged_runs_and_a_registered_best_checkpo
     model = mlflow.pyfunc.load_model("models:/star-geneval-best/latest")  # the README's one-liner
     assert model.predict(["a photo of a red star"]).shape[0] == 1
 
+
+def test_prefect_flow_runs_carry_the_stages_tags(project: Path) -> None:
+    """`python -m pipelines` tags each flow run as the MLflow run is (the UI's filter)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    def tags(name: str) -> list[set[str]]:
+        with get_client(sync_client=True) as client:
+            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+                                          limit=50, sort=FlowRunSort.START_TIME_DESC)
+        return [set(run.tags) for run in found]
+
+    assert {"stage:train", "study:default", "variant:star", "seed:0"} in tags("train-star-s0")
+    assert {"stage:evaluate", "study:tasks", "checkpoint:ocr-star-s0"} in tags("evaluate-ocr-star-s0")
+    assert {"stage:base"} in tags("base")
+
 def test_the_micro_trainings_move_the_weights(project: Path) -> None:
     """The micro study's reward varies (a little PickScore beside GenEval, which scores 0 on the
     untrained micro model), so a broken update would show: every training's LoRA up-projections,
