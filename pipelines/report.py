@@ -218,7 +218,7 @@ def register_best(cfg: Config, section: Section, scores: pd.DataFrame) -> None:
     variant, seed, score = best
     train = cfg.for_variant(variant).train
     version = register_checkpoint(
-        cfg, f"{variant}-s{seed}", variant, seed, f"{experiment_name(cfg)}-{section.task}-best",
+        cfg, variant, seed, f"{experiment_name(cfg)}-{section.task}-best",
         {HEADLINE[section.task]: f"{score:.4f}", "algorithm": train.algorithm, "allocation": train.allocation},
     )
     if version is None:
@@ -243,7 +243,7 @@ def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None,
     page_stamp = stamp(cfg)
     write_text(out / "table.md", f"# {title}\n\n{page_stamp}\n\n" + "\n".join(md for md, _ in pages))
     write_text(out / "report.html", html_page(title, page_stamp, [page for _, page in pages]))
-    with stage_run(cfg, "report", ["study"], tags={"variant": "all", "study": study}):
+    with stage_run(cfg, "report", ["study"], tags={"variant": "all"}):  # stage_run tags the study
         for path in [out / "table.md", out / "report.html", *(p for _, (_, _, figures) in pages for _, p in figures)]:
             mlflow.log_artifact(str(path), "report")
         for section in sections:

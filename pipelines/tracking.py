@@ -115,11 +115,12 @@ def run_name(stage: str, tags: dict[str, str]) -> str:
     return stage
 
 
-def register_checkpoint(cfg: Config, checkpoint: str, variant: str, seed: int, registered: str,
-                        tags: dict[str, str]) -> str | None:
-    """Register the model that ``checkpoint``'s training run logged (named ``checkpoint``) as a
-    new version of ``registered`` in the Model Registry, with ``tags``; returns the version, or
-    None when the study's experiment holds no finished training run that logged it."""
+def register_checkpoint(cfg: Config, variant: str, seed: int, registered: str, tags: dict[str, str]) -> str | None:
+    """Register the model that the training run of ``variant`` and ``seed`` logged (named like its
+    checkpoint, ``<variant>-s<seed>``) as a new version of ``registered`` in the Model Registry, with
+    ``tags``; returns the version, or None when the study's experiment holds no finished training
+    run that logged it."""
+    checkpoint = f"{variant}-s{seed}"
     experiment = experiment_id(cfg)
     run_id = training_run_of(experiment, {"checkpoint": checkpoint, "variant": variant, "seed": str(seed)})
     if run_id is None:

@@ -82,7 +82,6 @@ def test_report_and_mlflow_runs(project: Path) -> None:
     assert stages >= {"prepare", "base", "reward_models", "train", "evaluate", "report"}
 
 
-
 def test_each_study_has_its_experiment_tagged_runs_and_a_registered_best_checkpoint(project: Path) -> None:
     """The default study's runs in `star`, the others' in `star-<study>`; every run tagged with
     its study and sourced by its stage's command; each study's best checkpoint per training task
@@ -123,6 +122,7 @@ def test_prefect_flow_runs_carry_the_stages_tags(project: Path) -> None:
     assert {"stage:train", "study:default", "variant:star", "seed:0"} in tags("train-star-s0")
     assert {"stage:evaluate", "study:tasks", "checkpoint:ocr-star-s0"} in tags("evaluate-ocr-star-s0")
     assert {"stage:base"} in tags("base")
+
 
 def test_the_micro_trainings_move_the_weights(project: Path) -> None:
     """The micro study's reward varies (a little PickScore beside GenEval, which scores 0 on the
