@@ -1,7 +1,7 @@
 """Where a training iteration's time goes: a few RL iterations of one variant of the default study,
 timed by phase (sampling, scoring, update) and profiled with cProfile, on the committed base.
 
-    python scripts/profile_training.py [--variant nft] [--iterations 3] [--top 30] [-S key=value]
+    python scripts/profile_training.py [--variant nft] [--iterations 3] [--top 30] [--params FILE] [-S key=value]
 
 Prints seconds per iteration for each phase, then the profile's heaviest calls by cumulative time.
 Checkpoints go to a temporary folder; nothing in the project is written.
@@ -40,16 +40,17 @@ def timed(method: Callable[..., Any], seconds: dict[str, float], name: str) -> C
     return wrapper
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="the config file")
     parser.add_argument("--variant", default="nft", help="variant of the default study")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--top", type=int, default=30, help="profile rows printed")
     parser.add_argument("-S", "--set", action="append", default=[], help="override, key=value")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     overrides = parse_overrides(args.set) | {"train": {"iterations": args.iterations}}
-    cfg = load_config("params.yaml", overrides=overrides).for_variant(args.variant, args.seed)
+    cfg = load_config(args.params, overrides=overrides).for_variant(args.variant, args.seed)
     use_threads(cfg)
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")

@@ -81,6 +81,20 @@ def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_pat
               "-S", "train.dgpo.trunc_steps=2", "-S", "train.dgpo.timesteps=2"])
 
 
+def test_profile_training_times_each_phase(micro_run, capsys) -> None:
+    from scripts.profile_training import PHASES, main
+
+    root, _, _ = micro_run
+    paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
+    main(["--params", str(MICRO), "--variant", "star", "--iterations", "1", "--top", "5",
+          *[arg for path in paths for arg in ("-S", path)]])
+    out = capsys.readouterr().out
+    assert out.startswith("star: ") and "s per iteration" in out
+    shares = [float(line.split("(")[1].rstrip("%)")) for line in out.splitlines()[1:len(PHASES) + 1]]
+    assert [line.split()[0] for line in out.splitlines()[1:len(PHASES) + 1]] == PHASES
+    assert 50 < sum(shares) <= 100.5  # the phases cover most of an iteration, never more than all of it
+
+
 def test_diagnose_base_prints_the_vae_ceiling_per_colour(micro_run, capsys, tmp_path: Path) -> None:
     from scripts.diagnose_base import main
     from star.config import load_config, write_params
