@@ -8,7 +8,8 @@ command, on a free local port and the project's ``PREFECT_HOME`` (the same datab
 servers use, so the runs appear in one UI), and is stopped on every exit path: the command's
 end, its failure, SIGINT/SIGTERM, and only once no process of the command's group runs (a
 stage outliving an interrupted dvc still reports to it). A ``PREFECT_API_URL`` already set is
-used as it is.
+used as it is. ``python -m pipelines.shared_server --ui`` serves the Prefect UI on the same
+``PREFECT_HOME`` at http://127.0.0.1:4200 until stopped.
 
 Standard library only: it runs before anything heavy is imported.
 """
@@ -108,7 +109,7 @@ def run(command: Sequence[str]) -> int:
     configured, else one started here); its exit status. SIGINT/SIGTERM reach the command's
     process group (its stages stop cleanly and keep their checkpoints), then the server stops."""
     if not command:
-        raise SystemExit("usage: python -m pipelines.shared_server -- <command> [args ...]")
+        raise SystemExit(USAGE)
     child: subprocess.Popen | None = None
     received: list[int] = []
 
@@ -134,8 +135,37 @@ def run(command: Sequence[str]) -> int:
         return 128 - status if status < 0 else status  # killed by a signal: the shell's 128 + N
 
 
+UI_PORT = 4200
+"""Prefect's own default port: the UI's address in Prefect's documentation."""
+
+
+def serve_ui(port: int = UI_PORT) -> int:
+    """Serve the Prefect UI on the project's runs (its ``PREFECT_HOME``) until SIGINT/SIGTERM."""
+    stop: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda received, frame: stop.append(received))
+    with prefect_server(port) as api_url:
+        print(f"Prefect UI on this project's flow runs: {api_url.removesuffix('/api')}  "
+              f"(PREFECT_HOME={os.environ['PREFECT_HOME']}; Ctrl-C stops it)", file=sys.stderr, flush=True)
+        while not stop:
+            time.sleep(0.5)
+    return 0
+
+
+USAGE = ("usage: python -m pipelines.shared_server -- <command> [args ...]\n"
+         "       python -m pipelines.shared_server --ui [PORT]   (the Prefect UI on the project's runs, "
+         f"default port {UI_PORT})")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--ui"]:
+        if len(args) > 2 or (len(args) == 2 and not args[1].isdigit()):
+            raise SystemExit(USAGE)
+        raise SystemExit(serve_ui(int(args[1]) if len(args) == 2 else UI_PORT))
+    if args[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        raise SystemExit(0)
     raise SystemExit(run(args[1:] if args[:1] == ["--"] else args))
 
 

@@ -11,7 +11,9 @@ as a `dvc exp run`, orchestrated by Prefect.
 process until stopped. ``--deploy`` registers it with a process work pool instead (create it once
 with ``prefect work-pool create star-process --type process``); a worker started on any machine
 with this checkout (``prefect worker start --pool star-process``) runs the scheduled runs. While
-an experiment runs, the sweep logs each DVC stage it enters and the training reward.
+an experiment runs, the sweep logs each DVC stage it enters and, every 30 s, each running
+training's iteration and training reward from MLflow. The sweep's flow run is named by its tasks
+and seeds, each experiment's task run by the DVC experiment it runs.
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import time
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import mlflow
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
-from pipelines import REPO_ROOT
+from pipelines import REPO_ROOT, tracking
 from pipelines.failures import retry_if_transient
-from star.config import load_config
+from star.config import Config, load_config
 
 DEPLOYMENT_NAME = "scheduled-sweep"
 
@@ -44,45 +49,96 @@ def experiment_command(train_task: str, seeds: list[int], studies: list[str], na
 
 
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
-REWARD = re.compile(r"reward=(-?[0-9.]+)")
 
 
-def stream_experiment(command: list[str], log: Callable[[str], None], reward_every: float = 30.0) -> None:
-    """Run ``command`` (a `dvc exp run`), logging each stage it enters and, at most every
-    ``reward_every`` seconds, the training reward from the trainer's progress bar (whose ``\\r``
-    updates text mode reads as lines). On failure it raises with the last 40 lines of the output."""
+def training_progress(tracking_uri: str, experiments: list[str]) -> list[str]:
+    """One line per training running in the MLflow store at ``tracking_uri`` (in any of
+    ``experiments``): its run, the iteration it reached of how many, and that iteration's training
+    reward, read from the metrics the trainer logs every iteration."""
+    client = mlflow.MlflowClient(tracking_uri)
+    ids = [found.experiment_id for name in experiments if (found := client.get_experiment_by_name(name))]
+    if not ids:
+        return []
+    lines = []
+    for run in client.search_runs(ids, "tags.stage = 'train' and attributes.status = 'RUNNING'"):
+        history = client.get_metric_history(run.info.run_id, "reward_mean")
+        if history:
+            last = max(history, key=lambda metric: metric.step)
+            of = run.data.params.get("train.iterations", "?")
+            lines.append(f"{run.info.run_name}: iteration {last.step}/{of}, training reward {last.value:.3f}")
+    return sorted(lines)
+
+
+def _report_every(progress: Callable[[], list[str]], log: Callable[[str], None], every: float,
+                  stop: threading.Event) -> None:
+    """Log ``progress()`` every ``every`` seconds until ``stop``; a store that cannot be read
+    this time (locked, not created yet) is read the next time."""
+    while not stop.wait(every):
+        try:
+            lines = progress()
+        except Exception as error:  # noqa: BLE001 - progress is a courtesy; the experiment goes on
+            lines = [f"training progress not readable now ({type(error).__name__}: {error})"]
+        for line in lines:
+            log(line)
+
+
+def stream_experiment(command: list[str], log: Callable[[str], None],
+                      progress: Callable[[], list[str]] | None = None, every: float = 30.0) -> None:
+    """Run ``command`` (a `dvc exp run`), logging each stage it enters and, every ``every``
+    seconds, the lines of ``progress`` (``training_progress``: structured metrics, not a progress
+    bar's text). On failure it raises with the last 40 lines of the output."""
     tail: deque[str] = deque(maxlen=40)
-    stage, last_reward = "", float("-inf")
-    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            if not line:
-                continue
-            tail.append(line)
-            if started := STAGE_LINE.search(line):
-                stage = started[1]
-                log(f"stage {stage}")
-            elif (reward := REWARD.search(line)) and time.monotonic() - last_reward >= reward_every:
-                last_reward = time.monotonic()
-                log(f"stage {stage}: training reward {reward[1]}")
+    stop = threading.Event()
+    reporter = threading.Thread(target=_report_every, args=(progress, log, every, stop), daemon=True)
+    try:
+        with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as process:
+            assert process.stdout is not None
+            if progress is not None:
+                reporter.start()
+            for line in process.stdout:
+                line = line.rstrip()
+                if line:
+                    tail.append(line)
+                if started := STAGE_LINE.search(line):
+                    log(f"stage {started[1]}")
+    finally:
+        stop.set()
+        if reporter.is_alive():
+            reporter.join()
     if process.returncode != 0:
         output = "\n".join(tail)
         raise RuntimeError(f"`{' '.join(command)}` failed (exit {process.returncode}):\n{output}")
 
 
-@task(retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
-def run_experiment(train_task: str, seeds: list[int], studies: list[str], name: str) -> str:
-    """One experiment, streamed into the sweep's log; a retry resumes (DVC skips stages whose
-    outputs are already cached)."""
+def experiment_name(train_task: str, seeds: list[int]) -> str:
+    """The DVC experiment's name, its Prefect task run's and the prefix of the sweep run's."""
+    return f"sweep-{train_task}-seeds-{'-'.join(map(str, seeds))}"
+
+
+@task(retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient, task_run_name="{name}",
+      cache_policy=NO_CACHE)
+def run_experiment(cfg: Config, train_task: str, seeds: list[int], name: str) -> str:
+    """One experiment, streamed into the sweep's log with its trainings' progress from MLflow; a
+    retry resumes (DVC skips stages whose outputs are already cached)."""
     logger = get_run_logger()
-    command = experiment_command(train_task, seeds, studies, name)
-    stream_experiment(command, lambda message: logger.info("%s: %s", name, message))
+    command = experiment_command(train_task, seeds, list(cfg.studies), name)
+    experiments = [tracking.experiment_name(cfg.for_study(study)) for study in cfg.studies]
+    uri = tracking.tracking_uri(cfg.tracking.uri, REPO_ROOT)
+    stream_experiment(command, lambda message: logger.info("%s: %s", name, message),
+                      progress=lambda: training_progress(uri, experiments))
     return name
 
 
-@flow(name="sweep")
+def sweep_run_name() -> str:
+    """``sweep-geneval-ocr-seeds-0-1-2``: the sweep's tasks and seeds, from its parameters."""
+    parameters = flow_run.parameters
+    cfg = load_config(parameters.get("params", "params.yaml"))
+    tasks = parameters.get("tasks") or list(cfg.sweep.tasks)
+    return experiment_name("-".join(tasks), parameters.get("seeds") or list(cfg.study.seeds))
+
+
+@flow(name="sweep", flow_run_name=sweep_run_name)
 def sweep(tasks: list[str] | None = None, seeds: list[int] | None = None, params: str = "params.yaml") -> list[str]:
     """Run the studies for every training task in ``tasks`` (default ``sweep.tasks``) with
     ``seeds`` (default: the default study's); returns the DVC experiment names (`dvc exp show`)."""
@@ -91,8 +147,7 @@ def sweep(tasks: list[str] | None = None, seeds: list[int] | None = None, params
     seeds = seeds or list(cfg.study.seeds)
     names = []
     for train_task in tasks:
-        name = f"sweep-{train_task}-seeds-{'-'.join(map(str, seeds))}"
-        names.append(run_experiment(train_task, seeds, list(cfg.studies), name))
+        names.append(run_experiment(cfg, train_task, seeds, experiment_name(train_task, seeds)))
     get_run_logger().info("sweep finished: %s (compare with `dvc exp show` and MLflow)", names)
     return names
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Param
 
 from pipelines.failures import process_alive, this_process
 from star.config import DEFAULT_STUDY, Config
@@ -217,6 +218,37 @@ def stage_run(cfg: Config, stage: str, sections: list[str], tags: dict[str, str]
         mlflow.end_run("KILLED")
         raise
     mlflow.end_run("FINISHED")
+
+
+FIGURES_STAGE = "figures"
+"""The ``stage`` tag of a training run's figures run (``figures_run``)."""
+
+
+@contextmanager
+def figures_run(parent: Any, tags: dict[str, str]) -> Iterator[str]:
+    """A run nested under the training run ``parent`` that holds its per-step images, tagged and
+    parametrised with ``tags`` alone: MLflow's image cards list every parameter of a run above its
+    images, and a training run's hundred knobs push the picture out of view. The training run keeps
+    every parameter and metric. Yields the run id; the run ends with the block, FINISHED or FAILED."""
+    client = mlflow.MlflowClient()
+    parent_tags = parent.data.tags
+    run = client.create_run(
+        parent.info.experiment_id, run_name=f"{parent.info.run_name}-figures",
+        tags={**tags, "stage": FIGURES_STAGE, "study": parent_tags.get("study", ""),
+              PROCESS_TAG: parent_tags.get(PROCESS_TAG, this_process()), "mlflow.parentRunId": parent.info.run_id,
+              "mlflow.note.content": "Sample grids and allocation maps of the parent training run; "
+                                     "step: RL iterations completed before the pictured rollouts were sampled "
+                                     "(0: the starting weights)."})
+    try:
+        client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in tags.items()])
+        yield run.info.run_id
+    except Exception:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    except BaseException:  # SIGTERM/SIGINT, as stage_run
+        client.set_terminated(run.info.run_id, "KILLED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:

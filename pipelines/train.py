@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
@@ -80,26 +81,32 @@ def work_dir_for(cfg: Config, name: str) -> Path:
     return cfg.paths.work / "train" / name / fingerprint(cfg, list(TRAJECTORY_SECTIONS))
 
 
-def log_figure(path: Path, step: int) -> None:
-    """A training figure as an MLflow image at ``step`` (the UI's per-step slider); the key is
-    the figure's kind: ``samples_0012.png`` -> ``samples``."""
-    with Image.open(path) as image:
-        mlflow.log_image(image.convert("RGB"), key=path.stem.rsplit("_", 1)[0], step=step)
+def figure_logger(run_id: str) -> Callable[[Path, int], None]:
+    """Logs a training figure as an MLflow image of run ``run_id`` at ``step`` (the UI's per-step
+    slider); the key is the figure's kind: ``samples_0012.png`` -> ``samples``."""
+    client = mlflow.MlflowClient()
+
+    def log_figure(path: Path, step: int) -> None:
+        with Image.open(path) as image:
+            client.log_image(run_id, image.convert("RGB"), key=path.stem.rsplit("_", 1)[0], step=step)
+    return log_figure
 
 
-def run_training(cfg: Config, name: str, log: bool = True) -> Trainer:
+def run_training(cfg: Config, variant: str, log: bool = True) -> Trainer:
     """Train ``cfg`` (already the variant's config) and save the EMA weights as the variant;
-    ``log``: metrics and figures go to the active MLflow run."""
+    ``log``: metrics go to the active MLflow run, figures to a run nested under it."""
     use_threads(cfg)
+    name = run_name(variant, cfg.seed)
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     records = load_task_prompts(cfg.paths.prompts, cfg.rewards.task, "train")
     reward = build_reward(cfg.rewards, cfg.paths.reward_models)
-    trainer = Trainer(
-        cfg, pipe, reward, records, work_dir_for(cfg, name),
-        on_metrics=(lambda m, step: log_metrics(m, step=step)) if log else None,
-        on_artifact=log_figure if log else None,
-    )
-    trainer.train()
+    with tracking.figures_run(mlflow.active_run(), run_tags(cfg, variant)) if log else nullcontext() as figures:
+        trainer = Trainer(
+            cfg, pipe, reward, records, work_dir_for(cfg, name),
+            on_metrics=(lambda m, step: log_metrics(m, step=step)) if log else None,
+            on_artifact=figure_logger(figures) if log else None,
+        )
+        trainer.train()
     trainer.final_weights()
     if trainer.accelerator.is_main_process:
         info = {"variant": name, "seed": cfg.seed, "task": cfg.rewards.task, "train": cfg.train.model_dump(mode="json")}
@@ -133,10 +140,11 @@ def log_outputs(cfg: Config, name: str, summary: dict[str, float]) -> None:
 
 # A retry resumes from the last checkpoint in the work directory.
 @task(retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def train_variant(cfg: Config, name: str) -> dict[str, float]:
+def train_variant(cfg: Config, variant: str) -> dict[str, float]:
+    name = run_name(variant, cfg.seed)
     work_dir = work_dir_for(cfg, name)
     with remove_if_left_empty(work_dir, work_dir.parent):
-        trainer = run_training(cfg, name)
+        trainer = run_training(cfg, variant)
         summary = write_outputs(cfg, name, trainer.history, trainer.seconds())  # earlier attempts included
         shutil.rmtree(work_dir, ignore_errors=True)  # the variant is saved: checkpoints are spent
     return summary
@@ -163,7 +171,7 @@ def train(variant: str, seed: int | None = None, params: str = "params.yaml", ov
     cfg = load_config(params, overrides).for_study(study).for_variant(variant, seed)
     name = run_name(variant, cfg.seed)
     with stage_run(cfg, "train", SECTIONS, tags=run_tags(cfg, variant)):
-        summary = train_variant(cfg, name)
+        summary = train_variant(cfg, variant)
         log_outputs(cfg, name, summary)
     get_run_logger().info("train %s: %s", name, summary)
     return summary
@@ -178,7 +186,7 @@ def train_processes(variant: str, seed: int | None, params: str, overrides: dict
     name = run_name(variant, cfg.seed)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with stage_run(cfg, "train", SECTIONS, tags=run_tags(cfg, variant)) if rank0 else nullcontext():
-        trainer = run_training(cfg, name, log=rank0)
+        trainer = run_training(cfg, variant, log=rank0)
         if not rank0:
             return None
         summary = write_outputs(cfg, name, trainer.history, trainer.seconds())

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     profile.disable()
     total = time.perf_counter() - start
     n = args.iterations
-    print(f"{args.variant}: {total / n:.2f} s per iteration ({cfg.train.prompts_per_iteration * cfg.train.group_size} rollouts)")
+    rollouts = cfg.train.prompts_per_iteration * cfg.train.group_size
+    print(f"{args.variant}: {total / n:.2f} s per iteration ({rollouts} rollouts)")
     for phase in PHASES:
         print(f"  {phase:16s} {seconds[phase] / n:6.2f} s  ({seconds[phase] / total:5.1%})")
     pstats.Stats(profile).sort_stats("cumulative").print_stats(args.top)

@@ -363,7 +363,7 @@ class TrainConfig(Section):
     nft: NftConfig = knob(NftConfig(), "DiffusionNFT's knobs (algorithm 'nft')")
     dgpo: DgpoConfig = knob(DgpoConfig(), "DGPO's knobs (algorithm 'dgpo')")
     checkpoint_every: int = knob(10, "iterations between resumable checkpoints", ge=1)
-    log_images_every: int = knob(32, "iterations between sample grids and map overlays", ge=1)
+    log_images_every: int = knob(8, "iterations between sample grids and map overlays (also the first and last)", ge=1)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -73,3 +73,33 @@ def test_sigterm_reaches_the_command_and_stops_the_server(tmp_path: Path) -> Non
     url = _api_url(stderr)
     time.sleep(0.5)
     assert not healthy(url)
+
+
+def test_ui_serves_the_projects_prefect_home_until_interrupted(tmp_path: Path) -> None:
+    from pipelines.shared_server import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.shared_server", "--ui", str(port)], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while not healthy(f"{url}/api"):
+            assert process.poll() is None and time.monotonic() < deadline, "the UI server did not come up"
+            time.sleep(0.5)
+        import urllib.request
+        with urllib.request.urlopen(url, timeout=10) as page:  # the UI itself, not only the API
+            assert page.status == 200 and "<html" in page.read().decode().lower()
+        assert (tmp_path / "prefect" / "shared-server.log").exists(), "the server runs on the given PREFECT_HOME"
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-2000:]
+    assert f"Prefect UI on this project's flow runs: {url}" in stderr
+    assert not healthy(f"{url}/api"), "Ctrl-C stops the server"
+    bad = subprocess.run([sys.executable, "-m", "pipelines.shared_server", "--ui", "port"], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "usage:" in bad.stderr

@@ -172,10 +172,15 @@ def test_mlflow_runs_are_tagged_for_comparison(study) -> None:
     train_run = next(r for r in runs if r.data.tags["stage"] == "train" and r.data.tags["variant"] == "star")
     assert train_run.data.tags["seed"] == "0" and train_run.data.tags["task"] == "geneval"
     assert "reward_mean" in train_run.data.metrics and "final/reward_end" in train_run.data.metrics
-    # figures are MLflow images with a key and a step (the UI's per-step slider)
-    images = [a.path for a in mlflow.MlflowClient().list_artifacts(train_run.info.run_id, "images")]
+    # figures are MLflow images with a key and a step (the UI's per-step slider, from 0), in a run
+    # nested under the training run whose few params leave the image cards to the images
+    figures = next(r for r in runs if r.data.tags["stage"] == "figures" and r.data.tags["variant"] == "star")
+    assert figures.data.tags["mlflow.parentRunId"] == train_run.info.run_id and figures.info.status == "FINISHED"
+    assert figures.info.run_name == "train-star-s0-figures" and len(figures.data.params) <= 5
+    assert len(train_run.data.params) > 50  # the training run keeps every knob
+    images = [a.path for a in mlflow.MlflowClient().list_artifacts(figures.info.run_id, "images")]
     for key in ("samples", "allocation"):
-        assert any(path.startswith(f"images/{key}+step+1+") for path in images), images
+        assert any(path.startswith(f"images/{key}+step+0+") for path in images), images
 
 
 def test_prefect_flow_runs_are_named_like_the_mlflow_runs(study) -> None:

@@ -45,23 +45,62 @@ def test_serve_without_a_server_fails_with_what_to_do(tmp_path) -> None:
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
 
 
-def test_a_running_experiment_streams_its_stages_and_reward() -> None:
+def test_a_running_experiment_streams_its_stages_and_its_trainings_progress() -> None:
     import sys
+    import threading
 
     import pytest
 
     from pipelines.sweep import stream_experiment
 
-    script = ("import sys\n"
+    script = ("import time\n"
               "print(\"Running stage 'train@star-0':\", flush=True)\n"
-              "for r in (0.125, 0.25, 0.5): sys.stderr.write(f'train star: {r}| reward={r:.3f}, kl=0\\r')\n"
+              "time.sleep(1.5)\n"
               "print(\"Running stage 'evaluate@star-0':\")\n")
     messages: list[str] = []
-    stream_experiment([sys.executable, "-c", script], messages.append, reward_every=3600)
-    # the first reward of a stage is logged, the next ones wait reward_every seconds
-    assert messages == ["stage train@star-0", "stage train@star-0: training reward 0.125", "stage evaluate@star-0"]
+    polled = threading.Event()
+
+    def progress() -> list[str]:
+        polled.set()
+        return ["train-star-s0: iteration 3/32, training reward 0.250"]
+
+    stream_experiment([sys.executable, "-c", script], messages.append, progress=progress, every=0.5)
+    assert polled.is_set() and messages[0] == "stage train@star-0" and messages[-1] == "stage evaluate@star-0"
+    assert "train-star-s0: iteration 3/32, training reward 0.250" in messages
     with pytest.raises(RuntimeError, match=r"failed \(exit 3\):\nlast words"):
         stream_experiment([sys.executable, "-c", "print('last words'); raise SystemExit(3)"], messages.append)
+
+
+def test_training_progress_reads_the_running_trainings_metrics(tmp_path) -> None:
+    import mlflow
+
+    from pipelines.sweep import training_progress
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("star", artifact_location=(tmp_path / "artifacts").as_uri())
+    for name, stage, status in (("train-star-s0", "train", None), ("train-none-s0", "train", "FINISHED"),
+                                ("evaluate-base", "evaluate", None)):
+        run = client.create_run(experiment, run_name=name, tags={"stage": stage})
+        client.log_param(run.info.run_id, "train.iterations", "32")
+        for step, reward in ((1, 0.125), (2, 0.25)):
+            client.log_metric(run.info.run_id, "reward_mean", reward, step=step)
+        if status:
+            client.set_terminated(run.info.run_id, status)
+    assert training_progress(uri, ["star", "star-tasks"]) == ["train-star-s0: iteration 2/32, training reward 0.250"]
+    assert training_progress(uri, ["star-ablations"]) == []  # not created yet
+
+
+def test_sweep_runs_are_named_by_their_tasks_and_seeds(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import pipelines.sweep as sweep
+
+    monkeypatch.setattr(sweep, "flow_run", SimpleNamespace(parameters={"tasks": ["geneval", "ocr"], "seeds": [0, 1]}))
+    assert sweep.sweep_run_name() == "sweep-geneval-ocr-seeds-0-1"
+    monkeypatch.setattr(sweep, "flow_run", SimpleNamespace(parameters={}))  # the defaults of params.yaml
+    cfg = sweep.load_config("params.yaml")
+    assert sweep.sweep_run_name() == sweep.experiment_name("-".join(cfg.sweep.tasks), list(cfg.study.seeds))
 
 
 def test_a_scheduled_run_of_a_served_deployment_executes(prefect_server, tmp_path) -> None:

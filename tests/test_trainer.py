@@ -366,3 +366,17 @@ def test_variants_of_one_seed_are_paired_and_another_seed_is_not(tmp_path: Path)
     assert none[2].keys() == star[2].keys() and all(torch.equal(none[2][k], star[2][k]) for k in none[2])
     assert none[0] != other[0] and not torch.equal(none[1], other[1])
     assert any(not torch.equal(none[2][k], other[2][k]) for k in none[2])
+
+
+def test_figures_are_logged_from_step_0_and_leave_the_trajectory_alone(tmp_path: Path) -> None:
+    """Figures at 0 (the starting weights), every log_images_every and at the last iteration; the
+    weights a run ends with do not depend on how often it draws them."""
+    logged: list[tuple[str, int]] = []
+    often = _trainer(tmp_path / "often", allocation="star", iterations=5, log_images_every=2)
+    often.on_artifact = lambda path, step: logged.append((path.stem.rsplit("_", 1)[0], step))
+    often.train()
+    assert sorted(logged) == sorted((key, step) for key in ("samples", "allocation") for step in (0, 2, 4))
+    never = _trainer(tmp_path / "never", allocation="star", iterations=5, log_images_every=100)
+    never.train()
+    for name, tensor in trainable_state(often.transformer).items():
+        assert torch.equal(tensor, trainable_state(never.transformer)[name]), name

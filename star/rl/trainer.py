@@ -93,7 +93,9 @@ class Trainer:
     """RL post-training of ``pipe.transformer`` on ``records`` scored by ``reward``.
 
     ``work_dir`` holds the resumable checkpoint (one file per process). Callbacks receive
-    per-iteration metrics and the paths of figures written under ``work_dir / "figures"``.
+    per-iteration metrics with the iteration (1-based) and the paths of figures written under
+    ``work_dir / "figures"`` with the iterations completed before their rollouts were drawn (0: the
+    starting weights), every ``log_images_every`` and at the last iteration.
     """
 
     def __init__(
@@ -431,10 +433,11 @@ class Trainer:
             return
         if self.on_metrics:
             self.on_metrics(metrics, self.iteration)
-        every = self.train_cfg.log_images_every
-        if self.on_artifact and (self.iteration % every == 0 or self.iteration == 1):
+        completed = self.iteration - 1  # iterations of updates behind the weights that drew these rollouts
+        last = self.iteration == self.train_cfg.iterations
+        if self.on_artifact and (completed % self.train_cfg.log_images_every == 0 or last):
             for path in self.figures(rollouts, rewards):
-                self.on_artifact(path, self.iteration)
+                self.on_artifact(path, completed)
 
     def figures(self, rollouts: Rollouts, rewards: torch.Tensor) -> list[Path]:
         """A sample grid (one rollout per group) and, with capture, the allocation overlays."""
