@@ -111,9 +111,17 @@ def stream_experiment(command: list[str], log: Callable[[str], None],
         raise RuntimeError(f"`{' '.join(command)}` failed (exit {process.returncode}):\n{output}")
 
 
+def seeds_label(seeds: list[int]) -> str:
+    """``s0-5`` for the seeds 0 to 5, ``s0.2.7`` for others: short enough for `dvc exp show`'s
+    Experiment column to leave a 120-column terminal to the metrics."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"s{seeds[0]}-{seeds[-1]}"
+    return "s" + ".".join(map(str, seeds))
+
+
 def experiment_name(train_task: str, seeds: list[int]) -> str:
-    """The DVC experiment's name, its Prefect task run's and the prefix of the sweep run's."""
-    return f"sweep-{train_task}-seeds-{'-'.join(map(str, seeds))}"
+    """The DVC experiment's name (``geneval-s0-5``), its Prefect task run's."""
+    return f"{train_task}-{seeds_label(seeds)}"
 
 
 @task(retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient, task_run_name="{name}",
@@ -131,11 +139,11 @@ def run_experiment(cfg: Config, train_task: str, seeds: list[int], name: str) ->
 
 
 def sweep_run_name() -> str:
-    """``sweep-geneval-ocr-seeds-0-1-2``: the sweep's tasks and seeds, from its parameters."""
+    """``sweep-geneval-ocr-s0-2``: the sweep's tasks and seeds, from its parameters."""
     parameters = flow_run.parameters
     cfg = load_config(parameters.get("params", "params.yaml"))
     tasks = parameters.get("tasks") or list(cfg.sweep.tasks)
-    return experiment_name("-".join(tasks), parameters.get("seeds") or list(cfg.study.seeds))
+    return "sweep-" + experiment_name("-".join(tasks), parameters.get("seeds") or list(cfg.study.seeds))
 
 
 @flow(name="sweep", flow_run_name=sweep_run_name)

@@ -97,10 +97,11 @@ def test_sweep_runs_are_named_by_their_tasks_and_seeds(monkeypatch) -> None:
     import pipelines.sweep as sweep
 
     monkeypatch.setattr(sweep, "flow_run", SimpleNamespace(parameters={"tasks": ["geneval", "ocr"], "seeds": [0, 1]}))
-    assert sweep.sweep_run_name() == "sweep-geneval-ocr-seeds-0-1"
+    assert sweep.sweep_run_name() == "sweep-geneval-ocr-s0.1"
     monkeypatch.setattr(sweep, "flow_run", SimpleNamespace(parameters={}))  # the defaults of params.yaml
     cfg = sweep.load_config("params.yaml")
-    assert sweep.sweep_run_name() == sweep.experiment_name("-".join(cfg.sweep.tasks), list(cfg.study.seeds))
+    assert sweep.sweep_run_name() == "sweep-" + sweep.experiment_name("-".join(cfg.sweep.tasks), list(cfg.study.seeds))
+    assert sweep.experiment_name("ocr", [0, 1, 2, 3]) == "ocr-s0-3" and sweep.seeds_label([2, 0]) == "s2.0"
 
 
 def test_a_scheduled_run_of_a_served_deployment_executes(prefect_server, tmp_path) -> None:

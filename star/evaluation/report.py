@@ -7,9 +7,11 @@ import base64
 import csv
 import html
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import pandas as pd
@@ -17,6 +19,7 @@ import pandas as pd
 from star.config import Config
 from star.evaluation.evaluate import HEADLINE
 from star.evaluation.figures import save_figure
+from star.evaluation.paired import seed_scores
 from star.evaluation.stats import Estimate, ScoreMatrix, bootstrap
 
 matplotlib.use("Agg")
@@ -84,6 +87,19 @@ def study_sections(cfg: Config) -> list[Section]:
         groups.setdefault(variant_cfg.rewards.task, []).append(variant)
     return [Section(task, variants, next((v for v in variants if is_flow_grpo(configs[v], configs[variants[0]])), None))
             for task, variants in groups.items()]
+
+
+def study_summary(scores: pd.DataFrame, sections: list[Section], study: str, default_study: str) -> dict[str, Any]:
+    """The held-out headline score of the base and of each variant on its section's task, mean
+    over seeds (tag-balanced, as the tables): ``{task: {"base": s, variant: s, ...}}``, nested
+    under ``study`` unless it is ``default_study``: every key stays unique across the project's
+    metrics files, so that `dvc exp show` names its columns by the key alone (``geneval.nft``)."""
+    summary: dict[str, Any] = {}
+    for section in sections:
+        means = seed_scores(scores, section.task, HEADLINE[section.task]).mean()
+        present = [v for v in ["base", *section.variants] if v in means and not math.isnan(means[v])]
+        summary[section.task] = {variant: round(float(means[variant]), 4) for variant in present}
+    return summary if study == default_study else {study: summary}
 
 
 def split_checkpoint(name: str) -> tuple[str, int | None]:
