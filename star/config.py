@@ -642,7 +642,7 @@ class SweepConfig(Section):
 class Config(Section):
     """Everything a run needs; ``params.yaml`` is a (partial) instance of it."""
 
-    seed: int = knob(0, "global seed: a run is repeatable bit for bit on CPU")
+    seed: int = knob(0, "global seed: a run is repeatable bit for bit on CPU", ge=0, lt=2**32)
     threads: int = knob(0, "torch CPU threads (0: torch's default)", ge=0)
     model: ModelConfig = knob(ModelConfig(), "the text-to-image model")
     world: WorldConfig = knob(WorldConfig(), "the shapes world")

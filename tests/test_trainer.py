@@ -115,7 +115,7 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, train: dict) -> None:
     a, b = trainable_state(straight.transformer), trainable_state(resumed.transformer)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.ema.state_dict().keys() == resumed.ema.state_dict().keys()
-    assert all(torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]) for k in straight.ema.shadow)
+    assert all(torch.equal(x, y) for x, y in zip(straight.ema.shadow_params, resumed.ema.shadow_params, strict=True))
     assert [h["reward_mean"] for h in straight.history] == [h["reward_mean"] for h in resumed.history]
 
 
@@ -380,3 +380,67 @@ def test_figures_are_logged_from_step_0_and_leave_the_trajectory_alone(tmp_path:
     never.train()
     for name, tensor in trainable_state(often.transformer).items():
         assert torch.equal(tensor, trainable_state(never.transformer)[name]), name
+
+
+def _draws(generator: torch.Generator) -> list[object]:
+    import random
+
+    import numpy as np
+
+    cuda = torch.rand(3, device="cuda").tolist() if torch.cuda.is_available() else None
+    return [torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random(),
+            torch.rand(3, generator=generator).tolist(), cuda]
+
+
+def test_the_checkpointed_rng_state_holds_every_stream_and_restores_it() -> None:
+    from star.rl import checkpoint
+
+    generator = checkpoint.seed_everything(7)
+    state = checkpoint.rng_state(generator)
+    assert set(state) == {"torch", "cuda", "numpy", "python", "generator"}
+    assert (state["cuda"] is None) == (not torch.cuda.is_available())
+    first = _draws(generator)
+    checkpoint.restore_rng_state(state, generator)
+    assert _draws(generator) == first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's RNG state needs a GPU")
+def test_a_resumed_run_restores_the_cuda_rng_state(tmp_path: Path) -> None:
+    from star.rl import checkpoint
+
+    generator = checkpoint.seed_everything(3)
+    torch.rand(5, device="cuda")
+    checkpoint.atomic_save({"rng": checkpoint.rng_state(generator)}, tmp_path / "state.ckpt")
+    expected = torch.rand(5, device="cuda")
+    checkpoint.seed_everything(99)  # another process's state, as a fresh start has
+    checkpoint.restore_rng_state(checkpoint.load(tmp_path / "state.ckpt")["rng"], generator)
+    assert torch.equal(torch.rand(5, device="cuda"), expected)
+
+
+def test_the_ema_warms_up_and_averages_by_its_formula() -> None:
+    """θ_ema ← d_n θ_ema + (1 − d_n) θ with d_n = min(d, n / (9 + n)), bit for bit (docs/method.md §0)."""
+    from star.rl.ema import EMA
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    module[0].bias.requires_grad_(False)  # a frozen parameter has no shadow
+    ema = EMA(module, 0.9)
+    expected = [p.detach().clone() for p in module.parameters() if p.requires_grad]
+    for n in range(1, 30):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(torch.randn_like(p))
+        ema.step()
+        decay = min(0.9, n / (9 + n))
+        expected = [e.lerp(p.detach(), 1 - decay) for e, p in zip(expected, ema.trained)]
+        assert all(torch.equal(s, e) for s, e in zip(ema.shadow_params, expected, strict=True)), n
+    saved = ema.state_dict()
+    fresh = EMA(module, 0.9)
+    fresh.load_state_dict(saved)
+    assert fresh.optimization_step == 29 and all(torch.equal(a, b) for a, b in zip(fresh.shadow_params, expected))
+    fresh.copy_to()
+    assert all(torch.equal(p, e) for p, e in zip(fresh.trained, expected))
+    with pytest.raises(KeyError, match="holds 1 tensors"):
+        fresh.load_state_dict(saved | {"shadow_params": expected[:1]})
+    with pytest.raises(ValueError, match="decay"):
+        EMA(module, 1.0)

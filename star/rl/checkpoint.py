@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 from star.files import atomic_file
 
@@ -71,9 +72,14 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Every random state a run draws from, so a resumed run continues identically."""
+    """Every random state a run draws from, so a resumed run continues identically: the states
+    accelerate's ``save_state`` records (Python, numpy, torch's CPU and, when present, CUDA's on
+    every device) and the run's own ``generator``. They go into the trainer's one atomic checkpoint
+    file rather than the folder of files per process that ``save_state`` writes, which a crash
+    could leave half written."""
     return {
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "numpy": np.random.get_state(),
         "python": random.getstate(),
         "generator": None if generator is None else generator.get_state(),
@@ -81,7 +87,11 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Put back what ``rng_state`` recorded; CUDA's states when both the checkpoint and this
+    process have CUDA (a GPU checkpoint resumed on CPU continues with CPU draws alone)."""
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if generator is not None and state["generator"] is not None:
@@ -89,10 +99,9 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch, numpy and random; returns a dedicated torch generator for data sampling."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    """Seed Python, numpy, torch and every CUDA device (accelerate's ``set_seed``); returns a
+    dedicated torch generator for data sampling."""
+    set_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 

@@ -387,7 +387,7 @@ class Trainer:
             self.old.advance(self.optimizer_steps)  # read at the count before this step, as DGPO
         self.optimizer_steps += 1
         if self.ema:
-            self.ema.update(self.transformer)
+            self.ema.step()
         return grad_norm
 
     def _check_finite(self, what: str, values: torch.Tensor) -> None:
@@ -459,4 +459,4 @@ class Trainer:
     def final_weights(self) -> None:
         """Leave the EMA weights (what evaluation uses) in the transformer."""
         if self.ema:
-            self.ema.copy_to(self.transformer)
+            self.ema.copy_to()

@@ -289,7 +289,7 @@ def train_transformer(
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
         optimizer.step()
-        ema.update(trained)
+        ema.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if on_metrics and (step % 50 == 0 or step == cfg.steps - 1):
             on_metrics("transformer", {"fm_loss": loss.item(), "grad_norm": grad_norm.item()}, step)
@@ -297,7 +297,7 @@ def train_transformer(
             checkpoint.save_progress(
                 ckpt_path, step + 1, generator, transformer=trained, optimizer=optimizer, ema=ema
             )
-    ema.copy_to(trained)
+    ema.copy_to()
     trained.eval()
     trained.requires_grad_(False)
 
