@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A five-minute look at the platform, NOT the study: the whole DAG (prepare → base → reward
-# models → train none/star → evaluate → report) on the micro config (tests/configs/micro.yaml:
-# a 2-layer model, a few steps each), in a scratch copy of the project, so nothing here is
-# touched. The numbers it produces mean nothing; the files, runs and pages are the real ones.
+# A five-minute look at the platform, NOT the study: the default study's DAG (prepare → base →
+# reward models → train none/star → evaluate → report) on the micro config
+# (tests/configs/micro.yaml: a 2-layer model, a few steps each; its trainings move the weights)
+# under one shared Prefect server, in a scratch copy of the project, so nothing here is touched.
+# The numbers it produces mean nothing; the files, runs and pages are the real ones. `dvc repro`
+# in DIR afterwards adds the task and ablation studies' stages (about 4 more minutes).
 #
 #   bash scripts/look_around.sh [DIR]        # default DIR: /tmp/star-look-around
 set -euo pipefail
@@ -23,12 +25,15 @@ write_params(load_config("tests/configs/micro.yaml", overrides={"threads": 1}), 
 EOF
 cd "$DIR"
 git init -q && dvc init -q && cp -r "$REPO/.dvc/plots" .dvc/
-dvc repro
+start=$SECONDS
+python -m pipelines.shared_server -- dvc repro report
 cat <<EOF
 
-Done. In $DIR:
-  reports/report.html                      the study report (tables with intervals, figures)
-  dvc metrics show / dvc plots show        metrics of every stage; overlaid training curves
-  mlflow ui --backend-store-uri sqlite:///$DIR/mlruns.db    then open http://127.0.0.1:5000
+Done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s. In $DIR (with $REPO/.venv activated):
+  reports/report.html                         the study report (tables with intervals, figures)
+  dvc exp show --drop '.*' --keep '^Experiment\$|^geneval\.'    held-out score per variant
+  dvc metrics show metrics/train/star-s0.json / dvc plots show      a training's metrics; overlaid curves
+  mlflow ui --backend-store-uri sqlite:///$DIR/mlruns.db    then http://127.0.0.1:5000
+  python -m pipelines.shared_server --ui      then http://127.0.0.1:4200 (the Prefect UI on these runs)
   python -m pipelines train --variant star -S train.allocation=spatail   a config error, at once
 EOF
