@@ -14,19 +14,22 @@ DIR=${1:-/tmp/star-look-around}
 bash scripts/setup.sh
 source .venv/bin/activate
 rm -rf "$DIR" && mkdir -p "$DIR"
-cp -r pipelines star rewards dvc.yaml .dvcignore "$DIR"/
+cp -r pipelines star rewards dvc.yaml .dvcignore .gitignore "$DIR"/
 python - "$DIR" <<'EOF'
 import sys
 from pathlib import Path
 
 from star.config import load_config, write_params
 
-write_params(load_config("tests/configs/micro.yaml", overrides={"threads": 1}), Path(sys.argv[1]) / "params.yaml")
+# 4 iterations: the figures' step slider has a middle (0, 1, 2, 3)
+micro = load_config("tests/configs/micro.yaml", overrides={"threads": 1, "train": {"iterations": 4}})
+write_params(micro, Path(sys.argv[1]) / "params.yaml")
 EOF
 cd "$DIR"
 git init -q && dvc init -q && cp -r "$REPO/.dvc/plots" .dvc/
 start=$SECONDS
 python -m pipelines.shared_server -- dvc repro report
+git add -A && git -c user.name=look-around -c user.email=look-around@localhost commit -qm "the micro study"
 cat <<EOF
 
 Done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s. In $DIR (with $REPO/.venv activated):
