@@ -159,14 +159,17 @@ def named_flow(stage_flow: Any, args: argparse.Namespace) -> Any:
     return stage_flow.with_options(flow_run_name=run_name(args.stage, tags))
 
 
-def flow_tags(args: argparse.Namespace) -> list[str]:
+def flow_tags(args: argparse.Namespace, cfg: Config | None = None) -> list[str]:
     """The stage's Prefect flow-run tags, to filter the UI as the MLflow runs are: ``stage:train``,
-    ``study:default``, ``variant:star``, ``seed:0``, ``checkpoint:star-s0`` (those the stage has)."""
+    ``study:default``, ``variant:star``, ``seed:0``, ``checkpoint:star-s0`` (those the stage has)
+    and, for a training, ``task:geneval``: the training task of ``cfg``, the variant's config."""
     tags = [f"stage:{args.stage}"]
     for key in ("study", "variant", "seed", "checkpoint"):
         value = getattr(args, key, None)
         if value is not None:
             tags.append(f"{key}:{value}")
+    if cfg is not None and args.stage == "train":
+        tags.append(f"task:{cfg.rewards.task}")
     return tags
 
 
@@ -177,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if args.debug:
         os.environ[failures.DEBUG_ENV] = "1"
     try:
-        _, overrides = preflight(args)  # the flow loads the same config again, in its own run
+        cfg, overrides = preflight(args)  # the flow loads the same config again, in its own run
     except ConfigError as error:
         return failures.report_failure(error)
     failures.interrupt_on_signals()
@@ -194,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         entry = getattr(module, "run_cli", None) or named_flow(getattr(module, args.stage), args)
         from prefect import tags  # imported with the stage's module
 
-        with tags(*flow_tags(args)):
+        with tags(*flow_tags(args, cfg)):
             entry(params=args.params, overrides=overrides, **extra)
     except BaseException as error:  # noqa: BLE001  (signals included: one message, an exit code)
         if isinstance(error, SystemExit):

@@ -118,7 +118,7 @@ def run_name(stage: str, tags: dict[str, str]) -> str:
 
 def register_checkpoint(cfg: Config, variant: str, seed: int, registered: str, tags: dict[str, str]) -> str | None:
     """Register the model that the training run of ``variant`` and ``seed`` logged (named like its
-    checkpoint, ``<variant>-s<seed>``) as a new version of ``registered`` in the Model Registry, with
+    checkpoint, ``<variant>-s<seed>``, or its only model) as a new version of ``registered`` in the Model Registry, with
     ``tags``; returns the version, or None when the study's experiment holds no finished training
     run that logged it."""
     checkpoint = f"{variant}-s{seed}"
@@ -126,11 +126,14 @@ def register_checkpoint(cfg: Config, variant: str, seed: int, registered: str, t
     run_id = training_run_of(experiment, {"checkpoint": checkpoint, "variant": variant, "seed": str(seed)})
     if run_id is None:
         return None
-    logged = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list", max_results=1,
-                                         filter_string=f"name = '{checkpoint}' AND source_run_id = '{run_id}'")
-    if not logged:
+    logged = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
+                                         filter_string=f"source_run_id = '{run_id}'")
+    named = [model for model in logged if model.name == checkpoint]
+    if not named and len(logged) == 1:  # a run logged before models were named like their checkpoint
+        named = logged
+    if not named:
         return None
-    version = mlflow.register_model(logged[0].model_uri, registered,
+    version = mlflow.register_model(named[0].model_uri, registered,
                                     tags={"study": cfg.study_name, "checkpoint": checkpoint, **tags})
     return str(version.version)
 

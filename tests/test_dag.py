@@ -119,7 +119,8 @@ def test_prefect_flow_runs_carry_the_stages_tags(project: Path) -> None:
                                           limit=50, sort=FlowRunSort.START_TIME_DESC)
         return [set(run.tags) for run in found]
 
-    assert {"stage:train", "study:default", "variant:star", "seed:0"} in tags("train-star-s0")
+    assert {"stage:train", "study:default", "variant:star", "seed:0", "task:geneval"} in tags("train-star-s0")
+    assert {"stage:train", "study:tasks", "variant:ocr-star", "seed:0", "task:ocr"} in tags("train-ocr-star-s0")
     assert {"stage:evaluate", "study:tasks", "checkpoint:ocr-star-s0"} in tags("evaluate-ocr-star-s0")
     assert {"stage:base"} in tags("base")
 

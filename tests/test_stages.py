@@ -216,3 +216,30 @@ def test_reward_spread_prints_each_task_and_the_mix_weight(micro_run, capsys, tm
         assert float(ratio) == pytest.approx(rows["ocr"][3] / rows["geneval"][3], rel=1e-3)
     else:
         assert ratio.startswith("undefined")
+
+
+@pytest.mark.slow
+def test_register_checkpoint_finds_the_training_runs_model(tmp_path: Path) -> None:
+    """The model named like its checkpoint; the only model of a run logged before models were
+    named so; none when a run logged several others or no training run finished."""
+    from pipelines.tracking import experiment_id, register_checkpoint
+    from star.config import load_config
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):  # noqa: ANN001, ANN201
+            return model_input
+
+    cfg = load_config(MICRO, {"tracking": {"uri": f"sqlite:///{tmp_path / 'mlruns.db'}",
+                                           "artifacts": str(tmp_path / "artifacts")}})
+    experiment = experiment_id(cfg)
+    for seed, models in ((0, ["star-s0"]), (1, ["model"]), (2, ["a", "b"])):
+        with mlflow.start_run(experiment_id=experiment,
+                              tags={"stage": "train", "variant": "star", "seed": str(seed)}):
+            for name in models:
+                mlflow.pyfunc.log_model(name=name, python_model=Echo())
+    assert register_checkpoint(cfg, "star", 0, "best", {}) == "1"
+    assert register_checkpoint(cfg, "star", 1, "best", {"note": "old run"}) == "2"
+    assert register_checkpoint(cfg, "star", 2, "best", {}) is None
+    assert register_checkpoint(cfg, "star", 3, "best", {}) is None  # no such training run
+    version = mlflow.MlflowClient().get_model_version("best", "2")
+    assert version.tags["checkpoint"] == "star-s1" and version.tags["note"] == "old run"
