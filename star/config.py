@@ -213,6 +213,10 @@ class BaseConfig(Section):
     grad_clip: float = knob(1.0, "gradient-norm clip", gt=0)
     caption_dropout: float = knob(0.1, "probability of the empty caption (for CFG)", ge=0, le=1)
     ema_decay: float = knob(0.998, "EMA decay of transformer weights; the EMA is what is saved", ge=0, lt=1)
+    grounding_weight: float = knob(
+        0.0, "weight of the token-grounding loss: (1 - share of the core tokens' attention on the objects)^2 (0: off)",
+        ge=0,
+    )
     train_text_encoders: bool = knob(
         True, "train the miniature's CLIP and T5 encoders with the transformer (false: frozen at init, as SD3)"
     )

@@ -94,10 +94,12 @@ class AttentionCapture:
             transformer(...)
         maps = capture.result()                           # (B, N_image), averaged over blocks, heads
 
-    Outside ``recording`` the processors do no extra work.
+    Outside ``recording`` the processors do no extra work. The maps carry no graph unless
+    ``differentiable`` (base pretraining's grounding loss, ``star/world/grounding.py``).
     """
 
-    def __init__(self, transformer: torch.nn.Module, blocks: list[int] | None = None) -> None:
+    def __init__(self, transformer: torch.nn.Module, blocks: list[int] | None = None,
+                 differentiable: bool = False) -> None:
         joint_blocks = transformer.transformer_blocks
         self.blocks = default_capture_blocks(len(joint_blocks)) if blocks is None else list(blocks)
         bad = [b for b in self.blocks if not 0 <= b < len(joint_blocks)]
@@ -108,6 +110,7 @@ class AttentionCapture:
         for b in self.blocks:
             joint_blocks[b].attn.set_processor(CaptureJointAttnProcessor(self))
         self.active = False
+        self.differentiable = differentiable  # the maps keep their graph (a loss on them trains q and k)
         self._core_mask: torch.Tensor | None = None
         self._sum: torch.Tensor | None = None
         self._calls = 0
@@ -126,7 +129,6 @@ class AttentionCapture:
         finally:
             self.active = False
 
-    @torch.no_grad()
     def add(self, image_query: torch.Tensor, text_key: torch.Tensor) -> None:
         """image_query: (B, H, N, d); text_key: (B, H, L, d). Accumulates (B, N)."""
         assert self._core_mask is not None
@@ -135,9 +137,10 @@ class AttentionCapture:
                 f"core mask has shape {tuple(self._core_mask.shape)} but the block sees "
                 f"{text_key.shape[0]} prompts x {text_key.shape[2]} text tokens"
             )
-        logits = image_query @ text_key.transpose(-1, -2) * image_query.shape[-1] ** -0.5
-        probs = logits.float().softmax(dim=-1)
-        mass = (probs @ self._core_mask.to(probs)[:, None, :, None]).squeeze(-1).mean(dim=1)
+        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+            logits = image_query @ text_key.transpose(-1, -2) * image_query.shape[-1] ** -0.5
+            probs = logits.float().softmax(dim=-1)
+            mass = (probs @ self._core_mask.to(probs)[:, None, :, None]).squeeze(-1).mean(dim=1)
         self._sum = mass if self._sum is None else self._sum + mass
         self._calls += 1
 

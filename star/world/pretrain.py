@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,11 +21,13 @@ from diffusers import AutoencoderKL, StableDiffusion3Pipeline
 from tqdm.auto import tqdm
 
 from star.config import BaseConfig, Config
+from star.method.attention import AttentionCapture
 from star.models.sd3 import build_mini_sd3, encode_prompts, latents_from_images
 from star.rl import checkpoint
 from star.rl.ema import EMA
-from star.world.prompts import DEFAULT_TEXT, SignText, sample_training_example, vocabulary, world_text
-from star.world.render import FREE, Layout, world_layout
+from star.world.grounding import GroundingTargets, grounding_loss, grounding_targets
+from star.world.prompts import DEFAULT_TEXT, SignText, sample_training_scene, scene_boxes, vocabulary, world_text
+from star.world.render import FREE, Box, Layout, render_scene, world_layout
 from star.world.vocab import BACKGROUND_RGB, PRETRAIN_MIXTURE, TEXT_CHARSET
 
 MetricsCallback = Callable[[str, dict[str, float], int], None]
@@ -34,11 +37,19 @@ MetricsCallback = Callable[[str, dict[str, float], int], None]
 @dataclass
 class WorldDataset:
     """Rendered training examples. images: (N, 3, H, W) uint8; captions and tags (the family:
-    a GenEval tag, "ocr" or "caption"): N strings each."""
+    a GenEval tag, "ocr" or "caption"): N strings each; records (the prompt records, which name
+    the core words) and boxes (where each scene's content is): N each, or empty when not kept."""
 
     images: torch.Tensor
     captions: list[str]
     tags: list[str]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    boxes: list[list[Box]] = field(default_factory=list)
+
+    def subset(self, keep: list[int]) -> WorldDataset:
+        pick = (lambda items: [items[i] for i in keep] if items else [])  # noqa: E731
+        return WorldDataset(self.images[keep], pick(self.captions), pick(self.tags), pick(self.records),
+                            pick(self.boxes))
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
         """(B, 3, H, W) float images in [0, 1] and their captions."""
@@ -59,13 +70,15 @@ def render_world_dataset(
     grid and sign text (``world.layout_*``, ``world.text_layout``), ``text`` is what signs say."""
     rng = np.random.default_rng(seed)
     images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
-    captions, tags = [], []
+    captions, tags, records, boxes = [], [], [], []
     for i in tqdm(range(n), desc="rendering world", disable=not progress, leave=False):
-        image, caption, metadata = sample_training_example(rng, image_size, layout, text, mixture)
-        images[i] = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        scene, caption, metadata = sample_training_scene(rng, image_size, layout, text, mixture)
+        images[i] = torch.from_numpy(np.array(render_scene(scene), dtype=np.uint8)).permute(2, 0, 1)
         captions.append(caption)
         tags.append(metadata["tag"])
-    return WorldDataset(images, captions, tags)
+        records.append(metadata)
+        boxes.append(scene_boxes(scene))
+    return WorldDataset(images, captions, tags, records, boxes)
 
 
 def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
@@ -237,10 +250,22 @@ def trains_low_res(step: int, cfg: BaseConfig) -> bool:
 
 @dataclass
 class LatentSet:
-    """Clean normalised latents (N, C, h, w) of rendered scenes at one resolution, and their N captions."""
+    """Clean normalised latents (N, C, h, w) of rendered scenes at one resolution, their N
+    captions and, when the grounding loss is on, their grounding targets."""
 
     latents: torch.Tensor
     captions: list[str]
+    grounding: GroundingTargets | None = None
+
+
+def latent_set(pipe: StableDiffusion3Pipeline, latents: torch.Tensor, data: WorldDataset, grounded: bool) -> LatentSet:
+    """``data``'s latents with its captions and, if ``grounded``, its grounding targets on the
+    transformer's token grid."""
+    if not grounded:
+        return LatentSet(latents, data.captions)
+    grid = latents.shape[-1] // pipe.transformer.config.patch_size
+    targets = grounding_targets(pipe, data.captions, data.records, data.boxes, data.images.shape[-1], grid)
+    return LatentSet(latents, data.captions, targets)
 
 
 def trained_modules(pipe: StableDiffusion3Pipeline, text_encoders: bool) -> torch.nn.ModuleDict:
@@ -252,6 +277,31 @@ def trained_modules(pipe: StableDiffusion3Pipeline, text_encoders: bool) -> torc
         encoder.requires_grad_(text_encoders)
         encoder.eval()
     return torch.nn.ModuleDict({"transformer": pipe.transformer, **(encoders if text_encoders else {})})
+
+
+def grounded_loss(
+    transformer: torch.nn.Module,
+    capture: AttentionCapture,
+    stage: LatentSet,
+    index: torch.Tensor,
+    captions: list[str],
+    embeds: torch.Tensor,
+    pooled: torch.Tensor,
+    generator: torch.Generator,
+    shift: float,
+    weight: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The flow-matching loss plus ``weight`` × the grounding loss of the same forward pass
+    (method §0, Grounding), and the two terms for logging. A dropped caption has no core tokens.
+
+    index: (B,) rows of ``stage``; captions: the B captions after caption dropout."""
+    assert stage.grounding is not None
+    kept = torch.tensor([bool(caption) for caption in captions], dtype=torch.float32)[:, None]
+    with capture.recording(stage.grounding.core[index] * kept):
+        flow = flow_matching_loss(transformer, stage.latents[index], embeds, pooled, generator, shift)
+    grounding, share = grounding_loss(capture.result(), stage.grounding.objects[index])
+    terms = {"fm_loss": flow.item(), "grounding_loss": grounding.item(), "grounding_share": share.item()}
+    return flow + weight * grounding, terms
 
 
 def train_transformer(
@@ -276,6 +326,7 @@ def train_transformer(
     captions = data.captions + (low_res.captions if low_res else [])
     text = None if cfg.train_text_encoders else CaptionEmbeddings(pipe, captions)
     start = checkpoint.resume_progress(ckpt_path, generator, transformer=trained, optimizer=optimizer, ema=ema)
+    capture = AttentionCapture(transformer, differentiable=True) if cfg.grounding_weight > 0 else None
     bar = tqdm(range(start, cfg.steps), desc="base: transformer", initial=start, total=cfg.steps)
     for step in bar:
         stage = low_res if low_res is not None and trains_low_res(step, cfg) else data
@@ -284,7 +335,12 @@ def train_transformer(
         embeds, pooled = text.lookup(batch_captions) if text else encode_prompts(pipe, batch_captions, grad=True)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * phase_lr_factor(step, cfg, low_res is not None)
-        loss = flow_matching_loss(transformer, stage.latents[index], embeds, pooled, generator, shift)
+        grounding: dict[str, float] = {}
+        if capture is None:
+            loss = flow_matching_loss(transformer, stage.latents[index], embeds, pooled, generator, shift)
+        else:
+            loss, grounding = grounded_loss(transformer, capture, stage, index, batch_captions, embeds, pooled,
+                                            generator, shift, cfg.grounding_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
@@ -292,12 +348,14 @@ def train_transformer(
         ema.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if on_metrics and (step % 50 == 0 or step == cfg.steps - 1):
-            on_metrics("transformer", {"fm_loss": loss.item(), "grad_norm": grad_norm.item()}, step)
+            on_metrics("transformer", {"fm_loss": loss.item(), "grad_norm": grad_norm.item(), **grounding}, step)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             checkpoint.save_progress(
                 ckpt_path, step + 1, generator, transformer=trained, optimizer=optimizer, ema=ema
             )
     ema.copy_to()
+    if capture is not None:
+        capture.remove()
     trained.eval()
     trained.requires_grad_(False)
 
@@ -309,14 +367,13 @@ def phase_mixtures(cfg: BaseConfig) -> tuple[dict[str, float], dict[str, float]]
     return cfg.mixture, cfg.full_size_mixture or cfg.mixture
 
 
-def low_res_latents(vae: AutoencoderKL, small: WorldDataset, signs: bool) -> LatentSet:
+def low_res_latents(pipe: StableDiffusion3Pipeline, small: WorldDataset, signs: bool, grounded: bool) -> LatentSet:
     """The low-resolution phase's training set: ``small``'s latents, without its signs unless
     ``signs`` (``base.low_res_signs``: the VAE learns strokes from them, but they are free signs,
     not the full size's `cells` ones the transformer must learn to letter, method §0)."""
     if not signs:  # a copy of the images only when something is left out
-        keep = [i for i, tag in enumerate(small.tags) if tag != "ocr"]
-        small = WorldDataset(small.images[keep], [small.captions[i] for i in keep], [small.tags[i] for i in keep])
-    return LatentSet(encode_dataset(vae, small), small.captions)
+        small = small.subset([i for i, tag in enumerate(small.tags) if tag != "ocr"])
+    return latent_set(pipe, encode_dataset(pipe.vae, small), small, grounded)
 
 
 def pretrain_base(
@@ -355,7 +412,8 @@ def pretrain_base(
     # of them, left halos around objects), and applies to any size.
     train_vae(pipe.vae, small or data, cfg.base, generator, work_dir / "vae.ckpt", on_metrics)
     pipe.vae.requires_grad_(False)
-    latents = LatentSet(calibrate_latents(pipe.vae, data), data.captions)
-    low_res = low_res_latents(pipe.vae, small, cfg.base.low_res_signs) if small is not None else None
+    grounded = cfg.base.grounding_weight > 0
+    latents = latent_set(pipe, calibrate_latents(pipe.vae, data), data, grounded)
+    low_res = low_res_latents(pipe, small, cfg.base.low_res_signs, grounded) if small is not None else None
     train_transformer(pipe, latents, cfg.base, generator, work_dir / "transformer.ckpt", on_metrics, low_res)
     return pipe

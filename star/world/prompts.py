@@ -30,7 +30,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from star.world.render import FREE, Layout, Scene, render_scene, sample_objects, sample_sign_scene
+from star.world.render import (
+    FREE,
+    Box,
+    Layout,
+    Scene,
+    default_sign_box,
+    render_scene,
+    sample_objects,
+    sample_sign_scene,
+)
 from star.world.vocab import (
     COLOR_NAMES,
     GENEVAL_TASKS,
@@ -557,7 +566,28 @@ def sample_training_example(
     text: SignText = DEFAULT_TEXT,
     mixture: dict[str, float] = PRETRAIN_MIXTURE,
 ) -> tuple[Image.Image, str, Metadata]:
-    """One pretraining ``(image, caption, metadata)`` from TRAIN combinations only.
+    """One pretraining ``(image, caption, metadata)`` from TRAIN combinations only
+    (``sample_training_scene``, rendered)."""
+    scene, caption, metadata = sample_training_scene(rng, image_size, layout, text, mixture)
+    return render_scene(scene), caption, metadata
+
+
+def scene_boxes(scene: Scene) -> list[Box]:
+    """Where a scene's content is: its objects' boxes and, with text, its sign's."""
+    boxes = [spec.box for spec in scene.objects]
+    if scene.text:
+        boxes.append(scene.sign_box or default_sign_box(scene.image_size))
+    return boxes
+
+
+def sample_training_scene(
+    rng: np.random.Generator,
+    image_size: int = 64,
+    layout: Layout = FREE,
+    text: SignText = DEFAULT_TEXT,
+    mixture: dict[str, float] = PRETRAIN_MIXTURE,
+) -> tuple[Scene, str, Metadata]:
+    """One pretraining ``(scene, caption, metadata)`` from TRAIN combinations only.
 
     The family is drawn from ``mixture`` (``base.mixture``); the record uniformly from that
     family's train records (OCR strings, following ``text``, and captions freshly drawn,
@@ -572,4 +602,4 @@ def sample_training_example(
         pool = geneval_pool(family, "train", with_count_one=True)
         metadata = json.loads(json.dumps(pool[int(rng.integers(len(pool)))]))
     scene = scene_for_metadata(metadata, rng, image_size, layout)
-    return render_scene(scene), metadata["prompt"], metadata
+    return scene, metadata["prompt"], metadata
