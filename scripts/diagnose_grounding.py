@@ -79,7 +79,8 @@ def measure(pipe: object, cfg: Config, per_prompt: int, seed: int) -> dict[str, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1, 1.0])
+    parser.add_argument("--weights", type=float, nargs="*", default=[0.0, 0.1, 1.0],
+                        help="grounding weights of the fine-tunes (none: measure the base alone)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--images", type=int, default=4000, help="full-size world images rendered for the fine-tune")

@@ -12,32 +12,23 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from pipelines.cli import parse_overrides, use_threads
-from star.config import load_config
-from star.models.sd3 import pipeline_for
-from star.rl.prompt_source import load_task_prompts
-from star.rl.trainer import Trainer
-from star.scoring import build_reward
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.profile_study import timed  # noqa: E402
+from pipelines.cli import parse_overrides, use_threads  # noqa: E402
+from star.config import load_config  # noqa: E402
+from star.models.sd3 import pipeline_for  # noqa: E402
+from star.rl.prompt_source import load_task_prompts  # noqa: E402
+from star.rl.trainer import Trainer  # noqa: E402
+from star.scoring import build_reward  # noqa: E402
 
 PHASES = ["sample", "score", "update", "save_checkpoint"]
-
-
-def timed(method: Callable[..., Any], seconds: dict[str, float], name: str) -> Callable[..., Any]:
-    """``method`` that adds its wall time to ``seconds[name]``."""
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            seconds[name] += time.perf_counter() - start
-    return wrapper
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(cfg, pipe, reward, records, Path(tempfile.mkdtemp(prefix="star-profile-")))
     seconds: dict[str, float] = defaultdict(float)
     for phase in PHASES:
-        setattr(trainer, phase, timed(getattr(trainer, phase), seconds, phase))
+        setattr(trainer, phase, timed(seconds, phase, getattr(trainer, phase)))
     profile = cProfile.Profile()
     start = time.perf_counter()
     profile.enable()
