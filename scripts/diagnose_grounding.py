@@ -8,7 +8,10 @@ raw core-token attention A and the default map m, method §3.4) per GenEval task
 samples' GenEval score under the training sampler. Prints a markdown table; nothing is saved.
 
     python scripts/diagnose_grounding.py [--weights 0 0.1 1] [--steps 400] [--lr 3e-4]
-        [--images 4000] [--per-prompt 1] [-S key=value]
+        [--images 4000] [--per-prompt 1] [--save DIR] [-S key=value]
+
+``--save DIR`` keeps the last fine-tuned pipeline there (a base directory: evaluate it with
+``python -m pipelines evaluate --checkpoint base -S paths.base_model=DIR ...``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch  # noqa: E402
 from pipelines.cli import parse_overrides, use_threads  # noqa: E402
 from star.config import Config, load_config  # noqa: E402
 from star.diagnostics.maps import capture_maps  # noqa: E402
+from star.files import atomic_directory  # noqa: E402
 from star.method.allocation import AllocationParams, allocation_maps  # noqa: E402
 from star.method.regions import localisation  # noqa: E402
 from star.models.sd3 import pipeline_for  # noqa: E402
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=4000, help="full-size world images rendered for the fine-tune")
     parser.add_argument("--per-prompt", type=int, default=1, help="rollouts per held-out prompt")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--save", type=Path, default=None, help="folder for the last fine-tuned pipeline")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     cfg = load_config(args.params, parse_overrides(args.set))
@@ -97,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         last = pipe.fine_tune_log[-1] if pipe.fine_tune_log else {}
         print(f"weight {weight:g}: {time.perf_counter() - start:.0f} s, last logged {last}", flush=True)
         results[f"weight {weight:g}"] = measure(pipe, cfg, args.per_prompt, args.seed)
+        if args.save is not None:
+            atomic_directory(args.save, pipe.save_pretrained)
     tags = list(results["base"])
     print("\n| model | " + " | ".join(f"{t}: A / m / reward" for t in tags) + " |")
     print("|---|" + "---|" * len(tags))
