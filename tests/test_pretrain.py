@@ -210,11 +210,11 @@ def test_low_res_phase_leaves_out_signs_only_when_asked() -> None:
     world = WorldConfig()
     small = render_world_dataset(48, 40, seed=3, progress=False, text=world_text(world), mixture=BaseConfig().mixture)
     assert "ocr" in small.tags and len(set(small.tags)) > 2
-    vae = build_mini_sd3(TINY, WORDS, CHARSET, image_size=40, seed=0).vae
-    kept = low_res_latents(vae, small, signs=False)
+    pipe = build_mini_sd3(TINY, WORDS, CHARSET, image_size=40, seed=0)
+    kept = low_res_latents(pipe, small, signs=False, grounded=True)
     assert kept.captions == [c for c, t in zip(small.captions, small.tags) if t != "ocr"]
-    assert kept.latents.shape[0] == len(kept.captions)
-    assert low_res_latents(vae, small, signs=True).captions == small.captions
+    assert kept.latents.shape[0] == len(kept.captions) == kept.grounding.objects.shape[0]
+    assert low_res_latents(pipe, small, signs=True, grounded=False).captions == small.captions
 
 
 def test_text_encoders_train_only_when_asked_and_resume_exactly(tmp_path: Path) -> None:
