@@ -296,7 +296,7 @@ def test_the_order_of_mixture_and_length_keys_does_not_change_the_run() -> None:
     import numpy as np
 
     from star.config import config_from_dict
-    from star.world.prompts import sample_training_example, world_text
+    from star.world.prompts import sample_training_scene, world_text
 
     cfg = load_config(REPO / "params.yaml")
     data = cfg.model_dump()
@@ -307,7 +307,7 @@ def test_the_order_of_mixture_and_length_keys_does_not_change_the_run() -> None:
 
     def prompts(c: Config) -> list[str]:
         rng = np.random.default_rng(0)
-        return [sample_training_example(rng, 32, text=world_text(c.world), mixture=c.base.mixture)[1]
+        return [sample_training_scene(rng, 32, text=world_text(c.world), mixture=c.base.mixture)[1]
                 for _ in range(40)]
 
     assert prompts(other) == prompts(cfg)

@@ -20,7 +20,7 @@ from star.models.sd3 import (
     load_pipeline,
 )
 from star.sampling.sampler import sample_ode
-from star.world.prompts import sample_training_example, vocabulary
+from star.world.prompts import sample_training_scene, vocabulary
 from star.world.render import Layout
 from star.world.vocab import TEXT_CHARSET
 
@@ -148,7 +148,7 @@ def test_default_text_segments_hold_every_world_prompt() -> None:
     """The default 16-token segments are sized to the longest world prompt: none is truncated."""
     defaults = MiniModelConfig()
     rng = np.random.default_rng(0)
-    prompts = [sample_training_example(rng, 40, Layout(10))[1] for _ in range(3000)]
+    prompts = [sample_training_scene(rng, 40, Layout(10))[1] for _ in range(3000)]
     for kind, length in (("clip", defaults.clip_tokens), ("t5", defaults.t5_tokens)):
         tokenizer = build_world_tokenizer(vocabulary(), TEXT_CHARSET, length, kind=kind)
         longest = max(len(tokenizer(p, truncation=False)["input_ids"]) for p in prompts)

@@ -304,7 +304,7 @@ def test_vocabulary_covers_prompts(sets: dict) -> None:
     assert all(w == w.lower() and w.isalpha() for w in vocab)
     prompts = [r["prompt"] for family in sets.values() for split in family.values() for r in split]
     rng = np.random.default_rng(11)
-    prompts += [P.sample_training_example(rng, 32)[1] for _ in range(1500)]
+    prompts += [P.sample_training_scene(rng, 32)[1] for _ in range(1500)]
     prompts += [
         P.caption_record(random_specs(rng, 2), r, t, p)["prompt"] for r in RELATIONS for t in range(2) for p in range(2)
     ]
@@ -317,8 +317,8 @@ def test_pretraining_uses_train_combinations_only() -> None:
     rng = np.random.default_rng(12)
     tags = set()
     for _ in range(1500):
-        image, caption, metadata = P.sample_training_example(rng, 64)
-        assert image.size == (64, 64) and caption == metadata["prompt"]
+        scene, caption, metadata = P.sample_training_scene(rng, 64)
+        assert scene.image_size == 64 and caption == metadata["prompt"]
         assert P.split_of(metadata) == "train" and not P.is_test_metadata(metadata)
         tags.add(metadata["tag"])
     assert tags == set(GENEVAL_TASKS) | {"ocr", "caption"}
@@ -480,7 +480,7 @@ def test_world_text_sets_the_ocr_strings_and_the_pretraining_mixture() -> None:
     strings = [r["text"] for split in records.values() for r in split]
     assert set("".join(strings)) <= set("ACE3") and {len(s) for s in strings} == {2, 3}
     rng = np.random.default_rng(0)
-    families = [P.sample_training_example(rng, 80, Layout(10, 2, "cells"), text, {"ocr": 1.0})[2] for _ in range(8)]
+    families = [P.sample_training_scene(rng, 80, Layout(10, 2, "cells"), text, {"ocr": 1.0})[2] for _ in range(8)]
     assert all(m["tag"] == "ocr" and set(m["text"]) <= set("ACE3") for m in families)
     assert P.generate_prompt_sets(0, 40, 20) == P.generate_prompt_sets(0, 40, 20, text=P.SignText()), "defaults"
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from star.world.render import (
     FREE,
@@ -557,19 +556,6 @@ def render_records(
 ) -> np.ndarray:
     """A ground-truth picture per record, drawn with ``scene_for_metadata``: (N, H, W, 3) uint8."""
     return np.stack([np.asarray(render_scene(scene_for_metadata(r, rng, image_size, layout))) for r in records])
-
-
-def sample_training_example(
-    rng: np.random.Generator,
-    image_size: int = 64,
-    layout: Layout = FREE,
-    text: SignText = DEFAULT_TEXT,
-    mixture: dict[str, float] = PRETRAIN_MIXTURE,
-) -> tuple[Image.Image, str, Metadata]:
-    """One pretraining ``(image, caption, metadata)`` from TRAIN combinations only
-    (``sample_training_scene``, rendered)."""
-    scene, caption, metadata = sample_training_scene(rng, image_size, layout, text, mixture)
-    return render_scene(scene), caption, metadata
 
 
 def scene_boxes(scene: Scene) -> list[Box]:
