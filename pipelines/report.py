@@ -22,7 +22,7 @@ import pipelines  # noqa: F401  (Prefect settings before Prefect starts)
 from pipelines.cli import stage_config, stage_main
 from pipelines.evaluate import test_records
 from pipelines.tracking import experiment_name, register_checkpoint, stage_run
-from star.config import DEFAULT_STUDY, Config, fingerprint
+from star.config import Config, fingerprint
 from star.diagnostics.maps import model_allocation_maps
 from star.evaluation.evaluate import HEADLINE, noise_seeds
 from star.evaluation.figures import allocation_overlay, comparison_grid
@@ -245,7 +245,7 @@ def report(params: str = "params.yaml", overrides: dict[str, Any] | None = None,
     page_stamp = stamp(cfg)
     write_text(out / "table.md", f"# {title}\n\n{page_stamp}\n\n" + "\n".join(md for md, _ in pages))
     write_text(out / "report.html", html_page(title, page_stamp, [page for _, page in pages]))
-    summary = study_summary(scores, sections, cfg.study_name, DEFAULT_STUDY)  # `dvc exp show`'s columns
+    summary = study_summary(scores, sections, cfg.study_name)  # `dvc exp show`'s columns
     write_text(cfg.paths.metrics / "study.json", json.dumps(summary, indent=2) + "\n")
     with stage_run(cfg, "report", ["study"], tags={"variant": "all"}):  # stage_run tags the study
         for path in [out / "table.md", out / "report.html", *(p for _, (_, _, figures) in pages for _, p in figures)]:

@@ -41,8 +41,10 @@ from star.world.prompts import world_text  # noqa: E402
 from star.world.render import world_layout  # noqa: E402
 
 
-def fine_tune(cfg: Config, weight: float, steps: int, lr: float, images: int, seed: int) -> object:
-    """The committed base after ``steps`` steps of flow matching plus ``weight`` × grounding."""
+def fine_tune(cfg: Config, weight: float, steps: int, lr: float, images: int,
+              seed: int) -> tuple[object, list[dict[str, float]]]:
+    """The committed base after ``steps`` steps of flow matching plus ``weight`` × grounding, and
+    the metrics the steps logged."""
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
     _, full_size = phase_mixtures(cfg.base)
     data = render_world_dataset(images, cfg.world.image_size, seed=seed, layout=world_layout(cfg.world),
@@ -55,8 +57,7 @@ def fine_tune(cfg: Config, weight: float, steps: int, lr: float, images: int, se
     with tempfile.TemporaryDirectory() as work:
         train_transformer(pipe, latents, phase, checkpoint.seed_everything(seed), Path(work) / "t.ckpt",
                           on_metrics=lambda _, metrics, step: log.append(metrics))
-    pipe.fine_tune_log = log
-    return pipe
+    return pipe, log
 
 
 def measure(pipe: object, cfg: Config, per_prompt: int, seed: int) -> dict[str, tuple[float, float]]:
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {"base": measure(pipeline_for(cfg.model, cfg.paths.base_model), cfg, args.per_prompt, args.seed)}
     for weight in args.weights:
         start = time.perf_counter()
-        pipe = fine_tune(cfg, weight, args.steps, args.lr, args.images, args.seed)
-        last = pipe.fine_tune_log[-1] if pipe.fine_tune_log else {}
+        pipe, log = fine_tune(cfg, weight, args.steps, args.lr, args.images, args.seed)
+        last = log[-1] if log else {}
         print(f"weight {weight:g}: {time.perf_counter() - start:.0f} s, last logged {last}", flush=True)
         results[f"weight {weight:g}"] = measure(pipe, cfg, args.per_prompt, args.seed)
         if args.save is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import matplotlib
 import pandas as pd
 
-from star.config import Config
+from star.config import DEFAULT_STUDY, Config
 from star.evaluation.evaluate import HEADLINE
 from star.evaluation.figures import save_figure
 from star.evaluation.paired import seed_scores
@@ -89,17 +89,17 @@ def study_sections(cfg: Config) -> list[Section]:
             for task, variants in groups.items()]
 
 
-def study_summary(scores: pd.DataFrame, sections: list[Section], study: str, default_study: str) -> dict[str, Any]:
+def study_summary(scores: pd.DataFrame, sections: list[Section], study: str) -> dict[str, Any]:
     """The held-out headline score of the base and of each variant on its section's task, mean
     over seeds (tag-balanced, as the tables): ``{task: {"base": s, variant: s, ...}}``, nested
-    under ``study`` unless it is ``default_study``: every key stays unique across the project's
+    under ``study`` unless it is the default study: every key stays unique across the project's
     metrics files, so that `dvc exp show` names its columns by the key alone (``geneval.nft``)."""
     summary: dict[str, Any] = {}
     for section in sections:
         means = seed_scores(scores, section.task, HEADLINE[section.task]).mean()
         present = [v for v in ["base", *section.variants] if v in means and not math.isnan(means[v])]
         summary[section.task] = {variant: round(float(means[variant]), 4) for variant in present}
-    return summary if study == default_study else {study: summary}
+    return summary if study == DEFAULT_STUDY else {study: summary}
 
 
 def split_checkpoint(name: str) -> tuple[str, int | None]:

@@ -29,9 +29,6 @@ class GroundingTargets:
     core: torch.Tensor
     objects: torch.Tensor
 
-    def subset(self, keep: list[int]) -> GroundingTargets:
-        return GroundingTargets(self.core[keep], self.objects[keep])
-
 
 def grounding_targets(
     pipe: Any,
