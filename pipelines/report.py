@@ -150,7 +150,9 @@ def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tup
     the base (table with intervals, difference figures), per-task details, curves and maps."""
     seeds, eval_dir, train_dir = cfg.study.seeds, cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
     checkpoints = expected_checkpoints(section.variants, seeds)
-    reference = section.reference or "none"
+    reference = section.reference
+    reference_is = ("Flow-GRPO on this task's reward" if cfg.for_variant(reference).train.algorithm == "grpo"
+                    else "the first variant: this task has no Flow-GRPO variant")
     comparison = compare(scores, cfg.study.eval_tasks, section.variants, cfg.eval.bootstrap, section.reference)
     held_out = comparison_table(comparison, reference)
     details = markdown_table(collect_rows(eval_dir, train_dir, checkpoints))
@@ -158,8 +160,8 @@ def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tup
     figures = [(f"Held-out difference against {ref} (paired by prompt and noise)",
                 plot_differences(comparison, column, ref, out / f"{section.task}_difference_vs_{suffix}.png",
                                  f"trained on {name}: "))
-               for column, ref, suffix in (("vs reference", reference, "none"), ("vs base", "base", "base"))
-               if column == "vs base" or section.reference is not None]
+               for column, ref, suffix in (("vs reference", reference, "reference"), ("vs base", "base", "base"))
+               if column == "vs base" or len(section.variants) > 1]
     if section.task == "geneval" and "geneval" in cfg.study.eval_tasks:
         figures.append(("Checkpoints side by side", side_by_side(cfg, section.variants, scores, out)))
     figures.append(("Training reward", plot_curves(train_dir, checkpoints, section.variants,
@@ -170,7 +172,7 @@ def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tup
                 for v, p in ((v, map_figure(cfg, v, out)) for v in capturing) if p is not None]
     ci_note = (f"Mean over the test prompts × {cfg.eval.noises} noises [95 % bootstrap interval, {cfg.eval.bootstrap} "
                "resamples of prompts within each GenEval task and of seeds]; Δ: paired difference; ✓: the interval "
-               f"excludes 0 (resolved). Reference: {reference} (Flow-GRPO on this task's reward).")
+               f"excludes 0 (resolved). Reference: {reference} ({reference_is}).")
     notes = ("GenEval: strict accuracy (mean of six tasks); OCR NED: mean normalised edit distance (lower is better); "
              "train reward: mean of the first and last 10 % of iterations (of this section's training reward); map "
              "loc.: allocation weight on the located core content over its area share (1 = none).")

@@ -1,14 +1,17 @@
 """Does a token-grounding loss make the base's attention find the objects? A measurement before a
 base is rebuilt with it (star/world/grounding.py, docs/method.md §0 Grounding).
 
-From the committed base, fine-tunes the transformer for ``--steps`` steps on freshly rendered
-full-size world images, once per grounding weight (0 is the control: the same steps without
-the loss), and measures, on the held-out GenEval prompts, the localisation of STAR's maps (the
-raw core-token attention A and the default map m, method §3.4) per GenEval task, and the
+From the base at ``paths.base_model``, runs the base's grounding phase (``ground_base``:
+``--steps`` steps on freshly rendered full-size world images) once per grounding weight (0 is
+the control: the same steps without the loss), and measures, on the held-out GenEval prompts,
+the localisation of STAR's maps (the raw core-token attention A and the default map m, method
+§3.4) per GenEval task, and the
 samples' GenEval score under the training sampler. Prints a markdown table; nothing is saved.
 
     python scripts/diagnose_grounding.py [--weights 0 0.1 1] [--steps 400] [--lr 3e-4]
         [--images 4000] [--per-prompt 1] [--save DIR] [-S key=value]
+
+``--weights`` with no value measures the base alone.
 
 ``--save DIR`` keeps the last fine-tuned pipeline there (a base directory: evaluate it with
 ``python -m pipelines evaluate --checkpoint base -S paths.base_model=DIR ...``).
@@ -33,30 +36,21 @@ from star.files import atomic_directory  # noqa: E402
 from star.method.allocation import AllocationParams, allocation_maps  # noqa: E402
 from star.method.regions import localisation  # noqa: E402
 from star.models.sd3 import pipeline_for  # noqa: E402
-from star.rl import checkpoint  # noqa: E402
 from star.rl.prompt_source import load_task_prompts  # noqa: E402
 from star.scoring import build_reward  # noqa: E402
-from star.world.pretrain import encode_dataset, latent_set, phase_mixtures, render_world_dataset, train_transformer  # noqa: E402
-from star.world.prompts import world_text  # noqa: E402
-from star.world.render import world_layout  # noqa: E402
+from star.world.pretrain import ground_base  # noqa: E402
 
 
-def fine_tune(cfg: Config, weight: float, steps: int, lr: float, images: int,
-              seed: int) -> tuple[object, list[dict[str, float]]]:
-    """The committed base after ``steps`` steps of flow matching plus ``weight`` × grounding, and
-    the metrics the steps logged."""
+def fine_tune(cfg: Config, weight: float, steps: int, lr: float, images: int) -> tuple[object, list[dict[str, float]]]:
+    """The base at ``paths.base_model`` after a grounding phase (``ground_base``) of ``steps``
+    steps at ``weight`` (0: the same steps without the loss), and the metrics the steps logged."""
     pipe = pipeline_for(cfg.model, cfg.paths.base_model)
-    _, full_size = phase_mixtures(cfg.base)
-    data = render_world_dataset(images, cfg.world.image_size, seed=seed, layout=world_layout(cfg.world),
-                                text=world_text(cfg.world), mixture=full_size, progress=False)
-    latents = latent_set(pipe, encode_dataset(pipe.vae, data), data, grounded=weight > 0)
-    phase = cfg.base.model_copy(update={"steps": steps, "low_res_steps": 0, "low_res_interleave": 0, "lr": lr,
-                                        "warmup_steps": min(20, steps // 10), "grounding_weight": weight,
-                                        "checkpoint_every": 10**9})
+    phase = cfg.base.model_copy(update={"grounding_weight": weight, "grounding_steps": steps, "grounding_lr": lr,
+                                        "grounding_images": images})
     log: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as work:
-        train_transformer(pipe, latents, phase, checkpoint.seed_everything(seed), Path(work) / "t.ckpt",
-                          on_metrics=lambda _, metrics, step: log.append(metrics))
+        ground_base(pipe, cfg.model_copy(update={"base": phase}), Path(work) / "grounding.ckpt",
+                    on_metrics=lambda _, metrics, step: log.append(metrics))
     return pipe, log
 
 
@@ -90,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--images", type=int, default=4000, help="full-size world images rendered for the fine-tune")
     parser.add_argument("--per-prompt", type=int, default=1, help="rollouts per held-out prompt")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="seed of the measured samples")
     parser.add_argument("--save", type=Path, default=None, help="folder for the last fine-tuned pipeline")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -99,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {"base": measure(pipeline_for(cfg.model, cfg.paths.base_model), cfg, args.per_prompt, args.seed)}
     for weight in args.weights:
         start = time.perf_counter()
-        pipe, log = fine_tune(cfg, weight, args.steps, args.lr, args.images, args.seed)
+        pipe, log = fine_tune(cfg, weight, args.steps, args.lr, args.images)
         last = log[-1] if log else {}
         print(f"weight {weight:g}: {time.perf_counter() - start:.0f} s, last logged {last}", flush=True)
         results[f"weight {weight:g}"] = measure(pipe, cfg, args.per_prompt, args.seed)

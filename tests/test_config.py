@@ -115,7 +115,7 @@ def test_variants_override_train_and_are_validated(tmp_path: Path) -> None:
     cfg = load_config(REPO / "params.yaml")
     star = cfg.for_variant("nft-star", seed=7)
     assert (star.train.algorithm, star.train.allocation, star.seed) == ("nft", "star", 7)
-    assert cfg.for_variant("none").train.allocation == "none"
+    assert cfg.for_variant("nft-shuffled").train.allocation == "shuffled"
     with pytest.raises(ConfigError, match="unknown variant 'nope'"):
         cfg.for_variant("nope")
     with pytest.raises(ConfigError, match=r"variants\.bad\.gamma = -1"):
@@ -143,7 +143,8 @@ def test_a_variant_may_set_its_training_task_and_reward_mix() -> None:
     assert cfg.for_variant("star").rewards == cfg.rewards
     sections = [(s.task, s.variants, s.reference) for s in study_sections(cfg)]
     # the reward mix trains on GenEval prompts beside Flow-GRPO, but is not the reference
-    geneval = list(dict.fromkeys([*Config().study.variants, "star", "mix"]))  # the overrides merge into the defaults
+    # the overrides merge into the defaults
+    geneval = list(dict.fromkeys([*Config().study.variants, "none", "star", "mix"]))
     assert sections == [("geneval", geneval, "none"), ("ocr", ["text-star", "text-none"], "text-none")]
     with pytest.raises(ConfigError, match=r"variants\.x\.rewards\.task = 'foo'"):
         load_config(REPO / "params.yaml", {"studies": {"default": {"variants": {"x": {"rewards": {"task": "foo"}}}}}})

@@ -173,7 +173,7 @@ def test_plots_overlay_every_variant_on_one_chart_per_metric(project: Path) -> N
         runs = {row["run"] for row in plot["content"]["data"]["values"]}
         assert runs == {"none-s0", "star-s0"}, (name, runs)
         assert plot["content"]["encoding"]["color"]["field"] == "variant"
-    assert shown["data"]["reports/geneval_difference_vs_none.png"][0]["type"] == "image"
+    assert shown["data"]["reports/geneval_difference_vs_reference.png"][0]["type"] == "image"
 
 
 def test_second_repro_is_a_no_op(project: Path) -> None:

@@ -100,3 +100,33 @@ def test_pretraining_with_the_loss_raises_the_share_of_attention_on_the_objects(
         assert ({"fm_loss", "grounding_loss", "grounding_share"} <= set(logged[0])) == (weight > 0)
         after[weight] = _share(trained, latents, grounded)
     assert after[1.0] > max(before, after[0.0]) + 0.04, (before, after)
+
+
+@pytest.mark.slow
+def test_a_saved_base_grounded_afterwards_equals_one_pretrained_with_the_phase(tmp_path) -> None:
+    """The grounding phase seeds itself: fine-tuning a saved, ungrounded base with it gives the
+    weights that pretraining with it gives, bit for bit (so a base can be grounded without
+    repeating its pretraining)."""
+    from star.config import load_config
+    from star.models.sd3 import load_pipeline
+    from star.world.pretrain import ground_base, pretrain_base
+    from tests.conftest import MICRO
+
+    cfg = load_config(MICRO)
+    assert cfg.base.grounding_steps > 0 and cfg.base.grounding_weight > 0
+    logged: list[tuple[str, dict[str, float]]] = []
+    grounded = pretrain_base(cfg, tmp_path / "with", on_metrics=lambda phase, m, _: logged.append((phase, m)))
+    assert any(phase == "grounding" and "grounding_share" in m for phase, m in logged)
+    assert not any(phase == "transformer" and "grounding_share" in m for phase, m in logged), "the loss waits"
+    ungrounded_cfg = cfg.model_copy(update={"base": cfg.base.model_copy(update={"grounding_steps": 0})})
+    pretrain_base(ungrounded_cfg, tmp_path / "without").save_pretrained(tmp_path / "saved")
+    saved = load_pipeline(tmp_path / "saved")
+    before = {k: v.clone() for k, v in saved.transformer.state_dict().items()}
+    ground_base(saved, cfg, tmp_path / "later.ckpt")
+    after = saved.transformer.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the phase moves the weights"
+    reference = grounded.transformer.state_dict()
+    assert all(torch.equal(reference[k], after[k]) for k in reference)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        ours, theirs = getattr(saved, name).state_dict(), getattr(grounded, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name

@@ -97,14 +97,14 @@ def test_report_has_intervals_differences_curves_and_maps(study) -> None:
     assert "params hash" in table and "commit" in table
     page = (out / "report.html").read_text()
     assert "Checkpoints side by side" in page
-    # GenEval: differences vs none and vs base, side by side, reward curves, STAR maps (no spatial
+    # GenEval: differences vs the reference (none) and vs base, side by side, reward curves, STAR maps (no spatial
     # variant here); OCR: difference vs base, reward curves, maps
     assert page.count("data:image/png;base64,") == 5 + 3
-    for name in ("geneval_difference_vs_none.png", "geneval_difference_vs_base.png", "side_by_side.png",
+    for name in ("geneval_difference_vs_reference.png", "geneval_difference_vs_base.png", "side_by_side.png",
                  "geneval_reward_curves.png", "maps_star.png", "ocr_difference_vs_base.png", "ocr_reward_curves.png",
                  "maps_text-star.png"):
         assert (out / name).is_file(), name
-    assert not (out / "ocr_difference_vs_none.png").exists(), "no Flow-GRPO variant trained on OCR"
+    assert not (out / "ocr_difference_vs_reference.png").exists(), "one variant trained on OCR: no reference"
 
 
 def test_the_base_is_scored_on_each_training_tasks_pool(study) -> None:

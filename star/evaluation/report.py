@@ -65,11 +65,11 @@ class Row:
 @dataclass
 class Section:
     """The study's variants trained on one task (``rewards.task``), compared with ``reference``:
-    the first of them that is Flow-GRPO on the task's own reward (None if there is none)."""
+    the first of them that is Flow-GRPO on the task's own reward, else the first variant."""
 
     task: str
     variants: list[str]
-    reference: str | None
+    reference: str
 
 
 def is_flow_grpo(cfg: Config, reward: Config) -> bool:
@@ -80,12 +80,14 @@ def is_flow_grpo(cfg: Config, reward: Config) -> bool:
 
 def study_sections(cfg: Config) -> list[Section]:
     """``cfg.study.variants`` grouped by training task, tasks and variants in params order; each
-    section's reference is its Flow-GRPO variant (on the reward of the section's first variant)."""
+    section's reference is its Flow-GRPO variant (on the reward of the section's first variant),
+    else its first variant."""
     configs = {variant: cfg.for_variant(variant) for variant in cfg.study.variants}
     groups: dict[str, list[str]] = {}
     for variant, variant_cfg in configs.items():
         groups.setdefault(variant_cfg.rewards.task, []).append(variant)
-    return [Section(task, variants, next((v for v in variants if is_flow_grpo(configs[v], configs[variants[0]])), None))
+    return [Section(task, variants,
+                    next((v for v in variants if is_flow_grpo(configs[v], configs[variants[0]])), variants[0]))
             for task, variants in groups.items()]
 
 

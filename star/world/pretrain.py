@@ -1,8 +1,9 @@
 """Base pretraining of the embedded miniature SD3 on rendered world images.
 
-Two phases, each resumable from an atomic checkpoint: the VAE (reconstruction + small KL),
-then the MMDiT transformer with rectified-flow matching (docs/method.md §0) and caption dropout
-so that classifier-free guidance works. The text encoders train with the transformer unless
+Three phases, each resumable from an atomic checkpoint: the VAE (reconstruction + small KL),
+the MMDiT transformer with rectified-flow matching (docs/method.md §0) and caption dropout so
+that classifier-free guidance works, then a short grounding phase that teaches the transformer's
+text→image attention to find the objects (``base.grounding_steps``). The text encoders train with the transformer unless
 ``base.train_text_encoders`` is off (then frozen, as in SD3).
 """
 
@@ -276,6 +277,7 @@ def trained_modules(pipe: StableDiffusion3Pipeline, text_encoders: bool) -> torc
     for encoder in encoders.values():
         encoder.requires_grad_(text_encoders)
         encoder.eval()
+    pipe.transformer.requires_grad_(True)  # a phase that follows another finds it frozen
     return torch.nn.ModuleDict({"transformer": pipe.transformer, **(encoders if text_encoders else {})})
 
 
@@ -312,11 +314,13 @@ def train_transformer(
     ckpt_path: Path,
     on_metrics: MetricsCallback | None = None,
     low_res: LatentSet | None = None,
+    phase: str = "transformer",
 ) -> None:
     """Phase 2: flow matching on precomputed latents; the first ``cfg.low_res_steps`` steps on
     the ``low_res`` set (fewer tokens, as SD3 pretrains at a lower resolution first), the rest
-    on ``data``, but for every ``cfg.low_res_interleave``-th one (``trains_low_res``). Leaves the
-    EMA weights in ``pipe.transformer``."""
+    on ``data``, but for every ``cfg.low_res_interleave``-th one (``trains_low_res``), plus
+    ``cfg.grounding_weight`` × the grounding loss when ``data`` carries grounding targets.
+    Leaves the EMA weights in ``pipe.transformer``; ``phase`` names it in logs and metrics."""
     transformer = pipe.transformer
     shift = pipe.scheduler.config.shift
     trained = trained_modules(pipe, cfg.train_text_encoders)
@@ -326,8 +330,9 @@ def train_transformer(
     captions = data.captions + (low_res.captions if low_res else [])
     text = None if cfg.train_text_encoders else CaptionEmbeddings(pipe, captions)
     start = checkpoint.resume_progress(ckpt_path, generator, transformer=trained, optimizer=optimizer, ema=ema)
-    capture = AttentionCapture(transformer, differentiable=True) if cfg.grounding_weight > 0 else None
-    bar = tqdm(range(start, cfg.steps), desc="base: transformer", initial=start, total=cfg.steps)
+    grounded = cfg.grounding_weight > 0 and data.grounding is not None
+    capture = AttentionCapture(transformer, differentiable=True) if grounded else None
+    bar = tqdm(range(start, cfg.steps), desc=f"base: {phase}", initial=start, total=cfg.steps)
     for step in bar:
         stage = low_res if low_res is not None and trains_low_res(step, cfg) else data
         index = torch.randint(len(stage.captions), (cfg.batch_size,), generator=generator)
@@ -348,7 +353,7 @@ def train_transformer(
         ema.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if on_metrics and (step % 50 == 0 or step == cfg.steps - 1):
-            on_metrics("transformer", {"fm_loss": loss.item(), "grad_norm": grad_norm.item(), **grounding}, step)
+            on_metrics(phase, {"fm_loss": loss.item(), "grad_norm": grad_norm.item(), **grounding}, step)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             checkpoint.save_progress(
                 ckpt_path, step + 1, generator, transformer=trained, optimizer=optimizer, ema=ema
@@ -412,8 +417,33 @@ def pretrain_base(
     # of them, left halos around objects), and applies to any size.
     train_vae(pipe.vae, small or data, cfg.base, generator, work_dir / "vae.ckpt", on_metrics)
     pipe.vae.requires_grad_(False)
-    grounded = cfg.base.grounding_weight > 0
+    grounded = cfg.base.grounding_from_start and cfg.base.grounding_weight > 0
     latents = latent_set(pipe, calibrate_latents(pipe.vae, data), data, grounded)
     low_res = low_res_latents(pipe, small, cfg.base.low_res_signs, grounded) if small is not None else None
     train_transformer(pipe, latents, cfg.base, generator, work_dir / "transformer.ckpt", on_metrics, low_res)
+    if cfg.base.grounding_steps:
+        ground_base(pipe, cfg, work_dir / "grounding.ckpt", on_metrics)
     return pipe
+
+
+def grounding_schedule(cfg: BaseConfig) -> BaseConfig:
+    """The grounding phase's schedule: ``grounding_steps`` full-size steps at ``grounding_lr``,
+    warmed up over a tenth of them (at most 20), with the loss at ``grounding_weight``."""
+    return cfg.model_copy(update={"steps": cfg.grounding_steps, "low_res_steps": 0, "low_res_interleave": 0,
+                                  "lr": cfg.grounding_lr, "warmup_steps": min(20, cfg.grounding_steps // 10)})
+
+
+def ground_base(pipe: StableDiffusion3Pipeline, cfg: Config, ckpt_path: Path,
+                on_metrics: MetricsCallback | None = None) -> None:
+    """The grounding phase (method §0, Grounding): fine-tune the pretrained pipeline in place on
+    ``base.grounding_images`` freshly rendered full-size images with flow matching plus
+    ``base.grounding_weight`` × the grounding loss, from a fresh optimiser and EMA. It seeds its
+    own generator, so a saved base fine-tuned by it equals a base pretrained with it, bit for bit.
+    Resumes from ``ckpt_path``."""
+    generator = checkpoint.seed_everything(cfg.seed + 2)
+    data = render_world_dataset(
+        cfg.base.grounding_images, cfg.world.image_size, seed=cfg.seed + 2, layout=world_layout(cfg.world),
+        text=world_text(cfg.world), mixture=phase_mixtures(cfg.base)[1],
+    )
+    latents = latent_set(pipe, encode_dataset(pipe.vae, data), data, grounded=cfg.base.grounding_weight > 0)
+    train_transformer(pipe, latents, grounding_schedule(cfg.base), generator, ckpt_path, on_metrics, phase="grounding")
