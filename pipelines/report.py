@@ -177,15 +177,17 @@ def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tup
              "train reward: mean of the first and last 10 % of iterations (of this section's training reward); map "
              "loc.: allocation weight on the located core content over its area share (1 = none).")
     pairs = [(a, b) for a, b in cfg.study.contrasts if a in section.variants and b in section.variants]
+    control = next((v for v in section.variants if cfg.for_variant(v).train.allocation == "oracle"), None)
     power = learning_and_power(scores, training_curves(train_dir, checkpoints), section.task, HEADLINE[section.task],
-                               section.variants, section.reference, pairs, cfg.eval.target_difference)
+                               section.variants, section.reference, pairs, cfg.eval.target_difference, control)
     power_note = (f"Differences paired by seed: per seed the tag-balanced mean over the prompts × noises, a − b "
                   f"seed by seed, Student-t 95 % interval over the {len(seeds)} seeds (the base is one checkpoint, "
                   "every seed's reference); ✓: resolved. MDD: the smallest true difference the design detects with "
                   "80 % power, from the observed spread of the per-seed differences; the last column: the seeds "
                   f"that spread needs for an MDD of {cfg.eval.target_difference:g}. Training pool: the prompts the "
                   f"variants train on, {cfg.eval.pool_noises} fixed noises each, the evaluation sampler, the training "
-                  "reward (partial credit).")
+                  "reward (partial credit). Share of the control's gain: (variant − reference) / (oracle − reference), "
+                  "mean over seeds, with Fieller's 95 % interval from the same per-seed gains.")
     heading = f"Trained on {name}: {', '.join(section.variants)}"
     markdown = (f"## {heading}\n\n### Learning and power (paired by seed)\n\n{power}\n{power_note}\n\n"
                 f"### Held-out scores\n\n{held_out}\n{ci_note}\n\n"

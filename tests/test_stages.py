@@ -50,6 +50,8 @@ def test_mlflow_holds_each_stage_run(micro_base) -> None:
     assert base_run.data.metrics["train_seconds"] == pytest.approx(metrics["train_seconds"])
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(base_run.info.run_id, "transformer/fm_loss")) >= 1
+    shares = client.get_metric_history(base_run.info.run_id, "grounding/grounding_share")
+    assert shares and all(0 <= m.value <= 1 for m in shares), "the grounding phase logs its share"
 
 
 def test_diagnose_rl_prints_the_signal_to_noise_table(micro_run, capsys, tmp_path: Path) -> None:
@@ -93,6 +95,26 @@ def test_profile_training_times_each_phase(micro_run, capsys) -> None:
     shares = [float(line.split("(")[1].rstrip("%)")) for line in out.splitlines()[1:len(PHASES) + 1]]
     assert [line.split()[0] for line in out.splitlines()[1:len(PHASES) + 1]] == PHASES
     assert 50 < sum(shares) <= 100.5  # the phases cover most of an iteration, never more than all of it
+
+
+def test_diagnose_grounding_measures_the_base_and_each_grounding_phase(micro_run, capsys, tmp_path: Path) -> None:
+    from scripts.diagnose_grounding import main
+
+    root, _, _ = micro_run
+    paths = [f"paths.{key}={value}" for key, value in micro_overrides(root)["paths"].items()]
+    main(["--params", str(MICRO), "--weights", "0", "0.1", "--steps", "2", "--images", "64",
+          "--save", str(tmp_path / "grounded"), *[arg for path in paths for arg in ("-S", path)]])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    assert header.rstrip(" |").endswith("all: A / m / reward")
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in lines
+            if line.startswith("| ") and not line.startswith("| model")}
+    assert list(rows) == ["base", "weight 0", "weight 0.1"]
+    for cells in rows.values():
+        assert len(cells) == len(header.split("|")) - 3
+        reward = float(cells[-1].split("/")[2])  # A and m are nan where the detector finds nothing at 32 px
+        assert 0 <= reward <= 1
+    assert load_pipeline(tmp_path / "grounded").transformer.config.num_layers == 2
 
 
 def test_diagnose_base_prints_the_vae_ceiling_per_colour(micro_run, capsys, tmp_path: Path) -> None:

@@ -108,6 +108,48 @@ def curve_gains(curves: pd.DataFrame) -> pd.DataFrame:
     return gains.unstack("variant")
 
 
+def share_interval(part: np.ndarray, whole: np.ndarray, level: float = 0.95) -> Interval:
+    """The share mean(part) / mean(whole) of paired per-seed gains (a variant's and the positive
+    control's, each over the same reference) with Fieller's interval: the shares R for which the
+    paired t-test of part − R·whole does not reject 0 (docs/method.md §9.2). Where the control's
+    gain itself is not resolved at ``level`` the interval is unbounded (−inf, inf).
+
+    part, whole: (n,) per-seed gains, n ≥ 2."""
+    part, whole = np.asarray(part, dtype=float), np.asarray(whole, dtype=float)
+    n = len(part)
+    (v_part, v_cross), (_, v_whole) = np.cov(part, whole, ddof=1) / n
+    t2 = stats.t.ppf(0.5 + level / 2, n - 1) ** 2
+    mean_part, mean_whole = part.mean(), whole.mean()
+    share = float(mean_part / mean_whole) if mean_whole else float("nan")
+    # (mean_part − R mean_whole)² ≤ t² Var(mean_part − R mean_whole): a R² − 2 b R + c ≤ 0
+    a = mean_whole**2 - t2 * v_whole
+    b = mean_part * mean_whole - t2 * v_cross
+    c = mean_part**2 - t2 * v_part
+    if a <= 0:
+        return Interval(share, -math.inf, math.inf, n)
+    root = math.sqrt(max(b * b - a * c, 0.0))
+    return Interval(share, float((b - root) / a), float((b + root) / a), n)
+
+
+def share_table(tables: list[tuple[str, pd.DataFrame]], variants: list[str], reference: str, control: str) -> str:
+    """Markdown: per measure and variant, its gain over ``reference`` as a share of ``control``'s
+    (the positive control's) gain, paired by seed, with Fieller's 95 % interval."""
+    lines = [f"| share of {control}'s gain over {reference} | variant | seeds | share | 95 % Fieller interval |",
+             "|---|---|---:|---:|---|"]
+    for measure, table in tables:
+        if reference not in table or control not in table:
+            continue
+        for variant in (v for v in variants if v in table and v not in (reference, control)):
+            pair = pd.concat([table[variant] - table[reference], table[control] - table[reference]], axis=1).dropna()
+            if len(pair) < 2:
+                continue
+            share = share_interval(pair.iloc[:, 0].to_numpy(), pair.iloc[:, 1].to_numpy())
+            bounds = ("unbounded: the control's gain is not resolved" if math.isinf(share.low)
+                      else f"[{share.low:+.2f}, {share.high:+.2f}]")
+            lines.append(f"| {measure} | {variant} | {share.n} | {share.mean:+.2f} | {bounds} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def zero_reference(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with a column ``0`` of zeros: a gain's contrast against no change."""
     return table.assign(**{"0": 0.0})
@@ -115,13 +157,13 @@ def zero_reference(table: pd.DataFrame) -> pd.DataFrame:
 
 def learning_and_power(
     scores: pd.DataFrame, curves: pd.DataFrame, task: str, column: str, variants: list[str],
-    reference: str | None, pairs: list[tuple[str, str]], target: float,
+    reference: str | None, pairs: list[tuple[str, str]], target: float, control: str | None = None,
 ) -> str:
     """Markdown, one table per measure (training-curve gain; the training pool's reward and
     strict score; held-out under the evaluation and the training sampler): whether each variant
     learned (against the base, or no change for the curve) and the study's comparisons (each
     variant − ``reference``, then ``pairs``), every difference paired by seed with its interval
-    and power."""
+    and power; with a positive ``control``, then each variant's share of its gain (``share_table``)."""
     gains = curve_gains(curves)
     measures = [("training reward, last − first quarter", zero_reference(gains), "0")] if not gains.empty else []
     pool, sampler = f"pool_{task}", f"train_sampler_{task}"
@@ -141,4 +183,7 @@ def learning_and_power(
             rows += [contrast(table, a, b, target) for a, b in comparisons if a in table and b in table]
         if rows:
             tables.append(contrast_table(rows, measure, target))
+    if control is not None and reference is not None:
+        shares = share_table([(m, t) for m, t, against in measures if against == "base"], variants, reference, control)
+        tables += [shares] if shares else []
     return "\n".join(tables)
