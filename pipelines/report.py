@@ -36,6 +36,7 @@ from star.evaluation.report import (
     comparison_table,
     expected_checkpoints,
     html_page,
+    is_flow_grpo,
     load_scores,
     markdown_table,
     plot_curves,
@@ -151,7 +152,8 @@ def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tup
     seeds, eval_dir, train_dir = cfg.study.seeds, cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
     checkpoints = expected_checkpoints(section.variants, seeds)
     reference = section.reference
-    reference_is = ("Flow-GRPO on this task's reward" if cfg.for_variant(reference).train.algorithm == "grpo"
+    reference_is = ("Flow-GRPO on this task's reward"
+                    if is_flow_grpo(cfg.for_variant(reference), cfg.for_variant(section.variants[0]))
                     else "the first variant: this task has no Flow-GRPO variant")
     comparison = compare(scores, cfg.study.eval_tasks, section.variants, cfg.eval.bootstrap, section.reference)
     held_out = comparison_table(comparison, reference)
