@@ -146,15 +146,21 @@ def stamp(cfg: Config) -> str:
             f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}")
 
 
+def reference_description(cfg: Config, section: Section) -> str:
+    """What a section's reference is, for the report's notes: its Flow-GRPO variant (GRPO with no
+    allocation on the section's reward), else the first variant."""
+    if is_flow_grpo(cfg.for_variant(section.reference), cfg.for_variant(section.variants[0])):
+        return "Flow-GRPO on this task's reward"
+    return "the first variant: this task has no Flow-GRPO variant"
+
+
 def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tuple[str, HtmlSection]:
     """One training task's part of the report: its variants against their Flow-GRPO variant and
     the base (table with intervals, difference figures), per-task details, curves and maps."""
     seeds, eval_dir, train_dir = cfg.study.seeds, cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
     checkpoints = expected_checkpoints(section.variants, seeds)
     reference = section.reference
-    reference_is = ("Flow-GRPO on this task's reward"
-                    if is_flow_grpo(cfg.for_variant(reference), cfg.for_variant(section.variants[0]))
-                    else "the first variant: this task has no Flow-GRPO variant")
+    reference_is = reference_description(cfg, section)
     comparison = compare(scores, cfg.study.eval_tasks, section.variants, cfg.eval.bootstrap, section.reference)
     held_out = comparison_table(comparison, reference)
     details = markdown_table(collect_rows(eval_dir, train_dir, checkpoints))

@@ -349,3 +349,25 @@ def test_runs_name_their_study_experiment_and_their_stage_command() -> None:
         "python -m pipelines train --variant star --seed 0")
     assert stage_command(["/p/pipelines/report.py", "--study", "tasks"]) == "python -m pipelines.report --study tasks"
     assert stage_command(["/usr/bin/pytest", "-x"]) is None
+
+
+def test_the_report_calls_a_reference_flow_grpo_only_when_it_is_one() -> None:
+    from pipelines.report import reference_description
+    from star.config import config_from_dict
+    from star.evaluation.report import study_sections
+
+    def described(variants: dict) -> list[tuple[str, str]]:
+        data = load_config(REPO / "params.yaml").model_dump()
+        data["studies"]["default"] |= {"variants": variants, "contrasts": []}  # replaced, not merged
+        cfg = config_from_dict(data, "test")
+        return [(s.reference, reference_description(cfg, s)) for s in study_sections(cfg)]
+
+    first = "the first variant: this task has no Flow-GRPO variant"
+    grpo_star = {"algorithm": "grpo", "allocation": "star"}
+    grpo_none = {"algorithm": "grpo", "allocation": "none"}
+    assert described({"nft": {"algorithm": "nft", "allocation": "none"}}) == [("nft", first)]
+    # GRPO with STAR's allocation is not Flow-GRPO, though it is the same algorithm
+    assert described({"g-star": grpo_star}) == [("g-star", first)]
+    assert described({"g-star": grpo_star, "g-none": grpo_none}) == [
+        ("g-none", "Flow-GRPO on this task's reward")]
+
