@@ -36,7 +36,6 @@ from star.evaluation.report import (
     comparison_table,
     expected_checkpoints,
     html_page,
-    is_flow_grpo,
     load_scores,
     markdown_table,
     plot_curves,
@@ -146,10 +145,9 @@ def stamp(cfg: Config) -> str:
             f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}")
 
 
-def reference_description(cfg: Config, section: Section) -> str:
-    """What a section's reference is, for the report's notes: its Flow-GRPO variant (GRPO with no
-    allocation on the section's reward), else the first variant."""
-    if is_flow_grpo(cfg.for_variant(section.reference), cfg.for_variant(section.variants[0])):
+def reference_description(section: Section) -> str:
+    """What a section's reference is, for the report's notes (``study_sections`` chose it)."""
+    if section.reference_is_flow_grpo:
         return "Flow-GRPO on this task's reward"
     return "the first variant: this task has no Flow-GRPO variant"
 
@@ -160,7 +158,7 @@ def section_report(cfg: Config, section: Section, scores: Any, out: Path) -> tup
     seeds, eval_dir, train_dir = cfg.study.seeds, cfg.paths.metrics / "eval", cfg.paths.metrics / "train"
     checkpoints = expected_checkpoints(section.variants, seeds)
     reference = section.reference
-    reference_is = reference_description(cfg, section)
+    reference_is = reference_description(section)
     comparison = compare(scores, cfg.study.eval_tasks, section.variants, cfg.eval.bootstrap, section.reference)
     held_out = comparison_table(comparison, reference)
     details = markdown_table(collect_rows(eval_dir, train_dir, checkpoints))

@@ -360,7 +360,7 @@ def test_the_report_calls_a_reference_flow_grpo_only_when_it_is_one() -> None:
         data = load_config(REPO / "params.yaml").model_dump()
         data["studies"]["default"] |= {"variants": variants, "contrasts": []}  # replaced, not merged
         cfg = config_from_dict(data, "test")
-        return [(s.reference, reference_description(cfg, s)) for s in study_sections(cfg)]
+        return [(s.reference, reference_description(s)) for s in study_sections(cfg)]
 
     first = "the first variant: this task has no Flow-GRPO variant"
     grpo_star = {"algorithm": "grpo", "allocation": "star"}

@@ -65,11 +65,13 @@ class Row:
 @dataclass
 class Section:
     """The study's variants trained on one task (``rewards.task``), compared with ``reference``:
-    the first of them that is Flow-GRPO on the task's own reward, else the first variant."""
+    the first of them that is Flow-GRPO on the task's own reward (``reference_is_flow_grpo``),
+    else the first variant."""
 
     task: str
     variants: list[str]
     reference: str
+    reference_is_flow_grpo: bool
 
 
 def is_flow_grpo(cfg: Config, reward: Config) -> bool:
@@ -86,9 +88,11 @@ def study_sections(cfg: Config) -> list[Section]:
     groups: dict[str, list[str]] = {}
     for variant, variant_cfg in configs.items():
         groups.setdefault(variant_cfg.rewards.task, []).append(variant)
-    return [Section(task, variants,
-                    next((v for v in variants if is_flow_grpo(configs[v], configs[variants[0]])), variants[0]))
-            for task, variants in groups.items()]
+    sections = []
+    for task, variants in groups.items():
+        flow_grpo = next((v for v in variants if is_flow_grpo(configs[v], configs[variants[0]])), None)
+        sections.append(Section(task, variants, flow_grpo or variants[0], flow_grpo is not None))
+    return sections
 
 
 def study_summary(scores: pd.DataFrame, sections: list[Section], study: str) -> dict[str, Any]:
